@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything microcontainer-tool needs to build, run and test images,
+# then the tool itself into a virtual environment (.venv, or $MCT_VENV).
+# Idempotent: a second run installs nothing. Debian/Ubuntu; apt-get needs root.
+set -euo pipefail
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${MCT_VENV:-$top/.venv}
+
+# runc runs images; umoci, skopeo and oci-image-tool check them in the tests;
+# gcc builds test fixtures; python3-venv makes the virtual environment.
+apt_packages=(runc umoci skopeo oci-image-tool gcc libc6-dev python3-venv)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: apt-get install ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "setup: warning: not root or no apt-get; missing: ${missing[*]}" >&2
+    fi
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+stamp="$venv/.mct-installed"
+if [ ! -f "$stamp" ] || [ "$top/setup.cfg" -nt "$stamp" ]; then
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$top[test]"
+    touch "$stamp"
+fi

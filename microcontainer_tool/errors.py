@@ -1,0 +1,52 @@
+"""The one exception hierarchy of microcontainer-tool.
+
+Every error a user can cause is a :class:`MicrocontainerError` whose ``str()`` is a
+clear one-line message. Only the CLI (and the SCons adapter) turn these into exit
+codes or build errors; library code raises and never prints.
+"""
+
+from __future__ import annotations
+
+
+class MicrocontainerError(Exception):
+    """Base class of every error a user can cause; ``str(err)`` is one line."""
+
+    exit_code = 1
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return " ".join(text.split("\n")) if "\n" in text else text
+
+
+class SpecError(MicrocontainerError):
+    """The spec file is unreadable, not YAML, or not a valid spec."""
+
+    exit_code = 2
+
+
+class UnsupportedError(SpecError):
+    """A spec key or option names a feature this version does not implement."""
+
+
+class SourceError(MicrocontainerError):
+    """An input (sysroot, project file, overlay) is missing or unusable."""
+
+
+class PathEscapeError(SourceError):
+    """A path or link in an input would resolve outside its root."""
+
+
+class ElfError(MicrocontainerError):
+    """An ELF file is corrupt or cannot be read."""
+
+
+class MissingLibraryError(MicrocontainerError):
+    """A DT_NEEDED library (or PT_INTERP) could not be found in the sysroot."""
+
+
+class LayoutError(MicrocontainerError):
+    """An image (OCI layout, archive) is malformed or cannot be written."""
+
+
+class DigestMismatchError(LayoutError):
+    """Content does not match the digest that names it."""

@@ -1,0 +1,83 @@
+"""Shared fixtures: the CLI as a real process, and running images with runc."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
+            umask: int | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m microcontainer_tool ARGS`` as a real process."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    if env:
+        full_env.update(env)
+
+    def set_umask() -> None:
+        if umask is not None:
+            os.umask(umask)
+
+    return subprocess.run(
+        [sys.executable, "-m", "microcontainer_tool", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, preexec_fn=set_umask,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """A user error: non-zero exit, one line on stderr, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("microcontainer: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def have(*tools: str) -> bool:
+    return all(shutil.which(t) for t in tools)
+
+
+def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str] | None = None,
+             write_dir: str | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+    """Unpack an image with umoci and run it with runc, read-only root.
+
+    The container has its own network namespace (no network), the image's
+    user, all mounts of umoci's default runtime config, tmpfs on /run and
+    /tmp, and optionally a host dir bind-mounted read-write at /write.
+    """
+    if os.geteuid() != 0 or not have("runc", "umoci"):
+        pytest.skip("runc and umoci as root are needed to run images")
+    bundle = workdir / f"bundle-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)],
+                   check=True, capture_output=True)
+    config_path = bundle / "config.json"
+    config = json.loads(config_path.read_text())
+    config["root"]["readonly"] = True
+    config["process"]["terminal"] = False
+    if args is not None:
+        config["process"]["args"] = args
+    for target in ("/run", "/tmp"):
+        config["mounts"].append({"destination": target, "type": "tmpfs", "source": "tmpfs",
+                                 "options": ["nosuid", "nodev", "mode=1777"]})
+    if write_dir is not None:
+        config["mounts"].append({"destination": "/write", "type": "bind", "source": write_dir,
+                                 "options": ["rbind", "rw"]})
+    config_path.write_text(json.dumps(config))
+    name = f"mct-test-{uuid.uuid4().hex[:10]}"
+    try:
+        return subprocess.run(["runc", "run", "--bundle", str(bundle), name],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["runc", "delete", "--force", name], capture_output=True)
+        shutil.rmtree(bundle, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""Spec loading and validation: every user mistake is one line with file:line."""
+
+from __future__ import annotations
+
+import pytest
+
+from microcontainer_tool.errors import SpecError, UnsupportedError
+from microcontainer_tool.spec import load_spec, parse_spec
+
+
+def parse(text: str, tmp_path=None):
+    return parse_spec(text, "spec.yaml", str(tmp_path or "/nonexistent"))
+
+
+def test_full_spec_round_trip():
+    spec = parse(
+        """
+from: /
+paths: [/usr/bin/cat, "/usr/lib/**/*.so"]
+excludes: [/usr/lib/debug]
+files: {/read/app.conf: app.conf}
+libs: [libnss_files.so.2]
+nss: true
+user: app:app
+groups: [audio]
+mounts: [/write]
+entrypoint: [/usr/bin/cat]
+cmd: [/read/data]
+dir: /write
+env: [A=1, "B=x=y"]
+labels: {org.example: yes-really}
+ports: [80, 53/udp]
+"""
+    )
+    assert spec.paths == ("/usr/bin/cat", "/usr/lib/**/*.so")
+    assert spec.files == (("/read/app.conf", "app.conf"),)
+    assert spec.env == (("A", "1"), ("B", "x=y"))
+    assert spec.ports == ("53/udp", "80/tcp")
+    assert spec.workdir == "/write"
+    assert spec.effective_user == "app:app"
+    assert spec.canonical()["paths"] == ["/usr/bin/cat", "/usr/lib/**/*.so"]
+
+
+def test_env_mapping_and_smith_ports_mapping():
+    spec = parse("paths: [/a]\nenv: {X: '1'}\nports: {'8080/tcp': {}}\n")
+    assert spec.env == (("X", "1"),)
+    assert spec.ports == ("8080/tcp",)
+
+
+def test_defaults():
+    spec = parse("paths: [/usr/bin/cat]\n")
+    assert spec.effective_user == "10:10"
+    assert spec.cmd == () and spec.from_ == "/"
+    assert parse("paths: [/a]\nroot: true\n").effective_user == "0:0"
+
+
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("paths: [/a]\nbogus: 1\n", 2, "unknown key 'bogus'"),
+        ("paths: /a\n", 1, "paths must be a list"),
+        ("paths: [/a]\ncmd: /bin/sh\n", 2, "cmd must be a list"),
+        ("paths: [relative]\n", 1, "must be an absolute image path"),
+        ("paths: [/a/../etc]\n", 1, "must not contain '..'"),
+        ("paths: [/a]\nuser: 'a:b:c'\n", 2, "bad user"),
+        ("paths: [/a]\nuser: 'bad name'\n", 2, "bad user"),
+        ("paths: [/a]\nenv: [NOEQUALS]\n", 2, "NAME=VALUE"),
+        ("paths: [/a]\nenv: ['1X=2']\n", 2, "bad environment variable name"),
+        ("paths: [/a]\nports: [99999]\n", 2, "bad port"),
+        ("paths: [/a]\nnss: maybe\n", 2, "true or false"),
+        ("paths: [/a]\n\n\npaths: [/b]\n", 4, "duplicate key"),
+        ("paths: [/a]\ndir: write\n", 2, "absolute"),
+        ("paths: [/a]\narch: vax\n", 2, "unknown arch"),
+        ("- just\n- a list\n", 1, "must be a mapping"),
+        ("paths: [/a\n", 2, "invalid YAML"),
+    ],
+)
+def test_bad_specs_name_file_and_line(text, line, words):
+    with pytest.raises(SpecError) as info:
+        parse(text)
+    message = str(info.value)
+    assert message.startswith(f"spec.yaml:{line}:"), message
+    assert words in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("key", ["package", "parent", "type", "mock"])
+def test_later_keys_are_refused_not_ignored(key):
+    with pytest.raises(UnsupportedError, match="not supported yet"):
+        parse(f"paths: [/a]\n{key}: x\n")
+
+
+def test_nothing_to_put_in_the_image():
+    with pytest.raises(SpecError, match="nothing to put in the image"):
+        parse("cmd: [/bin/true]\n")
+
+
+def test_empty_spec():
+    with pytest.raises(SpecError, match="empty"):
+        parse("")
+
+
+def test_load_prefers_microimage_over_smith(tmp_path):
+    (tmp_path / "smith.yaml").write_text("paths: [/smith]\n")
+    assert load_spec(str(tmp_path)).paths == ("/smith",)
+    (tmp_path / "microimage.yaml").write_text("paths: [/micro]\n")
+    spec = load_spec(str(tmp_path))
+    assert spec.paths == ("/micro",)
+    assert spec.base_dir == str(tmp_path)
+
+
+def test_missing_spec(tmp_path):
+    with pytest.raises(SpecError, match="no microimage.yaml or smith.yaml"):
+        load_spec(str(tmp_path))
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(str(tmp_path / "nope.yaml"))
