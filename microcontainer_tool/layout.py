@@ -148,6 +148,38 @@ class LayoutStore:
                 _unlink_quietly(tmp)
         return Descriptor(media_type, digest, size)
 
+    def adopt_file(self, path: str, desc: Descriptor) -> Descriptor:
+        """Move a file whose digest the caller computed while writing it into the store.
+
+        If the blob is already there it is left untouched (its mtime too) and
+        ``path`` is removed, so an unchanged layer is never rewritten.
+
+        Raises:
+            LayoutError: the file cannot be moved.
+        """
+        final = self.blob_path(desc.digest)
+        try:
+            if os.path.exists(final):
+                os.unlink(path)
+            else:
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.rename(path, final)
+        except OSError as error:
+            raise LayoutError(f"{self.root}: cannot store blob: {error.strerror or error}") from None
+        return desc
+
+    def collect_garbage(self, keep: Sequence[str]) -> None:
+        """Remove every blob whose digest is not in ``keep`` (and stray temp files)."""
+        wanted = {d.split(":", 1)[1] for d in keep}
+        try:
+            names = os.listdir(self._blobs)
+        except OSError:
+            return
+        for name in names:
+            if name not in wanted:
+                _unlink_quietly(os.path.join(self._blobs, name))
+
     def put_file(self, path: str, media_type: str = OCTET_STREAM,
                  expected_digest: str | None = None) -> Descriptor:
         """Store the content of the file at ``path`` as a blob (streamed)."""
@@ -304,7 +336,7 @@ def _verify_file(path: str, digest: str, size: int) -> None:
 
 
 def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, config: Mapping[str, Any],
-                tag: str, name: str) -> ImageResult:
+                tag: str, name: str, move_layer: bool = False) -> ImageResult:
     """Write a one-layer image to ``out`` in format ``fmt``, atomically.
 
     Args:
@@ -316,6 +348,9 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
         config: the image config (see :func:`~microcontainer_tool.oci.image_config`).
         tag: the image tag (``org.opencontainers.image.ref.name``).
         name: repository name, used by ``docker-archive`` (``RepoTags``).
+        move_layer: the caller hashed ``layer_blob_path`` while writing it and
+            hands it over: it is moved (not copied, not re-hashed) into an
+            ``oci`` layout, and removed in every case.
 
     Returns:
         The digests written.
@@ -334,7 +369,8 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
     if not os.path.isdir(parent):
         raise LayoutError(f"{out}: parent directory {parent} does not exist")
     _check_target(target, fmt)
-    _verify_file(layer_blob_path, layer.digest, layer.size)
+    if not move_layer:
+        _verify_file(layer_blob_path, layer.digest, layer.size)
 
     config_bytes = canonical_json(dict(config))
     config_desc = Descriptor(oci.MEDIA_TYPE_CONFIG, oci.sha256_digest(config_bytes), len(config_bytes))
@@ -348,7 +384,8 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
     result = ImageResult(out, fmt, manifest_desc.digest, manifest_desc.size, config_desc.digest, layer)
 
     if fmt == "oci":
-        _write_layout_dir(target, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc)
+        _write_layout_dir(target, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
+                          move_layer)
         return result
 
     members: dict[str, bytes | str] = {
@@ -412,7 +449,22 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
 
 
 def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor, config_bytes: bytes,
-                      manifest_bytes: bytes, manifest_desc: Descriptor) -> None:
+                      manifest_bytes: bytes, manifest_desc: Descriptor, move_layer: bool) -> None:
+    """Write the layout: a new one via a temp dir + rename, an existing one in place.
+
+    In place, blobs are content-addressed and written idempotently (a blob
+    already present, such as an unchanged layer, is not rewritten), then
+    ``index.json`` is replaced atomically — the commit point — and only then
+    are blobs no longer referenced removed. A failure before the commit point
+    leaves the previous image fully readable.
+    """
+    if os.path.isfile(os.path.join(target, OCI_LAYOUT_FILE)):
+        store = LayoutStore(target)
+        _fill_layout(store, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
+                     move_layer)
+        store.collect_garbage([layer_desc.digest, manifest_desc.digest,
+                               oci.sha256_digest(config_bytes)])
+        return
     parent, base = os.path.split(target)
     try:
         tmp = _mkdtemp(parent, f".{base}.tmp-")
@@ -421,15 +473,25 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
             f"{parent}: cannot create a temporary directory: {error.strerror or error}") from None
     try:
         store = LayoutStore(tmp)
-        store.put_file(layer_blob_path, layer_desc.media_type, layer_desc.digest)
-        store.put_blob(config_bytes, oci.MEDIA_TYPE_CONFIG)
-        store.put_blob(manifest_bytes, oci.MEDIA_TYPE_MANIFEST)
-        store.write_index([manifest_desc])
-        store.sync()
+        _fill_layout(store, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
+                     move_layer)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fill_layout(store: LayoutStore, layer_blob_path: str, layer_desc: Descriptor, config_bytes: bytes,
+                 manifest_bytes: bytes, manifest_desc: Descriptor, move_layer: bool) -> None:
+    if move_layer:
+        store.adopt_file(layer_blob_path, layer_desc)
+    else:
+        store.put_file(layer_blob_path, layer_desc.media_type, layer_desc.digest)
+    store.put_blob(config_bytes, oci.MEDIA_TYPE_CONFIG)
+    store.put_blob(manifest_bytes, oci.MEDIA_TYPE_MANIFEST)
+    store.sync()
+    store.write_index([manifest_desc])
+    _fsync_dir(store.root)
 
 
 def _mkdtemp(parent: str, prefix: str) -> str:

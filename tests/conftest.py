@@ -52,7 +52,7 @@ def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str]
              write_dir: str | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
     """Unpack an image with umoci and run it with runc, read-only root.
 
-    The container has its own network namespace (no network), the image's
+    The container has no capabilities, noNewPrivileges, its own network namespace (no network), the image's
     user, all mounts of umoci's default runtime config, tmpfs on /run and
     /tmp, and optionally a host dir bind-mounted read-write at /write.
     """
@@ -65,6 +65,9 @@ def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str]
     config = json.loads(config_path.read_text())
     config["root"]["readonly"] = True
     config["process"]["terminal"] = False
+    config["process"]["noNewPrivileges"] = True
+    config["process"]["capabilities"] = {k: [] for k in ("bounding", "effective", "inheritable",
+                                                         "permitted", "ambient")}
     if args is not None:
         config["process"]["args"] = args
     for target in ("/run", "/tmp"):

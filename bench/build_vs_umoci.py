@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Build `curl` from / with microcontainer-tool and, in the same run, with umoci.
+
+Prints a table: median wall time over N alternating rounds, compressed layer
+size, and our/umoci ratios. umoci's pipeline is what a user would script:
+init a layout, new image, unpack, copy the same files (curl's closure, as
+``ldd`` lists it, with their symlink chains) into the rootfs, repack.
+
+Usage: python bench/build_vs_umoci.py [--rounds N] [--program /usr/bin/curl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def closure(program: str) -> list[str]:
+    """Files ldd lists for a program, plus the program, with link chains."""
+    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    files = [program]
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and parts[parts.index("=>") + 1].startswith("/"):
+            files.append(parts[parts.index("=>") + 1])
+        elif parts and parts[0].startswith("/"):
+            files.append(parts[0])
+    return files
+
+
+def ours(work: str, program: str) -> tuple[float, int]:
+    spec = os.path.join(work, "spec")
+    os.makedirs(spec, exist_ok=True)
+    with open(os.path.join(spec, "microimage.yaml"), "w") as handle:
+        handle.write(f"paths: [{program}]\ncmd: [{program}]\n")
+    out = os.path.join(work, "ours")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "microcontainer_tool", "build", "-c", spec, "-o", out, "-q"],
+                   check=True, capture_output=True, env={**os.environ, "PYTHONPATH": REPO})
+    elapsed = time.perf_counter() - start
+    return elapsed, layer_size(out)
+
+
+def umoci(work: str, files: list[str]) -> tuple[float, int]:
+    layout = os.path.join(work, "umoci")
+    bundle = os.path.join(work, "bundle")
+    for path in (layout, bundle):
+        shutil.rmtree(path, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run(["umoci", "init", "--layout", layout], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:latest"], check=True)
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", bundle], check=True,
+                   capture_output=True)
+    rootfs = os.path.join(bundle, "rootfs")
+    real = sorted({os.path.realpath(f) for f in files})
+    subprocess.run(["cp", "-a", "--parents", *real, rootfs], check=True, cwd="/")
+    for path in files:  # the symlinks on the way, as ld.so follows them
+        copy_links(path, rootfs)
+    subprocess.run(["umoci", "repack", "--image", f"{layout}:latest", bundle], check=True,
+                   capture_output=True)
+    elapsed = time.perf_counter() - start
+    return elapsed, layer_size(layout)
+
+
+def copy_links(path: str, rootfs: str) -> None:
+    """Recreate in ``rootfs`` every symlink met while resolving ``path``."""
+    parts = [p for p in path.split("/") if p]
+    current = ""
+    while parts:
+        current = f"{current}/{parts.pop(0)}"
+        if os.path.islink(current):
+            target = os.readlink(current)
+            dest = rootfs + current
+            if not os.path.lexists(dest):
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.symlink(target, dest)
+            base = "" if target.startswith("/") else os.path.dirname(current)
+            joined = os.path.normpath(os.path.join(base or "/", target))
+            parts = [p for p in joined.split("/") if p] + parts
+            current = ""
+
+
+def layer_size(layout: str) -> int:
+    with open(os.path.join(layout, "index.json")) as handle:
+        index = json.load(handle)
+    digest = index["manifests"][0]["digest"].split(":")[1]
+    with open(os.path.join(layout, "blobs", "sha256", digest)) as handle:
+        manifest = json.load(handle)
+    return sum(layer["size"] for layer in manifest["layers"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--program", default="/usr/bin/curl")
+    args = parser.parse_args()
+    if not shutil.which("umoci"):
+        print("umoci is not installed (apt-get install umoci)", file=sys.stderr)
+        return 1
+    files = closure(args.program)
+    raw = sum(os.path.getsize(os.path.realpath(f)) for f in files)
+    ours_t, umoci_t, ratios = [], [], []
+    sizes = (0, 0)
+    with tempfile.TemporaryDirectory() as work:
+        ours(work, args.program)  # warm-up (page cache, imports)
+        for _ in range(args.rounds):
+            t_ours, s_ours = ours(work, args.program)
+            t_umoci, s_umoci = umoci(work, files)
+            ours_t.append(t_ours)
+            umoci_t.append(t_umoci)
+            ratios.append(t_ours / t_umoci)
+            sizes = (s_ours, s_umoci)
+    print(f"workload: {args.program}, {len(files)} files, {raw / 1e6:.1f} MB uncompressed, {args.rounds} rounds")
+    print(f"{'tool':<22}{'median wall s':>14}{'min':>8}{'max':>8}{'layer bytes':>14}")
+    for name, times, size in (("microcontainer build", ours_t, sizes[0]), ("umoci pipeline", umoci_t, sizes[1])):
+        print(f"{name:<22}{statistics.median(times):>14.3f}{min(times):>8.3f}{max(times):>8.3f}{size:>14}")
+    print(f"{'ratio ours/umoci':<22}{statistics.median(ratios):>14.3f}{min(ratios):>8.3f}{max(ratios):>8.3f}"
+          f"{sizes[0] / sizes[1]:>14.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""One build: spec -> assembled tree -> layer -> config -> image output.
+
+This is the only module that ties the model to the writers. Output is written
+atomically by :mod:`layout`; the layer is staged in a temporary file next to
+the output so nothing half-written is ever left at the output path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from .assemble import Assembly, assemble
+from .layer import LayerInfo, write_layer
+from .layout import format_for_path, write_image
+from .oci import image_config
+from .spec import DEFAULT_PATH, ImageSpec
+
+
+@dataclass
+class BuildResult:
+    """What a build produced.
+
+    Attributes:
+        output: the output path.
+        format: the output format used.
+        manifest_digest: digest of the image manifest (the image's identity).
+        config_digest: digest of the image config.
+        layer: the layer's digests and size.
+        files: number of entries in the layer.
+        assembly: the assembled tree and closure.
+        warnings: messages for the user.
+    """
+
+    output: str
+    format: str
+    manifest_digest: str
+    config_digest: str
+    layer: LayerInfo
+    files: int
+    assembly: Assembly
+    warnings: list[str] = field(default_factory=list)
+
+
+def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int) -> dict:
+    """The OCI image config of a build.
+
+    Args:
+        spec: the spec.
+        assembly: the assembled image (user, platform).
+        layer: the image's layer (its diff_id).
+        epoch: ``SOURCE_DATE_EPOCH``.
+
+    Returns:
+        The config as a JSON-able dict.
+    """
+    env = dict(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    arch, variant = assembly.platform
+    return image_config(
+        architecture=arch,
+        variant=variant,
+        created=epoch,
+        user=assembly.identity.config_user,
+        env=[f"{k}={v}" for k, v in env.items()],
+        entrypoint=list(spec.entrypoint),
+        cmd=list(spec.cmd),
+        workdir=spec.workdir,
+        labels=dict(spec.labels),
+        ports=list(spec.ports),
+        volumes=list(spec.mounts),
+        diff_ids=[layer.diff_id],
+    )
+
+
+def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str = "latest",
+                name: str | None = None, compression: str = "gzip", epoch: int = 0,
+                allow_missing: bool = False) -> BuildResult:
+    """Build the image a spec describes and write it to ``output``.
+
+    Args:
+        spec: the validated spec.
+        output: output path (directory, ``.tar``, ``.tar.gz``/``.tgz``).
+        fmt: output format, or ``None`` to choose by ``output``'s suffix.
+        tag: the image's tag (``org.opencontainers.image.ref.name``).
+        name: repository name for docker-archive RepoTags (default: output stem).
+        compression: ``gzip``, ``zstd`` or ``none``.
+        epoch: ``SOURCE_DATE_EPOCH``: every timestamp in the output.
+        allow_missing: warn instead of failing on missing libraries.
+
+    Returns:
+        The build result.
+
+    Raises:
+        MicrocontainerError: any input or output problem (nothing is written).
+    """
+    fmt = format_for_path(output, fmt)
+    assembly = assemble(spec, allow_missing=allow_missing)
+    parent = os.path.dirname(os.path.abspath(output)) or "."
+    os.makedirs(parent, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(prefix=".mct-layer-", dir=parent, delete=False)
+    try:
+        with handle:
+            layer = write_layer(assembly.tree, handle, compression, epoch)
+        config = config_for(spec, assembly, layer, epoch)
+        result = write_image(output, fmt, handle.name, layer, config, tag,
+                             name or _default_name(output), move_layer=True)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+    return BuildResult(output, fmt, result.manifest_digest, result.config_digest, layer,
+                       len(assembly.tree), assembly, list(assembly.warnings))
+
+
+def _default_name(output: str) -> str:
+    base = os.path.basename(os.path.normpath(output))
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in base.lower()).strip("._-")
+    return cleaned or "microcontainer"

@@ -1,0 +1,216 @@
+"""Command-line front end: ``microcontainer COMMAND ...``.
+
+The only place (with the SCons adapter) where library errors become exit
+codes: a :class:`MicrocontainerError` prints ``microcontainer: error: MESSAGE``
+on one line and exits non-zero; there is no traceback for anything a user can
+cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence, TextIO
+
+from . import __version__
+from .errors import MicrocontainerError, SpecError
+from .layout import FORMATS
+
+COMPRESSIONS = ("gzip", "zstd", "none")
+
+
+def source_date_epoch(environ: dict[str, str] | os._Environ[str]) -> int:
+    """The build's timestamp: ``SOURCE_DATE_EPOCH`` or 0.
+
+    Raises:
+        SpecError: the variable is set but not a non-negative integer.
+    """
+    value = environ.get("SOURCE_DATE_EPOCH", "")
+    if value == "":
+        return 0
+    if not value.isdigit():
+        raise SpecError(f"SOURCE_DATE_EPOCH={value!r} is not a non-negative integer")
+    return int(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="microcontainer",
+        description="Build minimal, read-only, reproducible OCI images (microcontainers).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    build = sub.add_parser("build", help="build an image from a spec")
+    build.add_argument("-c", "--config", metavar="SPEC",
+                       help="spec file or its directory (default: ./microimage.yaml, else ./smith.yaml)")
+    build.add_argument("-o", "--output", metavar="OUT", required=True,
+                       help="output: DIR (OCI layout), OUT.tar (oci-archive), OUT.tar.gz/.tgz (smith)")
+    build.add_argument("-t", "--tag", default="latest", help="tag (ref.name) of the image (default: latest)")
+    build.add_argument("--name", help="repository name used in docker-archive RepoTags (default: output's stem)")
+    build.add_argument("--format", choices=FORMATS, help="output format (default: by OUT's suffix)")
+    build.add_argument("--compression", choices=COMPRESSIONS, default="gzip",
+                       help="layer compression (default: gzip; zstd is opt-in)")
+    build.add_argument("--allow-missing", action="store_true",
+                       help="warn instead of failing when a library cannot be found")
+    build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
+
+    deps = sub.add_parser("deps", help="print the ELF closure of files, as ld.so would load it")
+    deps.add_argument("files", nargs="+", metavar="FILE", help="image paths inside --root")
+    deps.add_argument("--root", default="/", help="sysroot the files and libraries are in (default: /)")
+    deps.add_argument("--tree", action="store_true", help="print the dependency tree instead of a list")
+    deps.add_argument("--allow-missing", action="store_true", help="list what is found; exit 0 on missing")
+
+    inspect = sub.add_parser("inspect", help="print an image's config, digests and files")
+    inspect.add_argument("image", metavar="IMAGE",
+                         help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
+    inspect.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None, environ: dict[str, str] | None = None) -> int:
+    """Run the CLI.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+        stdout: where results go (default: ``sys.stdout``).
+        stderr: where warnings and errors go (default: ``sys.stderr``).
+        environ: the environment (default: ``os.environ``).
+
+    Returns:
+        The exit code.
+    """
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    env = os.environ if environ is None else environ
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            return _build(args, out, err, env)
+        if args.command == "deps":
+            return _deps(args, out, err)
+        return _inspect(args, out)
+    except MicrocontainerError as error:
+        print(f"microcontainer: error: {error}", file=err)
+        return error.exit_code
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"microcontainer: error: {where}{error.strerror or error}", file=err)
+        return 1
+    except KeyboardInterrupt:
+        print("microcontainer: interrupted", file=err)
+        return 130
+
+
+def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
+    from .build import build_image
+    from .spec import load_spec
+
+    spec = load_spec(args.config)
+    result = build_image(
+        spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
+        compression=args.compression, epoch=source_date_epoch(env),
+        allow_missing=args.allow_missing,
+    )
+    for warning in result.warnings:
+        print(f"microcontainer: warning: {warning}", file=err)
+    if args.quiet:
+        print(result.manifest_digest, file=out)
+    else:
+        print(f"{result.output} ({result.format}): {result.files} entries, layer {result.layer.size} bytes", file=out)
+        print(f"manifest {result.manifest_digest}", file=out)
+        print(f"config   {result.config_digest}", file=out)
+        print(f"layer    {result.layer.digest} (diff_id {result.layer.diff_id})", file=out)
+    return 0
+
+
+def _deps(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .ldd import LibraryResolver
+    from .sysroot import SysRoot
+
+    root = SysRoot(args.root)
+    resolver = LibraryResolver(root)
+    closure = resolver.closure(args.files)
+    if not closure.objects:
+        raise MicrocontainerError(f"none of {', '.join(args.files)} is an ELF file in {args.root}")
+    missing = closure.missing()
+    if args.tree:
+        _print_tree(closure, out)
+    else:
+        paths = set(closure.libraries())
+        for path in sorted(paths):
+            print(path, file=out)
+    if missing:
+        message = resolver.format_missing(closure)
+        if not args.allow_missing:
+            raise MicrocontainerError(message)
+        print(f"microcontainer: warning: {message}", file=err)
+    return 0
+
+
+def _print_tree(closure: object, out: TextIO) -> None:
+    from .ldd import Closure
+
+    assert isinstance(closure, Closure)
+    children: dict[str, list[tuple[str, str | None, str]]] = {}
+    for dep in closure.edges:
+        children.setdefault(dep.needer, []).append((dep.name, dep.path, dep.rule))
+    seen: set[str] = set()
+
+    def walk(path: str, depth: int) -> None:
+        for name, found, rule in children.get(path, []):
+            shown = found if found is not None else "not found"
+            again = found is not None and found in seen
+            print(f"{'    ' * depth}{name} => {shown} [{rule}]{' (see above)' if again else ''}", file=out)
+            if found is not None and not again:
+                seen.add(found)
+                walk(found, depth + 1)
+
+    for root_path in closure.roots:
+        print(root_path, file=out)
+        seen.add(root_path)
+        walk(root_path, 1)
+
+
+def _inspect(args: argparse.Namespace, out: TextIO) -> int:
+    from .image import open_image
+
+    view = open_image(args.image)
+    files = list(view.iter_files())
+    if args.json:
+        data = {
+            "manifest_digest": view.manifest_digest,
+            "manifest": view.manifest,
+            "config": view.config,
+            "files": [{"path": f.path, "type": f.type, "mode": f"{f.mode:04o}", "size": f.size,
+                       "link": f.linkname} for f in files],
+        }
+        json.dump(data, out, indent=2, sort_keys=True)
+        out.write("\n")
+        return 0
+    config = view.config
+    conf = config.get("config", {})
+    print(f"manifest  {view.manifest_digest}", file=out)
+    print(f"config    {view.manifest['config']['digest']}", file=out)
+    for layer in view.manifest.get("layers", []):
+        print(f"layer     {layer['digest']} {layer['size']} bytes {layer['mediaType']}", file=out)
+    print(f"platform  {config.get('os')}/{config.get('architecture')}"
+          + (f"/{config['variant']}" if config.get("variant") else ""), file=out)
+    print(f"created   {config.get('created', '')}", file=out)
+    for key in ("User", "Entrypoint", "Cmd", "WorkingDir", "Env", "Labels", "ExposedPorts", "Volumes"):
+        if key in conf:
+            print(f"{key:<10}{json.dumps(conf[key], sort_keys=True)}", file=out)
+    total = sum(f.size for f in files)
+    print(f"files     {len(files)} entries, {total} bytes", file=out)
+    for f in files:
+        link = f" -> {f.linkname}" if f.linkname else ""
+        print(f"  {f.type:<8} {f.mode:04o} {f.size:>10}  {f.path}{link}", file=out)
+    return 0
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
