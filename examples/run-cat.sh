@@ -9,7 +9,7 @@ out="$top/out"
 mkdir -p "$out"
 
 "$venv/bin/microcontainer" build -c "$top/examples/cat" -o "$out/cat" --tag latest
-"$venv/bin/microcontainer" inspect "$out/cat" | head -12
+"$venv/bin/microcontainer" inspect "$out/cat"
 
 if [ "$(id -u)" != 0 ] || ! command -v runc >/dev/null || ! command -v umoci >/dev/null; then
     echo "built $out/cat; to run it: umoci unpack --image $out/cat:latest BUNDLE && runc run --bundle BUNDLE cat (as root)"

@@ -96,6 +96,11 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     except MicrocontainerError as error:
         print(f"microcontainer: error: {error}", file=err)
         return error.exit_code
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as a SIGPIPE'd tool does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         print(f"microcontainer: error: {where}{error.strerror or error}", file=err)
