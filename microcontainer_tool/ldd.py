@@ -57,17 +57,20 @@ Rules (glibc 2.36 ``elf/dl-load.c`` ``_dl_map_object``, ``elf/dl-deps.c``):
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import stat
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar, cast
 
 from . import ldcache
 from .elf import ElfInfo, machine_name, read_elf
 from .errors import SourceError
 from .sysroot import Resolved, SysRoot
+
+_T = TypeVar("_T")
 
 RULE_INTERP = "interpreter"
 RULE_DIRECT = "direct path"
@@ -247,7 +250,6 @@ class LibraryResolver:
         """
         self.sysroot = sysroot
         self.library_path = tuple(library_path)
-        self._elf: dict[tuple[str, int, int, int], ElfInfo | None] = {}
         self._defaults: dict[tuple[str | None, tuple[int, bool, str] | None], tuple[str, ...]] = {}
         self._cache: dict[str, list[ldcache.CacheEntry]] | None = None
         self._cache_read = False
@@ -626,16 +628,8 @@ class LibraryResolver:
         resolved = self.sysroot.resolve(_absolute(interpreter))
         if resolved is None or not stat.S_ISREG(resolved.st.st_mode):
             return None
-        try:
-            with open(self.sysroot.host_path(resolved.path), "rb") as handle:
-                data = handle.read()
-        except OSError:
-            return None
-        match = _SYSTEM_DIRS.search(data)
-        if match is None:
-            return None
-        parts = match.group(0).split(b"\0")[:-1]
-        return tuple(p.decode("utf-8", "surrogateescape").rstrip("/") or "/" for p in parts)
+        host = self.sysroot.host_path(resolved.path)
+        return _memoized(("dirs", host), resolved.st, lambda: _system_dirs(host))
 
     def _heuristic_dirs(self, want: tuple[int, bool, str] | None) -> tuple[str, ...]:
         elf_class = want[0] if want else 64
@@ -666,12 +660,19 @@ class LibraryResolver:
     def _cache_index(self) -> dict[str, list[ldcache.CacheEntry]] | None:
         if not self._cache_read:
             self._cache_read = True
-            entries = ldcache.read_ld_cache(self.sysroot)
+            entries = self._read_ld_cache()
             if entries is not None:
                 self._cache = {}
                 for entry in entries:
                     self._cache.setdefault(entry.soname, []).append(entry)
         return self._cache
+
+    def _read_ld_cache(self) -> list[ldcache.CacheEntry] | None:
+        resolved = self.sysroot.resolve(ldcache.LD_SO_CACHE)
+        if resolved is None or not stat.S_ISREG(resolved.st.st_mode):
+            return ldcache.read_ld_cache(self.sysroot)
+        return _memoized(("ld.so.cache", self.sysroot.host_path(resolved.path)), resolved.st,
+                         lambda: ldcache.read_ld_cache(self.sysroot))
 
     def _ld_so_conf(self) -> list[str]:
         if self._conf_dirs is None:
@@ -680,11 +681,39 @@ class LibraryResolver:
 
     def _read(self, resolved: Resolved) -> ElfInfo | None:
         """ELF facts of a resolved regular file, memoized by identity."""
-        st = resolved.st
-        key = (resolved.path, st.st_mtime_ns, st.st_size, st.st_ino)
-        if key not in self._elf:
-            self._elf[key] = read_elf(self.sysroot.host_path(resolved.path), label=resolved.path)
-        return self._elf[key]
+        host = self.sysroot.host_path(resolved.path)
+        return _memoized(("elf", host), resolved.st, lambda: read_elf(host, label=resolved.path))
+
+
+#: Facts read from files, shared by every resolver of the process and keyed by
+#: the host file's identity (path, inode, size, mtime): a build system that
+#: resolves many images over one sysroot reads each library and the loader's
+#: cache once. A changed file has a new key.
+_FILE_FACTS: dict[tuple[Any, ...], Any] = {}
+
+
+def _memoized(key: tuple[str, str], st: os.stat_result, compute: Callable[[], _T]) -> _T:
+    full = (*key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    try:
+        return cast(_T, _FILE_FACTS[full])
+    except KeyError:
+        value = compute()
+        _FILE_FACTS[full] = value
+        return value
+
+
+def _system_dirs(host: str) -> tuple[str, ...] | None:
+    """The NUL-separated system dirs stored in an ``ld.so`` file, if found."""
+    try:
+        with open(host, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    match = _SYSTEM_DIRS.search(data)
+    if match is None:
+        return None
+    parts = match.group(0).split(b"\0")[:-1]
+    return tuple(p.decode("utf-8", "surrogateescape").rstrip("/") or "/" for p in parts)
 
 
 def _new_info(new: list[_Loaded], edge: Dependency) -> ElfInfo | None:
