@@ -37,7 +37,14 @@ class Identity:
 
     @property
     def config_user(self) -> str:
-        """The numeric ``uid:gid`` written into the image config."""
+        """The ``User`` of the image config.
+
+        Numeric ``uid:gid`` unless the spec named the user or group: then the
+        names, which the runtime resolves with the image's own passwd/group
+        files, so supplementary ``groups`` apply too.
+        """
+        if self.named:
+            return f"{self.user}:{self.group}"
         return f"{self.uid}:{self.gid}"
 
 

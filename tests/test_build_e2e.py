@@ -235,3 +235,25 @@ cmd: [/usr/bin/hello]
     proc = runc_run(out, "latest", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "cache works\n"
+
+
+def test_named_user_gets_nss_files_and_libs_are_added(tmp_path):
+    spec = write_spec(tmp_path / "spec", """
+paths: [/usr/bin/id]
+libs: [libz.so.1]
+user: app:staff
+groups: [audio]
+cmd: [id]
+""")
+    out = tmp_path / "img"
+    build(spec, out)
+    files = {f["path"]: f for f in inspect_json(out)["files"]}
+    assert {"/etc/passwd", "/etc/group", "/etc/nsswitch.conf"} <= set(files)
+    assert files["/usr/lib/x86_64-linux-gnu/libz.so.1"]["type"] == "symlink"
+    assert any(p.startswith("/usr/lib/x86_64-linux-gnu/libz.so.1.") for p in files)
+    assert inspect_json(out)["config"]["config"]["User"] == "app:staff"
+    proc = runc_run(out, "latest", tmp_path, args=["/usr/bin/id", "-n", "-G", "app"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["staff", "audio"]  # membership from the image's /etc/group
+    proc = runc_run(out, "latest", tmp_path)
+    assert proc.stdout.startswith("uid=10(app) gid=10(staff)"), proc.stdout

@@ -9,7 +9,8 @@ def test_parse_user():
     assert parse_user("0:0").user == "root"
     ident = parse_user("app")
     assert (ident.uid, ident.gid, ident.user, ident.named) == (10, 10, "app", True)
-    assert parse_user("daemon:tty").config_user == "1:5"
+    daemon = parse_user("daemon:tty")
+    assert (daemon.uid, daemon.gid, daemon.config_user) == (1, 5, "daemon:tty")
 
 
 def test_nss_files():
