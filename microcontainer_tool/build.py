@@ -2,18 +2,19 @@
 
 This is the only module that ties the model to the writers. Output is written
 atomically by :mod:`layout`; the layer is staged in a temporary file next to
-the output so nothing half-written is ever left at the output path.
+the output (or taken from a :class:`~.layercache.LayerCache`), so nothing
+half-written is ever left at the output path.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 from .assemble import Assembly, assemble
-from .layer import LayerInfo, write_layer
-from .layout import format_for_path, write_image
+from .layer import LayerInfo
+from .layercache import LayerCache
+from .layout import format_for_path, write_tree_image
 from .oci import image_config
 from .spec import DEFAULT_PATH, ImageSpec
 
@@ -76,7 +77,7 @@ def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int
 
 def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str = "latest",
                 name: str | None = None, compression: str = "gzip", epoch: int = 0,
-                allow_missing: bool = False) -> BuildResult:
+                allow_missing: bool = False, layer_cache: LayerCache | None = None) -> BuildResult:
     """Build the image a spec describes and write it to ``output``.
 
     Args:
@@ -88,6 +89,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         compression: ``gzip``, ``zstd`` or ``none``.
         epoch: ``SOURCE_DATE_EPOCH``: every timestamp in the output.
         allow_missing: warn instead of failing on missing libraries.
+        layer_cache: reuse compressed layers of identical trees from there.
 
     Returns:
         The build result.
@@ -97,19 +99,14 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
     """
     fmt = format_for_path(output, fmt)
     assembly = assemble(spec, allow_missing=allow_missing)
-    parent = os.path.dirname(os.path.abspath(output)) or "."
+    parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(prefix=".mct-layer-", dir=parent, delete=False)
-    try:
-        with handle:
-            layer = write_layer(assembly.tree, handle, compression, epoch)
-        config = config_for(spec, assembly, layer, epoch)
-        result = write_image(output, fmt, handle.name, layer, config, tag,
-                             name or _default_name(output), move_layer=True)
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-    return BuildResult(output, fmt, result.manifest_digest, result.config_digest, layer,
+    result = write_tree_image(
+        output, fmt, assembly.tree, compression, epoch,
+        lambda layer: config_for(spec, assembly, layer, epoch), tag,
+        name or _default_name(output), layer_cache=layer_cache,
+    )
+    return BuildResult(output, fmt, result.manifest_digest, result.config_digest, result.layer,
                        len(assembly.tree), assembly, list(assembly.warnings))
 
 

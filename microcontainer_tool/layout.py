@@ -18,6 +18,7 @@ members sorted parents-first, mtime 0, uid/gid 0, no owner names, modes
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence
 from . import oci
 from .compression import open_compressor
 from .errors import DigestMismatchError, LayoutError
+from .layercache import LayerCache
 from .layer import CHUNK_SIZE, LayerInfo, TarStreamWriter, normalized_info, write_layer
 from .oci import Descriptor, canonical_json
 from .tree import FileTree
@@ -408,11 +410,12 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
 
 def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str, epoch: int,
                      make_config: Callable[[LayerInfo], Mapping[str, Any]], tag: str,
-                     name: str) -> ImageResult:
+                     name: str, layer_cache: LayerCache | None = None) -> ImageResult:
     """Write ``tree`` as a one-layer image to ``out``: the whole build, atomically.
 
-    The layer is streamed into a temporary file next to ``out`` (removed in
-    every case), then :func:`write_image` stores it.
+    The layer is streamed into a temporary file next to ``out`` and moved into
+    place (removed in every case), or taken from ``layer_cache`` when it
+    holds the same tree already; then :func:`write_image` stores it.
 
     Args:
         out: output path.
@@ -423,6 +426,7 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
         make_config: builds the image config from the written layer (its ``diff_id``).
         tag: image tag.
         name: repository name (``docker-archive``).
+        layer_cache: reuse and keep compressed layers there, by tree digest.
 
     Raises:
         SourceError: a host file vanished or changed while the layer was written.
@@ -437,11 +441,14 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
     if not os.path.isdir(parent):
         raise LayoutError(f"{out}: parent directory {parent} does not exist")
     _check_target(target, fmt)
+    if layer_cache is not None:
+        blob, layer, _hit = layer_cache.layer(tree, compression, epoch)
+        return write_image(out, fmt, blob, layer, make_config(layer), tag, name)
     fd, tmp = _mkstemp(parent, f".{base}.layer")
     try:
         with os.fdopen(fd, "wb", buffering=CHUNK_SIZE) as sink:
             layer = write_layer(tree, sink, compression, epoch)
-        return write_image(out, fmt, tmp, layer, make_config(layer), tag, name)
+        return write_image(out, fmt, tmp, layer, make_config(layer), tag, name, move_layer=True)
     except OSError as error:
         raise LayoutError(f"{out}: cannot write: {error.strerror or error}") from None
     finally:
@@ -577,3 +584,75 @@ def _write_archive_file(target: str, members: Mapping[str, bytes | str], gzip: b
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def sync_layout_from_archive(archive: str, out: str) -> str:
+    """Make the OCI layout ``out`` hold exactly the image of an oci-archive.
+
+    Blobs are verified against their names while copied; a blob ``out``
+    already has is not rewritten (so an unchanged layer keeps its file and
+    mtime); ``index.json`` is replaced atomically, then unreferenced blobs are
+    removed. A new ``out`` is filled in a temporary directory and renamed.
+
+    Args:
+        archive: an oci-archive (a tar of a layout), as :func:`write_image` writes.
+        out: the layout directory to create or update.
+
+    Returns:
+        The digest of the (first) manifest in the index.
+
+    Raises:
+        LayoutError: the archive is unreadable or not a layout, or ``out`` is
+            not a layout and not empty.
+        DigestMismatchError: a blob does not match its name.
+    """
+    target = os.path.abspath(out)
+    _check_target(target, "oci")
+    try:
+        tar = tarfile.open(archive, "r:")
+    except (OSError, tarfile.TarError) as error:
+        raise LayoutError(f"{archive}: not a readable oci-archive ({error})") from None
+    with tar:
+        members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+        index_member = members.get(INDEX_FILE)
+        if index_member is None:
+            raise LayoutError(f"{archive}: no index.json: not an oci-archive")
+        index_bytes = _extract(tar, index_member, archive)
+        try:
+            index = json.loads(index_bytes)
+            descs = [Descriptor.from_dict(d) for d in index["manifests"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise LayoutError(f"{archive}: invalid index.json ({error})") from None
+        blobs = sorted(n for n in members if n.startswith(BLOBS_DIR + "/"))
+        existing = os.path.isfile(os.path.join(target, OCI_LAYOUT_FILE))
+        root = target if existing else _mkdtemp(os.path.dirname(target), f".{os.path.basename(target)}.tmp-")
+        try:
+            store = LayoutStore(root)
+            for name in blobs:
+                digest = "sha256:" + name[len(BLOBS_DIR) + 1:]
+                if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+                    raise LayoutError(f"{archive}: unexpected member {name!r}")
+                if store.has_blob(digest):
+                    continue
+                stream = tar.extractfile(members[name])
+                if stream is None:
+                    raise LayoutError(f"{archive}: cannot read {name}")
+                store.put_blob(stream, expected_digest=digest)
+            store.sync()
+            store.write_index(descs)
+            if existing:
+                store.collect_garbage(["sha256:" + n[len(BLOBS_DIR) + 1:] for n in blobs])
+            else:
+                _replace_dir(root, target)
+        except BaseException:
+            if not existing:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+    return descs[0].digest if descs else ""
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> bytes:
+    stream = tar.extractfile(member)
+    if stream is None:
+        raise LayoutError(f"{archive}: cannot read {member.name}")
+    return stream.read()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 import yaml
@@ -120,11 +120,12 @@ def find_spec(path: str | None) -> str:
     return target
 
 
-def load_spec(path: str | None = None) -> ImageSpec:
+def load_spec(path: str | None = None, complete: bool = True) -> ImageSpec:
     """Load and validate a spec file.
 
     Args:
         path: spec file or directory (default: cwd's microimage.yaml/smith.yaml).
+        complete: also check it describes a whole image (see :func:`parse_spec`).
 
     Returns:
         The validated spec.
@@ -139,16 +140,18 @@ def load_spec(path: str | None = None) -> ImageSpec:
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"{spec_path}: cannot read: {err}") from err
     base_dir = os.path.dirname(os.path.abspath(spec_path))
-    return parse_spec(text, spec_path, base_dir)
+    return parse_spec(text, spec_path, base_dir, complete)
 
 
-def parse_spec(text: str, source: str, base_dir: str) -> ImageSpec:
+def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> ImageSpec:
     """Validate spec text.
 
     Args:
         text: YAML text.
         source: name used in error messages (usually the file path).
         base_dir: directory relative paths are taken from.
+        complete: also check the spec describes a whole image (not just a
+            set of overrides for :func:`merge_specs`).
 
     Returns:
         The validated spec.
@@ -187,7 +190,8 @@ def parse_spec(text: str, source: str, base_dir: str) -> ImageSpec:
         name, convert = handler
         values[name] = convert(checker, value_node)
     spec = ImageSpec(base_dir=base_dir, source=source, lines=lines, **values)
-    _check_consistency(spec, checker)
+    if complete:
+        check_spec(spec)
     return spec
 
 
@@ -391,8 +395,77 @@ _HANDLERS: dict[str, tuple[str, Callable[[_Checker, yaml.Node], Any]]] = {
 }
 
 
-def _check_consistency(spec: ImageSpec, checker: _Checker) -> None:
+def check_spec(spec: ImageSpec) -> None:
+    """Checks across keys of a whole spec.
+
+    Raises:
+        SpecError: contradictory keys, or nothing to put in the image.
+    """
     if spec.root and spec.user and spec.user.split(":")[0] not in ("0", "root"):
         raise SpecError(f"{spec.where('root')}: 'root: true' contradicts 'user: {spec.user}'")
     if not spec.paths and not spec.files and not os.path.isdir(spec.overlay_dir):
         raise SpecError(f"{spec.source}: nothing to put in the image: give 'paths', 'files' or a rootfs/ overlay")
+
+
+#: Keys whose values a merge adds to instead of replacing.
+EXTENDING_KEYS = ("files", "env", "labels")
+
+
+def merge_specs(base: ImageSpec, override: ImageSpec) -> ImageSpec:
+    """Apply the keys given in ``override`` to ``base``.
+
+    Keys in :data:`EXTENDING_KEYS` are merged (``override`` wins per entry);
+    every other key given in ``override`` replaces ``base``'s value. Paths of
+    ``override`` (``from``, ``files``) are made relative to ``base``'s
+    directory.
+
+    Returns:
+        The merged, checked spec.
+
+    Raises:
+        SpecError: the merged spec is inconsistent.
+    """
+    changes: dict[str, Any] = {}
+    for key in override.lines:
+        name = _HANDLERS[key][0]
+        value = getattr(override, name)
+        if key == "files":
+            value = tuple((image, _rebase(local, override.base_dir, base.base_dir)) for image, local in value)
+        if key == "from":
+            value = _rebase(value, override.base_dir, base.base_dir)
+        if key in EXTENDING_KEYS:
+            merged = dict(getattr(base, name))
+            merged.update(dict(value))
+            value = tuple(sorted(merged.items())) if key != "env" else tuple(merged.items())
+        changes[name] = value
+    lines = dict(base.lines)
+    lines.update({k: v for k, v in override.lines.items()})
+    merged_spec = replace(base, lines=lines, **changes)
+    check_spec(merged_spec)
+    return merged_spec
+
+
+def spec_from_canonical(data: dict[str, Any], base_dir: str, source: str) -> ImageSpec:
+    """Rebuild a spec from :meth:`ImageSpec.canonical` output.
+
+    Raises:
+        SpecError: ``data`` is not a canonical spec of this version.
+    """
+    values: dict[str, Any] = {}
+    try:
+        for fld in fields(ImageSpec):
+            if fld.name in ("base_dir", "source", "lines"):
+                continue
+            value = data[fld.name]
+            if isinstance(value, list):
+                value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            values[fld.name] = value
+    except (KeyError, TypeError) as err:
+        raise SpecError(f"{source}: not a canonical spec ({err})") from err
+    return ImageSpec(base_dir=base_dir, source=source, **values)
+
+
+def _rebase(path: str, old_base: str, new_base: str) -> str:
+    if os.path.isabs(path):
+        return path
+    return os.path.relpath(os.path.join(old_base, path), new_base)
