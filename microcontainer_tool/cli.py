@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="layer compression (default: gzip; zstd is opt-in)")
     build.add_argument("--allow-missing", action="store_true",
                        help="warn instead of failing when a library cannot be found")
+    build.add_argument("--layer-cache", metavar="DIR",
+                       help="reuse compressed layers of unchanged file trees from DIR (edit-build loops)")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
 
     deps = sub.add_parser("deps", help="print the ELF closure of files, as ld.so would load it")
@@ -112,6 +114,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
 
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from .build import build_image
+    from .layercache import LayerCache
     from .spec import load_spec
 
     spec = load_spec(args.config)
@@ -119,6 +122,7 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
         compression=args.compression, epoch=source_date_epoch(env),
         allow_missing=args.allow_missing,
+        layer_cache=LayerCache(args.layer_cache) if args.layer_cache else None,
     )
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
