@@ -27,7 +27,7 @@ from .errors import MissingLibraryError, SourceError, SpecError
 from .ldd import Closure, LibraryResolver
 from .nss import Identity, nss_files, parse_user
 from .pattern import covers, expand, has_magic
-from .spec import ImageSpec
+from .spec import DEFAULT_PATH, ImageSpec
 from .sysroot import LayeredRoot, SysRoot
 from .tree import (
     DIR_MODE,
@@ -340,7 +340,8 @@ class _Assembler:
         dirs = ldcache.read_ld_so_conf(layered)
         in_image = {p: info for p, info in closure.objects.items() if p in self.tree}
         entries = ldcache.cache_entries_for(in_image, dirs, sysroot=layered)
-        self._inline(LD_CACHE_PATH, ldcache.build_ld_cache(entries), "ld.so.cache for libraries outside the loader's default dirs")
+        self._inline(LD_CACHE_PATH, ldcache.build_ld_cache(entries),
+                     "ld.so.cache for libraries outside the loader's default dirs")
 
     # -- config facts -----------------------------------------------------
 
@@ -351,7 +352,7 @@ class _Assembler:
         program = argv[0]
         if program.startswith("/"):
             return program
-        for directory in dict(self.spec.env).get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
+        for directory in dict(self.spec.env).get("PATH", DEFAULT_PATH).split(":"):
             candidate = posixpath.join(directory or "/", program)
             if self._in_image(candidate):
                 return candidate

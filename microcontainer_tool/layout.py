@@ -25,7 +25,7 @@ import secrets
 import shutil
 import tarfile
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Mapping, Sequence, cast
 
 from . import oci
 from .compression import open_compressor
@@ -637,7 +637,7 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
                 stream = tar.extractfile(members[name])
                 if stream is None:
                     raise LayoutError(f"{archive}: cannot read {name}")
-                store.put_blob(stream, expected_digest=digest)
+                store.put_blob(cast(BinaryIO, stream), expected_digest=digest)
             store.sync()
             store.write_index(descs)
             if existing:

@@ -19,23 +19,13 @@ from microcontainer_tool.layout import ImageResult, write_image
 from microcontainer_tool.tree import EntryKind, FileTree
 
 try:
-    from test_layer import LONG_NAME, UNICODE_NAME, sample_tree
-    from test_layout import EPOCH, NAME, OUTPUTS, TAG, build, make_config, need, run
+    from test_layer import LONG_NAME, UNICODE_NAME
+    from test_layout import EPOCH, NAME, OUTPUTS, TAG, build, make_config, need, out_dir, run, tree
 except ImportError:  # tests/ imported as a package
-    from tests.test_layer import LONG_NAME, UNICODE_NAME, sample_tree
-    from tests.test_layout import EPOCH, NAME, OUTPUTS, TAG, build, make_config, need, run
+    from tests.test_layer import LONG_NAME, UNICODE_NAME
+    from tests.test_layout import EPOCH, NAME, OUTPUTS, TAG, build, make_config, need, out_dir, run, tree
 
-
-@pytest.fixture()
-def tree(tmp_path: Path) -> FileTree:
-    return sample_tree(tmp_path / "host")
-
-
-@pytest.fixture()
-def out_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "out"
-    path.mkdir()
-    return path
+__all__ = ["out_dir", "tree"]  # fixtures shared with test_layout
 
 
 def expected_files(tree: FileTree) -> list[FileInfo]:
