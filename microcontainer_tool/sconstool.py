@@ -94,7 +94,7 @@ def generate(env: Any) -> None:
     )
     env["BUILDERS"]["_MicroImageArchive"] = SCons.Builder.Builder(
         action=SCons.Action.Action(_build_archive, "$MCT_COMSTR", varlist=OUTPUT_VARIABLES),
-        source_scanner=SCons.Scanner.Scanner(function=_scan, name="MicroImageScanner"),
+        target_scanner=SCons.Scanner.Scanner(function=_scan, name="MicroImageScanner"),
         target_factory=SCons.Node.FS.File,
         source_factory=SCons.Node.FS.File,
     )
