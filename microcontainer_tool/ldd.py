@@ -660,19 +660,15 @@ class LibraryResolver:
     def _cache_index(self) -> dict[str, list[ldcache.CacheEntry]] | None:
         if not self._cache_read:
             self._cache_read = True
-            entries = self._read_ld_cache()
-            if entries is not None:
-                self._cache = {}
-                for entry in entries:
-                    self._cache.setdefault(entry.soname, []).append(entry)
+            self._cache = self._read_ld_cache()
         return self._cache
 
-    def _read_ld_cache(self) -> list[ldcache.CacheEntry] | None:
+    def _read_ld_cache(self) -> dict[str, list[ldcache.CacheEntry]] | None:
         resolved = self.sysroot.resolve(ldcache.LD_SO_CACHE)
         if resolved is None or not stat.S_ISREG(resolved.st.st_mode):
-            return ldcache.read_ld_cache(self.sysroot)
+            return _index_cache(ldcache.read_ld_cache(self.sysroot))
         return _memoized(("ld.so.cache", self.sysroot.host_path(resolved.path)), resolved.st,
-                         lambda: ldcache.read_ld_cache(self.sysroot))
+                         lambda: _index_cache(ldcache.read_ld_cache(self.sysroot)))
 
     def _ld_so_conf(self) -> list[str]:
         if self._conf_dirs is None:
@@ -700,6 +696,16 @@ def _memoized(key: tuple[str, str], st: os.stat_result, compute: Callable[[], _T
         value = compute()
         _FILE_FACTS[full] = value
         return value
+
+
+def _index_cache(entries: list[ldcache.CacheEntry] | None) -> dict[str, list[ldcache.CacheEntry]] | None:
+    """Cache entries by soname, in file order."""
+    if entries is None:
+        return None
+    index: dict[str, list[ldcache.CacheEntry]] = {}
+    for entry in entries:
+        index.setdefault(entry.soname, []).append(entry)
+    return index
 
 
 def _system_dirs(host: str) -> tuple[str, ...] | None:

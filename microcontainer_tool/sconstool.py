@@ -27,8 +27,11 @@ action's ``varlist``; the scanner adds every sysroot file the image takes
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
+import sys
 from typing import Any
 
 import SCons.Action
@@ -114,7 +117,7 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     Raises:
         SCons.Errors.UserError: the spec or keywords are invalid (one line).
     """
-    from .spec import ImageSpec, check_spec, load_spec, merge_specs, parse_spec
+    from .spec import ImageSpec, check_spec, load_spec, merge_specs
 
     name = str(SCons.Util.flatten([target])[0])
     sources = [s for s in env.Flatten([source]) if s is not None] if source is not None else []
@@ -144,12 +147,10 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
                              for path, node in files.items()}
             project += list(files.values())
         if data:
-            text = yaml.safe_dump(data, default_flow_style=False)
-            spec = merge_specs(spec, parse_spec(text, f"MicroImage('{name}') keywords",
-                                                spec.base_dir, complete=False))
+            spec = merge_specs(spec, _keyword_spec(data, spec.base_dir))
         check_spec(spec)
     except MicrocontainerError as error:
-        raise SCons.Errors.UserError(f"MicroImage('{name}'): {error}") from None
+        _fail_in_sconscript(f"MicroImage('{name}'): {error}")
     project += _spec_inputs(env, spec, files)
     top = env.Dir("#").abspath
     payload = json.dumps({"format": FORMAT_VERSION, "base": os.path.relpath(spec.base_dir, top),
@@ -165,6 +166,35 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     env.NoCache(layout)
     env.Clean(layout, env.Dir(name))
     return env.Flatten([archive, layout])
+
+
+def _fail_in_sconscript(message: str) -> None:
+    """Stop reading SConscripts with a one-line error pointing at the caller's line.
+
+    A raised ``UserError`` would make SCons point at this module's frame; the
+    user wants the SConscript line that called ``MicroImage``.
+    """
+    here = os.path.abspath(__file__)
+    for frame in inspect.stack()[1:]:
+        if os.path.abspath(frame.filename) != here and "SCons" not in frame.filename.split(os.sep):
+            print(f"scons: *** {message}", file=sys.stderr)
+            print(f'File "{frame.filename}", line {frame.lineno}, in {frame.function}', file=sys.stderr)
+            break
+    else:
+        raise SCons.Errors.UserError(message)
+    raise SystemExit(2)
+
+
+def _keyword_spec(data: dict[str, Any], base_dir: str) -> Any:
+    """Validate MicroImage keywords with the spec's own rules (messages without a line)."""
+    from .errors import SpecError
+    from .spec import parse_spec
+
+    text = yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), default_flow_style=False)
+    try:
+        return parse_spec(text, "<keywords>", base_dir, complete=False)
+    except SpecError as error:
+        raise SpecError(re.sub(r"^<keywords>(:\d+)?: ", "", str(error))) from None
 
 
 def _host_path(node: Any) -> str:

@@ -18,6 +18,8 @@ import yaml
 from .errors import SpecError, UnsupportedError
 
 SPEC_NAMES = ("microimage.yaml", "smith.yaml")
+#: libyaml's parser when PyYAML has it (about 5x faster; same nodes and marks).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_USER = "10:10"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -160,7 +162,7 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
         SpecError: as :func:`load_spec`.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
