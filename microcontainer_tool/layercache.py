@@ -10,7 +10,8 @@ Layout of the cache directory::
     layers/<key>.json   its LayerInfo (diff_id, digest, size, media type)
 
 Entries are written to temporary files and renamed into place, so concurrent
-builds (``scons -j``) sharing a cache never see half-written entries.
+builds (``scons -j``) sharing a cache never see half-written entries. Nothing
+is ever pruned: deleting the directory (or old entries) is always safe.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from . import FORMAT_VERSION
 from .errors import LayoutError
 from .layer import LayerInfo, write_layer
 from .tree import FileTree
+
+
+#: Entries are readable by everyone who shares the cache (mkstemp makes 0600).
+SHARED_MODE = 0o644
 
 
 class LayerCache:
@@ -64,11 +69,13 @@ class LayerCache:
         try:
             with os.fdopen(fd, "wb") as sink:
                 info = write_layer(tree, sink, compression, epoch)
+            os.chmod(tmp, SHARED_MODE)
             os.replace(tmp, blob)
             data = json.dumps(info.__dict__, sort_keys=True).encode()
             fd, tmp_meta = tempfile.mkstemp(prefix=".json-", dir=self._dir)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            os.chmod(tmp_meta, SHARED_MODE)
             os.replace(tmp_meta, meta)
         except OSError as error:
             raise LayoutError(f"{self.root}: cannot write the layer cache: {error.strerror}") from None
