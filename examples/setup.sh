@@ -7,8 +7,9 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${MCT_VENV:-$top/.venv}
 
 # runc runs images; umoci, skopeo and oci-image-tool check them in the tests;
-# gcc builds test fixtures; python3-venv makes the virtual environment.
-apt_packages=(runc umoci skopeo oci-image-tool gcc libc6-dev python3-venv)
+# gcc builds test fixtures; rpm (rpmbuild), rpm2cpio, cpio and createrepo-c make and
+# check RPM fixtures and repositories; python3-venv makes the virtual environment.
+apt_packages=(runc umoci skopeo oci-image-tool gcc libc6-dev python3-venv rpm rpm2cpio cpio createrepo-c)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

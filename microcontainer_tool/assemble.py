@@ -19,7 +19,7 @@ import os
 import posixpath
 import stat
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import ldcache
 from .elf import ElfInfo, oci_platform, read_elf
@@ -27,7 +27,7 @@ from .errors import MissingLibraryError, SourceError, SpecError
 from .ldd import Closure, LibraryResolver
 from .nss import Identity, nss_files, parse_user
 from .pattern import covers, expand, has_magic
-from .spec import DEFAULT_PATH, ImageSpec
+from .spec import ARCHES, DEFAULT_PATH, ImageSpec
 from .sysroot import LayeredRoot, SysRoot
 from .tree import (
     DIR_MODE,
@@ -41,6 +41,9 @@ from .tree import (
     file_mode,
     normalize_path,
 )
+
+if TYPE_CHECKING:
+    from .rpmroot import PackageRoot
 
 #: Directories every microcontainer has (empty; mount points at run time).
 RUNTIME_DIRS = ("/dev", "/proc", "/sys", "/read", "/write", "/run", "/tmp")
@@ -70,12 +73,14 @@ class Assembly:
     warnings: list[str] = field(default_factory=list)
 
 
-def assemble(spec: ImageSpec, allow_missing: bool = False) -> Assembly:
+def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot | None = None) -> Assembly:
     """Build the image's file tree from a spec.
 
     Args:
         spec: the validated spec.
         allow_missing: report missing libraries as warnings instead of failing.
+        packages: the extracted packages of an RPM spec (its sysroot), see
+            :func:`~.rpmroot.prepare_sysroot`; ``None`` for a ``from:`` tree.
 
     Returns:
         The assembly.
@@ -83,15 +88,22 @@ def assemble(spec: ImageSpec, allow_missing: bool = False) -> Assembly:
     Raises:
         MicrocontainerError: any input problem, with a one-line message.
     """
-    return _Assembler(spec, allow_missing).run()
+    return _Assembler(spec, allow_missing, packages).run()
+
+
+#: Documentation a package's files bring that a microcontainer does without,
+#: when ``paths`` defaults to the requested packages' files.
+DOC_DIRS = ("/usr/share/doc", "/usr/share/man", "/usr/share/info", "/usr/share/licenses")
+RPM_MANIFEST = "/var/lib/rpmmanifest/container-manifest-2"
 
 
 class _Assembler:
-    def __init__(self, spec: ImageSpec, allow_missing: bool) -> None:
+    def __init__(self, spec: ImageSpec, allow_missing: bool, packages: PackageRoot | None) -> None:
         self.spec = spec
         self.allow_missing = allow_missing
-        self.sysroot = SysRoot(spec.sysroot_dir)
-        self.source = f"dir:{spec.from_}"
+        self.packages = packages
+        self.sysroot = SysRoot(packages.root if packages is not None else spec.sysroot_dir)
+        self.source = "rpm" if packages is not None else f"dir:{spec.from_}"
         self.tree = FileTree()
         self.overlay: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -102,6 +114,8 @@ class _Assembler:
         self._add_rootfs()
         layered = LayeredRoot(self.sysroot, self.overlay)
         closure = self._add_closure(layered)
+        if self.packages is not None:
+            self._add_rpm_manifest()
         identity = parse_user(self.spec.effective_user)
         if identity.named or self.spec.groups or self.spec.nss:
             for path, data in nss_files(identity, self.spec.groups).items():
@@ -123,6 +137,9 @@ class _Assembler:
         return any(covers(ex, p) for ex in self.spec.excludes for p in paths)
 
     def _add_paths(self) -> None:
+        if self.packages is not None and not self.spec.paths:
+            self._add_package_files()
+            return
         for pattern in self.spec.paths:
             found = [p for p in expand(self.sysroot, pattern) if not self._excluded(p)]
             if not found:
@@ -132,7 +149,36 @@ class _Assembler:
                                                 and self.sysroot.exists(pattern) else "")
                 )
             for path in found:
-                self._add_sys_path(path, Provenance(f"paths: {pattern}", self.source))
+                self._add_sys_path(path, Provenance(f"paths: {pattern}", self._source_of(path)))
+
+    def _add_package_files(self) -> None:
+        """No ``paths``: the files of the packages the spec names (docs left out)."""
+        assert self.packages is not None
+        wanted = {_request_name(p) for p in self.spec.packages if not p.endswith(".rpm")}
+        local = {nevra for nevra in self.packages.packages if nevra in self.packages.local}
+        owners = self.packages.owners
+        chosen = sorted(path for path, nevra in owners.items()
+                        if (nevra.rsplit("-", 2)[0] in wanted or nevra in local)
+                        and not any(covers(d, path) for d in DOC_DIRS) and not self._excluded(path))
+        for path in chosen:
+            st = self.sysroot.lstat(path)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                self._add_sys_path(path, Provenance(f"package: {owners[path]}", self._source_of(path)))
+
+    def _source_of(self, path: str) -> str:
+        if self.packages is not None and path in self.packages.owners:
+            return f"rpm:{self.packages.owners[path]}"
+        return self.source
+
+    def _add_rpm_manifest(self) -> None:
+        """``container-manifest-2``: exactly the packages that contributed files."""
+        assert self.packages is not None
+        owners = self.packages.owners
+        contributors = sorted({owners[e.path] for e in self.tree
+                               if e.path in owners and e.path not in self.overlay
+                               and e.kind is not EntryKind.DIR})
+        lines = "".join(self.packages.packages[nevra] + "\n" for nevra in contributors)
+        self._inline(RPM_MANIFEST, lines.encode(), "rpm manifest (packages that contributed files)")
 
     def _add_links(self, links: tuple[tuple[str, str], ...], prov: Provenance) -> None:
         for link_path, target in links:
@@ -274,7 +320,7 @@ class _Assembler:
             why = (f"interpreter of {dep.needer}" if dep.rule == "interpreter"
                    else f"needed by {dep.needer} ({dep.rule})")
             prov = Provenance(why + (f" <- {' <- '.join(reversed(needer[:-1]))}" if len(needer) > 1 else ""),
-                              self.source)
+                              self._source_of(dep.path))
             self._add_layered(layered, dep.links, dep.path, prov)
         missing = closure.missing()
         if missing:
@@ -408,6 +454,9 @@ class _Assembler:
             infos.extend(closure.objects[p] for p in sorted(closure.objects)
                          if closure.objects[p].is_program)
             infos.extend(closure.objects[p] for p in sorted(closure.objects))
+        if not infos and self.packages is not None:
+            by_rpm = {rpm: oci for oci, rpm in ARCHES.items()}
+            return by_rpm.get(self.spec.rpm_arch, self.spec.rpm_arch), None
         if not infos:
             raise SpecError(f"{self.spec.source}: the image holds no ELF file: set 'arch' to name its architecture")
         return oci_platform(infos[0])
@@ -429,3 +478,8 @@ def _special_kind(mode: int) -> str:
 
 
 __all__ = ["Assembly", "assemble", "RUNTIME_DIRS", "read_elf"]
+
+
+def _request_name(request: str) -> str:
+    """The package name of a ``packages`` entry (``curl >= 7`` -> ``curl``)."""
+    return request.split()[0] if request.split() else request

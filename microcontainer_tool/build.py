@@ -16,6 +16,7 @@ from .layer import LayerInfo
 from .layercache import LayerCache
 from .layout import format_for_path, write_tree_image
 from .oci import image_config
+from .errors import SpecError
 from .spec import DEFAULT_PATH, ImageSpec
 
 
@@ -77,7 +78,8 @@ def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int
 
 def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str = "latest",
                 name: str | None = None, compression: str = "gzip", epoch: int = 0,
-                allow_missing: bool = False, layer_cache: LayerCache | None = None) -> BuildResult:
+                allow_missing: bool = False, layer_cache: LayerCache | None = None,
+                cache_dir: str | None = None, offline: bool = False) -> BuildResult:
     """Build the image a spec describes and write it to ``output``.
 
     Args:
@@ -90,6 +92,9 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         epoch: ``SOURCE_DATE_EPOCH``: every timestamp in the output.
         allow_missing: warn instead of failing on missing libraries.
         layer_cache: reuse compressed layers of identical trees from there.
+        cache_dir: downloads, repository metadata and extracted packages
+            (default: :func:`~.rpmroot.default_cache_dir`); RPM specs only.
+        offline: RPM specs: never download, use only the lock and the cache.
 
     Returns:
         The build result.
@@ -98,7 +103,19 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         MicrocontainerError: any input or output problem (nothing is written).
     """
     fmt = format_for_path(output, fmt)
-    assembly = assemble(spec, allow_missing=allow_missing)
+    packages = None
+    notes: list[str] = []
+    if spec.packages:
+        from .rpmroot import default_cache_dir, ensure_lock, lock_path, prepare_sysroot
+
+        cache = cache_dir or default_cache_dir()
+        if offline and not os.path.exists(lock_path(spec)):
+            raise SpecError(f"no {lock_path(spec)} to build offline from: run `microcontainer lock`")
+        lock, written = ensure_lock(spec, cache)
+        if written:
+            notes.append(f"resolved the packages and wrote {lock_path(spec)}")
+        packages = prepare_sysroot(lock, spec, cache, offline=offline)
+    assembly = assemble(spec, allow_missing=allow_missing, packages=packages)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     result = write_tree_image(
@@ -107,7 +124,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         name or _default_name(output), layer_cache=layer_cache,
     )
     return BuildResult(output, fmt, result.manifest_digest, result.config_digest, result.layer,
-                       len(assembly.tree), assembly, list(assembly.warnings))
+                       len(assembly.tree), assembly, notes + list(assembly.warnings))
 
 
 def _default_name(output: str) -> str:

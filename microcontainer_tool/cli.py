@@ -55,9 +55,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="layer compression (default: gzip; zstd is opt-in)")
     build.add_argument("--allow-missing", action="store_true",
                        help="warn instead of failing when a library cannot be found")
+    build.add_argument("--cache-dir", metavar="DIR",
+                       help="RPM specs: downloads, repo metadata and extracted packages "
+                            "(default: $MCT_CACHE_DIR or ~/.cache/microcontainer-tool)")
+    build.add_argument("--offline", action="store_true",
+                       help="RPM specs: use only microimage.lock and the cache; never download")
     build.add_argument("--layer-cache", metavar="DIR",
                        help="reuse compressed layers of unchanged file trees from DIR (edit-build loops)")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
+
+    lock = sub.add_parser("lock", help="resolve an RPM spec's packages and write microimage.lock")
+    lock.add_argument("-c", "--config", metavar="SPEC",
+                      help="spec file or its directory (default: ./microimage.yaml, else ./smith.yaml)")
+    lock.add_argument("--update", action="store_true",
+                      help="re-resolve even if the lock matches the spec (pick up repo changes)")
+    lock.add_argument("--cache-dir", metavar="DIR", help="as for build")
 
     deps = sub.add_parser("deps", help="print the ELF closure of files, as ld.so would load it")
     deps.add_argument("files", nargs="+", metavar="FILE", help="image paths inside --root")
@@ -94,6 +106,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             return _build(args, out, err, env)
         if args.command == "deps":
             return _deps(args, out, err)
+        if args.command == "lock":
+            return _lock(args, out)
         return _inspect(args, out)
     except MicrocontainerError as error:
         print(f"microcontainer: error: {error}", file=err)
@@ -123,6 +137,7 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         compression=args.compression, epoch=source_date_epoch(env),
         allow_missing=args.allow_missing,
         layer_cache=LayerCache(args.layer_cache) if args.layer_cache else None,
+        cache_dir=args.cache_dir, offline=args.offline,
     )
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
@@ -133,6 +148,29 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         print(f"manifest {result.manifest_digest}", file=out)
         print(f"config   {result.config_digest}", file=out)
         print(f"layer    {result.layer.digest} (diff_id {result.layer.diff_id})", file=out)
+    return 0
+
+
+def _lock(args: argparse.Namespace, out: TextIO) -> int:
+    from .lock import read_lock, write_lock
+    from .rpmroot import default_cache_dir, lock_packages, lock_path, spec_inputs_digest
+    from .spec import load_spec
+
+    spec = load_spec(args.config)
+    if not spec.packages:
+        raise SpecError(f"{spec.source}: no 'package' or 'packages' to lock")
+    path = lock_path(spec)
+    if os.path.exists(path) and not args.update:
+        if read_lock(path).inputs_digest == spec_inputs_digest(spec):
+            print(f"{path} is up to date with the spec (--update to take newer packages)", file=out)
+            return 0
+    lock = lock_packages(spec, args.cache_dir or default_cache_dir())
+    write_lock(path, lock)
+    print(f"{path}: {len(lock.packages)} packages", file=out)
+    for package in lock.packages:
+        epoch = f"{package.epoch}:" if package.epoch else ""
+        print(f"  {package.name}-{epoch}{package.version}-{package.release}.{package.arch} ({package.repo})",
+              file=out)
     return 0
 
 

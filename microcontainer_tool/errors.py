@@ -50,3 +50,15 @@ class LayoutError(MicrocontainerError):
 
 class DigestMismatchError(LayoutError):
     """Content does not match the digest that names it."""
+
+
+class RpmError(MicrocontainerError):
+    """An RPM package is corrupt, truncated, fails a digest, or cannot be extracted safely."""
+
+
+class RepoError(MicrocontainerError):
+    """A package repository (yum/dnf ``repodata``) is unreachable, malformed, or truncated."""
+
+
+class ResolveError(MicrocontainerError):
+    """The requested packages cannot be resolved to an installable set."""

@@ -53,7 +53,8 @@ SPEC_KEYWORDS = {
     "FROM": "from", "PATHS": "paths", "EXCLUDES": "excludes", "FILES": "files", "LIBS": "libs",
     "NSS": "nss", "ROOT": "root", "USER": "user", "GROUPS": "groups", "MOUNTS": "mounts",
     "ENTRYPOINT": "entrypoint", "CMD": "cmd", "DIR": "dir", "ENV": "env", "LABELS": "labels",
-    "PORTS": "ports", "ARCH": "arch",
+    "PORTS": "ports", "ARCH": "arch", "PACKAGES": "packages", "REPOS": "repos",
+    "EXCLUDE_PACKAGES": "exclude_packages", "INSTALL_WEAK_DEPS": "install_weak_deps",
 }
 #: Construction variables that change the output bytes (in the action's varlist).
 OUTPUT_VARIABLES = ["MCT_COMPRESSION", "MCT_TAG", "MCT_NAME", "MCT_SOURCE_DATE_EPOCH",
@@ -122,7 +123,8 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     name = str(SCons.Util.flatten([target])[0])
     sources = [s for s in env.Flatten([source]) if s is not None] if source is not None else []
     spec_nodes = [env.File(s) for s in sources if str(s).endswith((".yaml", ".yml"))]
-    binaries = [s for s in sources if not str(s).endswith((".yaml", ".yml"))]
+    rpm_nodes = [env.File(s) for s in sources if str(s).endswith(".rpm")]
+    binaries = [s for s in sources if not str(s).endswith((".yaml", ".yml", ".rpm"))]
     binaries += env.Flatten([keywords.pop("BINARIES", [])])
     libraries = env.Flatten([keywords.pop("LIBRARIES", [])])
     given = {key: keywords.pop(key) for key in list(keywords) if key in SPEC_KEYWORDS}
@@ -142,6 +144,10 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
                 node = env.File(node) if isinstance(node, str) else node
                 files[f"{overrides.subst(directory).rstrip('/')}/{node.name}"] = node
         data = {SPEC_KEYWORDS[k]: _plain(v) for k, v in given.items()}
+        if rpm_nodes:
+            data["packages"] = list(data.get("packages", [])) + [
+                os.path.relpath(_host_path(node), spec.base_dir) for node in rpm_nodes]
+            project += rpm_nodes
         if files:
             data["files"] = {path: os.path.relpath(_host_path(node), spec.base_dir)
                              for path, node in files.items()}
@@ -152,6 +158,8 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     except MicrocontainerError as error:
         _fail_in_sconscript(f"MicroImage('{name}'): {error}")
     project += _spec_inputs(env, spec, files)
+    if spec.packages:
+        project += _package_inputs(env, spec, name)
     top = env.Dir("#").abspath
     payload = json.dumps({"format": FORMAT_VERSION, "base": os.path.relpath(spec.base_dir, top),
                           "spec": spec.canonical()}, sort_keys=True)
@@ -229,6 +237,20 @@ def _spec_inputs(env: Any, spec: Any, overridden: dict[str, Any]) -> list[Any]:
     return nodes
 
 
+def _package_inputs(env: Any, spec: Any, name: str) -> list[Any]:
+    """An RPM spec's lock file and local ``.rpm`` files, content-tracked.
+
+    SCons builds never resolve: the lock must exist (``microcontainer lock``),
+    so a no-op build never touches a repository.
+    """
+    from .rpmroot import local_rpms, lock_path
+
+    lock = lock_path(spec)
+    if not os.path.exists(lock):
+        _fail_in_sconscript(f"MicroImage('{name}'): no {lock}: run `microcontainer lock -c {spec.source}` first")
+    return [env.File(lock)] + [env.File(path) for path in local_rpms(spec)]
+
+
 def _format_by_suffix(name: str) -> str:
     for suffix, fmt in _ARCHIVE_SUFFIXES.items():
         if name.endswith(suffix):
@@ -261,6 +283,7 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
             name=env.subst("$MCT_NAME") or None, compression=env.subst("$MCT_COMPRESSION"),
             epoch=int(epoch), allow_missing=bool(env.get("MCT_ALLOW_MISSING")),
             layer_cache=LayerCache(env.Dir(cache_dir).abspath) if cache_dir else None,
+            cache_dir=env.Dir(cache_dir).abspath if cache_dir else None,
         )
     except MicrocontainerError as error:
         raise SCons.Errors.UserError(f"{target[0]}: {error}") from None
@@ -312,7 +335,12 @@ def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:
     from .tree import HostFile
 
     try:
-        assembly = assemble(_spec_of(payload, top), allow_missing=True)
+        spec = _spec_of(payload, top)
+        if spec.packages:
+            # The sysroot is the lock's packages, verified by checksum: the lock
+            # file and local .rpm files (explicit sources) say all there is.
+            return []
+        assembly = assemble(spec, allow_missing=True)
     except MicrocontainerError:
         return []  # the build reports it
     paths = {entry.content.path for entry in assembly.tree

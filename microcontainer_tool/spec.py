@@ -28,13 +28,32 @@ _USER_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 #: Keys a later version implements; until then they are an error, not ignored.
 UNSUPPORTED_KEYS = {
-    "package": "RPM packages",
-    "packages": "RPM packages",
-    "repos": "RPM repositories",
     "parent": "parent images",
     "type": "build types (mock)",
     "mock": "mock builds",
 }
+
+
+#: OCI architecture names and the RPM architectures they mean.
+ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "arm": "armv7hl", "386": "i686",
+          "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64el"}
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    """One ``repos:`` entry: a yum/dnf repository.
+
+    Attributes:
+        id: short name used in the lock file (``name``, or derived from the URL).
+        baseurl: ``http(s)://`` or ``file://`` URL of the directory holding ``repodata/``.
+        priority: dnf priority: lower wins (default 99).
+        gpgkey: URL or path of the repository's public key (optional).
+    """
+
+    id: str
+    baseurl: str
+    priority: int = 99
+    gpgkey: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,10 @@ class ImageSpec:
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[str, ...] = ()
     arch: str = ""
+    packages: tuple[str, ...] = ()
+    repos: tuple[RepoSpec, ...] = ()
+    exclude_packages: tuple[str, ...] = ()
+    install_weak_deps: bool = False
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, key: str) -> str:
@@ -83,6 +106,11 @@ class ImageSpec:
         return os.path.join(self.base_dir, "rootfs")
 
     @property
+    def rpm_arch(self) -> str:
+        """The RPM architecture packages are resolved for (default x86_64)."""
+        return ARCHES.get(self.arch, self.arch) if self.arch else "x86_64"
+
+    @property
     def effective_user(self) -> str:
         """The user string in force: ``root: true`` wins, then ``user``, then 10:10."""
         if self.root:
@@ -96,6 +124,8 @@ class ImageSpec:
             if fld.name in ("base_dir", "source", "lines"):
                 continue
             value = getattr(self, fld.name)
+            if fld.name == "repos":
+                value = tuple(tuple(vars(r).values()) for r in value)
             out[fld.name] = [list(v) if isinstance(v, tuple) else v for v in value] \
                 if isinstance(value, tuple) else value
         return out
@@ -363,10 +393,58 @@ def _ports(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
 
 def _arch(checker: _Checker, node: yaml.Node) -> str:
     value = checker.scalar(node, "arch")
-    known = ("amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "mips64le")
-    if value not in known:
-        raise checker.fail(node, f"unknown arch {value!r} (known: {', '.join(known)})")
+    by_rpm = {rpm: oci for oci, rpm in ARCHES.items()}
+    if value in by_rpm:
+        return by_rpm[value]
+    if value not in ARCHES:
+        raise checker.fail(node, f"unknown arch {value!r} (known: {', '.join(ARCHES)}, or "
+                                 f"{', '.join(by_rpm)})")
     return value
+
+
+def _package(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
+    return (checker.scalar(node, "package"),)
+
+
+def _packages(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
+    items = _seq(checker, node, "packages")
+    return tuple(checker.scalar(item, "packages entry") for item in items)
+
+
+def _repos(checker: _Checker, node: yaml.Node) -> tuple[RepoSpec, ...]:
+    repos: list[RepoSpec] = []
+    seen: set[str] = set()
+    for item in _seq(checker, node, "repos"):
+        fields_: dict[str, str | int] = {}
+        for key, value in checker.mapping(item, "repos entry"):
+            name = checker.scalar(key, "repos key")
+            if name not in ("baseurl", "name", "priority", "gpgkey"):
+                raise checker.fail(key, f"unknown repos key {name!r} (known: baseurl, name, priority, gpgkey)")
+            if name == "priority":
+                if not isinstance(value, yaml.ScalarNode) or value.tag != "tag:yaml.org,2002:int":
+                    raise checker.fail(value, "priority must be an integer")
+                fields_[name] = int(value.value)
+            else:
+                fields_[name] = checker.scalar(value, f"repos {name}")
+        baseurl = fields_.get("baseurl")
+        if not isinstance(baseurl, str):
+            raise checker.fail(item, "a repos entry needs a baseurl")
+        if not re.match(r"^(https?|file)://", baseurl):
+            raise checker.fail(item, f"baseurl {baseurl!r} must be http://, https:// or file://")
+        repo_id = str(fields_.get("name") or re.sub(r"[^A-Za-z0-9_.-]+", "-", baseurl.split("://", 1)[1]).strip("-"))
+        if repo_id in seen:
+            raise checker.fail(item, f"two repos are named {repo_id!r}")
+        seen.add(repo_id)
+        repos.append(RepoSpec(repo_id, baseurl.rstrip("/") + "/", int(fields_.get("priority", 99)),
+                              str(fields_.get("gpgkey", ""))))
+    return tuple(repos)
+
+
+def _paths_or_names(what: str) -> Callable[[_Checker, yaml.Node], tuple[str, ...]]:
+    def convert(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
+        return tuple(checker.scalar(item, f"{what} entry") for item in _seq(checker, node, what))
+
+    return convert
 
 
 def _bool(what: str) -> Callable[[_Checker, yaml.Node], bool]:
@@ -394,6 +472,11 @@ _HANDLERS: dict[str, tuple[str, Callable[[_Checker, yaml.Node], Any]]] = {
     "labels": ("labels", _labels),
     "ports": ("ports", _ports),
     "arch": ("arch", _arch),
+    "package": ("packages", _package),
+    "packages": ("packages", _packages),
+    "repos": ("repos", _repos),
+    "exclude_packages": ("exclude_packages", _paths_or_names("exclude_packages")),
+    "install_weak_deps": ("install_weak_deps", _bool("install_weak_deps")),
 }
 
 
@@ -405,7 +488,13 @@ def check_spec(spec: ImageSpec) -> None:
     """
     if spec.root and spec.user and spec.user.split(":")[0] not in ("0", "root"):
         raise SpecError(f"{spec.where('root')}: 'root: true' contradicts 'user: {spec.user}'")
-    if not spec.paths and not spec.files and not os.path.isdir(spec.overlay_dir):
+    if "package" in spec.lines and "packages" in spec.lines:
+        raise SpecError(f"{spec.where('packages')}: give 'package' or 'packages', not both")
+    if spec.packages and "from" in spec.lines:
+        raise SpecError(f"{spec.where('from')}: 'from' and 'packages' both name the sysroot: give one")
+    if spec.repos and not spec.packages:
+        raise SpecError(f"{spec.where('repos')}: 'repos' without 'packages' has nothing to resolve")
+    if not spec.paths and not spec.files and not spec.packages and not os.path.isdir(spec.overlay_dir):
         raise SpecError(f"{spec.source}: nothing to put in the image: give 'paths', 'files' or a rootfs/ overlay")
 
 
@@ -459,7 +548,9 @@ def spec_from_canonical(data: dict[str, Any], base_dir: str, source: str) -> Ima
             if fld.name in ("base_dir", "source", "lines"):
                 continue
             value = data[fld.name]
-            if isinstance(value, list):
+            if fld.name == "repos":
+                value = tuple(RepoSpec(*entry) for entry in value)
+            elif isinstance(value, list):
                 value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
             values[fld.name] = value
     except (KeyError, TypeError) as err:

@@ -84,3 +84,50 @@ def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str]
     finally:
         subprocess.run(["runc", "delete", "--force", name], capture_output=True)
         shutil.rmtree(bundle, ignore_errors=True)
+
+
+class _QuietHandler:
+    """Factory of a SimpleHTTPRequestHandler serving one directory without logging."""
+
+    @staticmethod
+    def make(directory: str):
+        import functools
+        import http.server
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep pytest output clean
+                pass
+
+        return functools.partial(Handler, directory=directory)
+
+
+class HttpServer:
+    """A real HTTP server on 127.0.0.1 serving a directory, in a thread."""
+
+    def __init__(self, directory: str) -> None:
+        import http.server
+        import threading
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler.make(directory))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+SHARED_RPMS = REPO.parent / "shared" / "rpms" / "rocky9-curl"
+
+
+def make_repo(directory: Path, rpms: list[Path]) -> Path:
+    """Copy RPMs into ``directory`` and index them with createrepo_c."""
+    if not have("createrepo_c"):
+        pytest.skip("createrepo_c not installed")
+    directory.mkdir(parents=True, exist_ok=True)
+    for rpm in rpms:
+        shutil.copy(rpm, directory / rpm.name)
+    subprocess.run(["createrepo_c", "--quiet", str(directory)], check=True)
+    return directory

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from microcontainer_tool.errors import SpecError, UnsupportedError
-from microcontainer_tool.spec import load_spec, parse_spec
+from microcontainer_tool.spec import load_spec, parse_spec, spec_from_canonical
 
 
 def parse(text: str, tmp_path=None):
@@ -84,7 +84,7 @@ def test_bad_specs_name_file_and_line(text, line, words):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("key", ["package", "parent", "type", "mock"])
+@pytest.mark.parametrize("key", ["parent", "type", "mock"])
 def test_later_keys_are_refused_not_ignored(key):
     with pytest.raises(UnsupportedError, match="not supported yet"):
         parse(f"paths: [/a]\n{key}: x\n")
@@ -114,3 +114,31 @@ def test_missing_spec(tmp_path):
         load_spec(str(tmp_path))
     with pytest.raises(SpecError, match="not found"):
         load_spec(str(tmp_path / "nope.yaml"))
+
+
+def test_package_keys():
+    spec = parse("package: curl\nrepos:\n  - baseurl: http://127.0.0.1:8000/repo\n    priority: 10\n"
+                 "  - {baseurl: 'file:///srv/other', name: other}\narch: aarch64\n")
+    assert spec.packages == ("curl",)
+    assert [(r.id, r.baseurl, r.priority) for r in spec.repos] == [
+        ("127.0.0.1-8000-repo", "http://127.0.0.1:8000/repo/", 10), ("other", "file:///srv/other/", 99)]
+    assert spec.arch == "arm64" and spec.rpm_arch == "aarch64"
+    again = spec_from_canonical(spec.canonical(), spec.base_dir, "x")
+    assert again.repos == spec.repos and again.packages == spec.packages
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("package: a\npackages: [b]\n", "not both"),
+        ("packages: [a]\nfrom: /\n", "'from' and 'packages'"),
+        ("packages: [a]\nrepos: [{name: x}]\n", "needs a baseurl"),
+        ("packages: [a]\nrepos: [{baseurl: 'ftp://x'}]\n", "must be http"),
+        ("packages: [a]\nrepos: [{baseurl: 'http://x', prio: 1}]\n", "unknown repos key"),
+        ("packages: [a]\nrepos: [{baseurl: 'http://x', priority: high}]\n", "integer"),
+        ("paths: [/a]\nrepos: [{baseurl: 'http://x'}]\n", "nothing to resolve"),
+    ],
+)
+def test_bad_package_keys(text, words):
+    with pytest.raises(SpecError, match=words):
+        parse(text)

@@ -1,0 +1,68 @@
+"""SCons with RPM inputs: the lock and local .rpm files are tracked; a no-op never fetches."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_RPMS, make_repo, run_cli
+from test_scons import TOOL_DIR, ok, scons
+
+pytestmark = pytest.mark.skipif(not SHARED_RPMS.is_dir(), reason="shared Rocky RPMs not present")
+
+
+def project(root: Path, spec_text: str, sources: str = "'microimage.yaml'") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "microimage.yaml").write_text(spec_text)
+    (root / "SConstruct").write_text(
+        f"env = Environment(tools=['default', 'microimage'], toolpath=[{str(TOOL_DIR)!r}])\n"
+        f"Alias('image', env.MicroImage('out/img', [{sources}]))\n"
+    )
+    return root
+
+
+def test_repo_image_no_op_never_fetches_and_relock_rebuilds(tmp_path):
+    repo = make_repo(tmp_path / "repo", sorted(SHARED_RPMS.glob("*.rpm")))
+    root = project(tmp_path / "proj", f"packages: [zlib]\nrepos: [{{baseurl: 'file://{repo}'}}]\n"
+                                      "paths: [/usr/lib64/libz.so.1]\n")
+    proc = scons(root, "image")
+    assert proc.returncode != 0 and "microcontainer lock" in proc.stderr  # SCons never resolves
+    assert "Traceback" not in proc.stderr
+    assert run_cli("lock", "-c", str(root), "--cache-dir", str(root / ".mct-cache")).returncode == 0
+    ok(scons(root, "image"))
+    assert (root / "out" / "img" / "index.json").exists()
+    # a no-op needs no repository at all
+    shutil.move(str(repo), str(tmp_path / "gone"))
+    assert scons(root, "-q", "image").returncode == 0
+    shutil.move(str(tmp_path / "gone"), str(repo))
+    # a lock that names other packages rebuilds the image (here: weak deps on, same spec otherwise)
+    lock = root / "microimage.lock"
+    before = lock.read_bytes()
+    (root / "microimage.yaml").write_text(f"packages: [zlib, tzdata]\nrepos: [{{baseurl: 'file://{repo}'}}]\n"
+                                          "paths: [/usr/lib64/libz.so.1, /usr/share/zoneinfo/UTC]\n")
+    assert run_cli("lock", "-c", str(root), "--cache-dir", str(root / ".mct-cache")).returncode == 0
+    assert lock.read_bytes() != before
+    output = ok(scons(root, "image"))
+    assert "MicroImage out/img.tar" in output
+    assert scons(root, "-q", "image").returncode == 0
+
+
+def test_changed_local_rpm_is_tracked(tmp_path):
+    source = next(SHARED_RPMS.glob("tzdata-*.rpm"))
+    root = project(tmp_path / "proj", "packages: [tzdata.rpm]\npaths: [/usr/share/zoneinfo/UTC]\n")
+    shutil.copy(source, root / "tzdata.rpm")
+    assert run_cli("lock", "-c", str(root), "--cache-dir", str(root / ".mct-cache")).returncode == 0
+    ok(scons(root, "image"))
+    assert scons(root, "-q", "image").returncode == 0
+    # another package file under the same name: SCons sees it, the lock no longer matches
+    data = bytearray(source.read_bytes())
+    data[-10] ^= 0x01
+    (root / "tzdata.rpm").write_bytes(bytes(data))
+    assert scons(root, "-q", "image").returncode != 0  # out of date
+    proc = scons(root, "image")
+    assert proc.returncode != 0
+    assert "changed since it was locked" in proc.stderr or "out of date" in proc.stderr
+    assert "Traceback" not in proc.stderr
