@@ -103,3 +103,17 @@ class PackageInfo:
     def nevra(self) -> str:
         """``name-[epoch:]version-release.arch``, as ``rpm -q`` prints it."""
         return f"{self.name}-{self.evr}.{self.arch}"
+
+
+def split_evr(text: str) -> tuple[int | None, str | None, str | None]:
+    """``[epoch:]version[-release]`` split as rpm's ``parseEVR`` does (``None`` for absent parts)."""
+    if not text:
+        return None, None, None
+    epoch: int | None = None
+    head, sep, rest = text.partition(":")
+    if sep and head.isdigit():
+        epoch, text = int(head), rest
+    version, sep, release = text.rpartition("-")
+    if not sep:
+        return epoch, text, None
+    return epoch, version, release

@@ -47,7 +47,7 @@ import solv
 import zstandard
 
 from .errors import DigestMismatchError, RepoError
-from .package import Checksum, Dep, PackageInfo
+from .package import Checksum, Dep, PackageInfo, split_evr
 
 REPO_NS = "http://linux.duke.edu/metadata/repo"
 """XML namespace of ``repomd.xml``."""
@@ -494,15 +494,6 @@ def _add_solv(repo: solv.Repo, path: str, flags: int = 0) -> bool:
         fp.close()
 
 
-def _split_evr(evr: str) -> tuple[int | None, str, str | None]:
-    epoch: int | None = None
-    head, sep, rest = evr.partition(":")
-    if sep and head.isdigit():
-        epoch, evr = int(head), rest
-    version, sep, release = evr.rpartition("-")
-    if not sep:
-        return epoch, evr, None
-    return epoch, version, release
 
 
 def to_dep(dep: solv.Dep, pre: bool = False) -> Dep:
@@ -512,7 +503,7 @@ def to_dep(dep: solv.Dep, pre: bool = False) -> Dep:
         return Dep(text, pre=pre)
     parts = text.split(" ")
     if len(parts) == 3 and parts[1] in _OPS:
-        epoch, version, release = _split_evr(parts[2])
+        epoch, version, release = split_evr(parts[2])
         return Dep(parts[0], _OPS[parts[1]], epoch, version, release, pre)
     return Dep(text, pre=pre)
 
@@ -525,7 +516,7 @@ def solvable_files(solvable: solv.XSolvable) -> tuple[str, ...]:
 
 def solvable_info(solvable: solv.XSolvable, repo_id: str, location: str = "") -> PackageInfo:
     """The :class:`PackageInfo` of a solvable (its pool must stay alive during the call)."""
-    epoch, version, release = _split_evr(solvable.evr)
+    epoch, version, release = split_evr(solvable.evr)
     chk = solvable.lookup_checksum(solv.SOLVABLE_CHECKSUM)
     href = solvable.lookup_location()[0] or ""
 
@@ -538,7 +529,7 @@ def solvable_info(solvable: solv.XSolvable, repo_id: str, location: str = "") ->
     return PackageInfo(
         name=solvable.name,
         epoch=epoch or 0,
-        version=version,
+        version=version or "",
         release=release or "",
         arch=solvable.arch,
         summary=text(solv.SOLVABLE_SUMMARY),

@@ -47,7 +47,7 @@ import rpm_rs  # type: ignore[import-untyped]
 import zstandard
 
 from .errors import DigestMismatchError, RpmError
-from .package import Checksum, Dep, PackageInfo
+from .package import Checksum, Dep, PackageInfo, split_evr
 
 CHUNK = 1 << 20
 """Read/write granularity of payload streaming (bounded memory)."""
@@ -505,18 +505,6 @@ def _optional(func: Callable[[], object], default: object) -> object:
     return default if value is None else value
 
 
-def _split_evr(text: str) -> tuple[int | None, str | None, str | None]:
-    """``[epoch:]version[-release]`` as rpm's parseEVR splits it."""
-    if not text:
-        return None, None, None
-    epoch: int | None = None
-    head, sep, rest = text.partition(":")
-    if sep and head.isdigit():
-        epoch, text = int(head), rest
-    version, sep, release = text.rpartition("-")
-    if not sep:
-        return epoch, text, None
-    return epoch, version, release
 
 
 def _deps(items: Iterable, kind: str) -> tuple[Dep, ...]:
@@ -530,7 +518,7 @@ def _deps(items: Iterable, kind: str) -> tuple[Dep, ...]:
         cmp = _CMP.get(flags & (_SENSE_LESS | _SENSE_GREATER | _SENSE_EQUAL), "")
         epoch = version = release = None
         if cmp and item.version:
-            epoch, version, release = _split_evr(item.version)
+            epoch, version, release = split_evr(item.version)
         else:
             cmp = ""
         dep = Dep(name, cmp, epoch, version, release,

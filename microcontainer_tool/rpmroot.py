@@ -91,7 +91,7 @@ def lock_packages(spec: ImageSpec, cache_dir: str, fetcher: object | None = None
     from .resolve import resolve
     from .rpm import read_rpm
 
-    fetch = fetcher if fetcher is not None else Fetcher(cache_dir=cache_dir)
+    fetch: Any = fetcher if fetcher is not None else Fetcher(cache_dir=cache_dir)
     repos = [load_repo(RepoConfig(r.id, r.baseurl, name=r.id, priority=r.priority, gpgkey=r.gpgkey),
                        fetch, cache_dir) for r in spec.repos]
     local = [read_rpm(path) for path in local_rpms(spec)]

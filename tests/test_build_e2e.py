@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, have, run_cli, runc_run
+from conftest import REPO, have, ldd_files, run_cli, runc_run
 
 
 def build(spec_dir: Path, out: Path, *extra: str, **kw) -> subprocess.CompletedProcess:
@@ -153,14 +153,7 @@ def test_deps_matches_ldd(tmp_path):
     proc = run_cli("deps", "/usr/bin/python3")
     assert proc.returncode == 0, proc.stderr
     ours = {os.path.realpath(p) for p in proc.stdout.split()}
-    ldd = subprocess.run(["ldd", "/usr/bin/python3"], capture_output=True, text=True).stdout
-    theirs = set()
-    for line in ldd.splitlines():
-        parts = line.split()
-        if "=>" in parts:
-            theirs.add(os.path.realpath(parts[parts.index("=>") + 1]))
-        elif parts and parts[0].startswith("/"):
-            theirs.add(os.path.realpath(parts[0]))
+    theirs = {os.path.realpath(p) for p in ldd_files("/usr/bin/python3")[1:]}
     assert ours == theirs
     tree = run_cli("deps", "--tree", "/usr/bin/python3")
     assert tree.returncode == 0 and "libc.so.6 =>" in tree.stdout

@@ -5,41 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import copy_closure, ldd_files, run_cli
 
 FORMATS = {"layout": "", "archive": ".tar", "smith": ".tar.gz", "docker": "-d.tar"}
 
 
-def copy_closure(dest: Path, files: list[str], seed: int, owner: int | None) -> None:
-    """Copy host files with their symlink chains into a sysroot, in a shuffled order."""
+def make_sysroot(dest: Path, files: list[str], seed: int, owner: int | None) -> None:
+    """A sysroot of host files, created in a shuffled order, with random mtimes and an owner."""
     rng = random.Random(seed)
     order = list(files)
     rng.shuffle(order)
-    for path in order:
-        current = path
-        for _ in range(10):
-            target = dest / current.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if os.path.islink(current):
-                link = os.readlink(current)
-                if not target.exists() and not target.is_symlink():
-                    os.symlink(link, target)
-                current = os.path.normpath(os.path.join(os.path.dirname(current), link))
-                continue
-            if not target.exists():
-                shutil.copyfile(current, target)
-                shutil.copymode(current, target)
-            break
-    # the merged-usr links of the host
-    for name in ("lib", "lib64", "bin", "sbin"):
-        if os.path.islink(f"/{name}") and not (dest / name).exists():
-            os.symlink(os.readlink(f"/{name}"), dest / name)
+    copy_closure(dest, order)
     stamp = rng.randint(10**8, 2 * 10**9)
     for dirpath, dirnames, filenames in os.walk(dest):
         for name in dirnames + filenames:
@@ -47,18 +27,6 @@ def copy_closure(dest: Path, files: list[str], seed: int, owner: int | None) -> 
             os.utime(path, (stamp, stamp), follow_symlinks=False)
             if owner is not None:
                 os.lchown(path, owner, owner)
-
-
-def deps(path: str) -> list[str]:
-    proc = subprocess.run(["ldd", path], capture_output=True, text=True, check=True)
-    out = [path]
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if "=>" in parts:
-            out.append(parts[parts.index("=>") + 1])
-        elif parts and parts[0].startswith("/"):
-            out.append(parts[0])
-    return out
 
 
 def sha(path: Path) -> str:
@@ -94,10 +62,10 @@ def build_all(work: Path, sysroot: Path, umask: int, env: dict) -> dict[str, str
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing input ownership needs root")
 def test_builds_differing_in_everything_irrelevant_are_identical(tmp_path):
-    files = sorted(set(deps("/usr/bin/cat") + deps("/usr/bin/ls")))
+    files = sorted(set(ldd_files("/usr/bin/cat") + ldd_files("/usr/bin/ls")))
     root_a, root_b = tmp_path / "a" / "root", tmp_path / "elsewhere" / "b" / "sysroot"
-    copy_closure(root_a, files, seed=1, owner=None)
-    copy_closure(root_b, files, seed=2, owner=4321)
+    make_sysroot(root_a, files, seed=1, owner=None)
+    make_sysroot(root_b, files, seed=2, owner=4321)
     (root_b / "usr" / "bin" / "cat").chmod(0o4755)  # setuid on the input: dropped anyway
     first = build_all(tmp_path / "one", root_a, 0o022,
                       {"TZ": "UTC", "LC_ALL": "C", "SOURCE_DATE_EPOCH": "1700000000"})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, runc_run
+from conftest import REPO, copy_closure, ldd_files, runc_run
 
 IMAGES = ("hello", "goodbye", "cat")
 TOOL_DIR = REPO / "microcontainer_tool" / "site_tools"
@@ -120,42 +120,6 @@ def up_to_date(root: Path) -> None:
     """Bring a shared checkout up to date and check that ``-q`` agrees."""
     ok(scons(root, "image"))
     assert scons(root, "-q", "image").returncode == 0
-
-
-def ldd_files(program: str) -> list[str]:
-    proc = subprocess.run(["ldd", program], capture_output=True, text=True, check=True)
-    files = [program]
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if "=>" in parts and parts[parts.index("=>") + 1].startswith("/"):
-            files.append(parts[parts.index("=>") + 1])
-        elif parts and parts[0].startswith("/"):
-            files.append(parts[0])
-    return files
-
-
-def copy_closure(dest: Path, files: list[str]) -> dict[str, Path]:
-    """Copy host files and their symlink chains into ``dest``; return the real copies."""
-    real = {}
-    for path in files:
-        current = path
-        for _ in range(10):
-            target = dest / current.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if os.path.islink(current):
-                link = os.readlink(current)
-                if not target.is_symlink():
-                    os.symlink(link, target)
-                current = os.path.normpath(os.path.join(os.path.dirname(current), link))
-                continue
-            if not target.exists():
-                shutil.copy2(current, target)
-            real[path] = target
-            break
-    for name in ("lib", "lib64", "bin", "sbin"):  # the host's merged-usr links
-        if os.path.islink(f"/{name}") and not (dest / name).exists():
-            os.symlink(os.readlink(f"/{name}"), dest / name)
-    return real
 
 
 # --------------------------------------------------------------------------- fixtures
