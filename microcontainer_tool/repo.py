@@ -84,8 +84,9 @@ class RepoConfig:
         name: human-readable name (informational).
         priority: dnf semantics: a LOWER number is preferred (default 99).
             :attr:`solv_priority` is libsolv's (higher wins).
-        gpgkey: URL or path of the repository's public key (informational;
-            packages are verified by the checksums of signed-off metadata).
+        gpgkey: URL(s) or path of the repository's public key(s): every package
+            downloaded from it must carry a valid signature by one of them
+            (checked by :func:`.rpmroot.prepare_sysroot` with :mod:`.rpmsig`).
     """
 
     id: str

@@ -158,10 +158,21 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
         offline: never download; a package not cached is an error.
         fetcher: a :class:`~.repo.Fetcher` (tests inject one).
 
+    Packages from a repository with a ``gpgkey`` must carry a valid OpenPGP
+    signature by one of its keys (checked before extraction, every time a
+    sysroot is laid out).
+
     Raises:
         RepoError, RpmError, DigestMismatchError: one-line messages.
     """
-    key = hashlib.sha256(json.dumps([vars(p) for p in lock.packages], sort_keys=True).encode()).hexdigest()
+    from .repo import Fetcher
+    from .rpmsig import load_keys, verify_signature
+
+    gpgkeys = {r.id: r.gpgkey for r in spec.repos if r.gpgkey}
+    # The keys are part of the key: a sysroot extracted before a key was added
+    # is never reused unchecked (strings, not fetched keys: offline hits work).
+    key = hashlib.sha256(json.dumps([[vars(p) for p in lock.packages], sorted(gpgkeys.items())],
+                                    sort_keys=True).encode()).hexdigest()
     sysroots = os.path.join(cache_dir, "sysroots")
     root = os.path.join(sysroots, key)
     meta = os.path.join(sysroots, f"{key}.json")
@@ -174,20 +185,26 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
             pass  # rebuilt below
     if offline:
         raise MicrocontainerError(f"the packages of this lock are not in the cache {cache_dir}")
-    files = [_package_file(p, spec, cache_dir, fetcher) for p in lock.packages]
+    fetch: Any = fetcher if fetcher is not None else Fetcher(cache_dir=cache_dir)
+    rings: dict[str, Any] = {}
+    files = []
+    for package in lock.packages:
+        path = _package_file(package, spec, fetch)
+        if package.repo in gpgkeys:
+            if package.repo not in rings:
+                rings[package.repo] = load_keys(gpgkeys[package.repo], fetch.get, base_dir=spec.base_dir)
+            verify_signature(path, rings[package.repo])
+        files.append(path)
     return _extract_all(lock, files, sysroots, root, meta)
 
 
-def _package_file(package: LockedPackage, spec: ImageSpec, cache_dir: str, fetcher: object | None) -> str:
-    from .repo import Fetcher
-
+def _package_file(package: LockedPackage, spec: ImageSpec, fetch: Any) -> str:
     checksum = Checksum(package.checksum_type, package.checksum)
     if package.repo == "@local":
         path = os.path.normpath(os.path.join(spec.base_dir, package.url))
         if _file_sha256(path) != package.checksum:
             raise SpecError(f"{path} changed since it was locked: run `microcontainer lock --update`")
         return path
-    fetch: Any = fetcher if fetcher is not None else Fetcher(cache_dir=cache_dir)
     return str(fetch.download(package.url, checksum))
 
 

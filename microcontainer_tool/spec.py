@@ -47,7 +47,8 @@ class RepoSpec:
         id: short name used in the lock file (``name``, or derived from the URL).
         baseurl: ``http(s)://`` or ``file://`` URL of the directory holding ``repodata/``.
         priority: dnf priority: lower wins (default 99).
-        gpgkey: URL or path of the repository's public key (optional).
+        gpgkey: URL(s) or path of the repository's public key(s) (optional): when
+            set, every package from this repository must be signed by one of them.
     """
 
     id: str

@@ -168,3 +168,30 @@ def test_truncated_local_rpm_is_one_line(tmp_path):
     write_spec(spec_dir, "packages: [zlib.rpm]\n")
     proc = run_cli("lock", "-c", str(spec_dir), "--cache-dir", str(tmp_path / "cache"))
     assert_one_line_error(proc, "zlib.rpm")
+
+
+def rocky_key(tmp_path: Path) -> Path:
+    """Rocky's public key, taken from its own rocky-gpg-keys package."""
+    from microcontainer_tool.rpm import extract_rpm
+
+    package = next(SHARED_RPMS.glob("rocky-gpg-keys-*.rpm"))
+    dest = tmp_path / "keys"
+    dest.mkdir()
+    extract_rpm(str(package), str(dest))
+    return next(p for p in dest.rglob("*Rocky-9*") if p.is_file())
+
+
+def test_signed_repository_packages_are_verified(rocky_repo, tmp_path):
+    url, _repo = rocky_repo
+    key = rocky_key(tmp_path)
+    spec = write_spec(tmp_path / "spec", f"packages: [zlib, tzdata]\npaths: [/usr/lib64/libz.so.1]\n"
+                                          f"repos: [{{baseurl: '{url}', gpgkey: 'file://{key}'}}]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "ok"), "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    # a gpgkey that is no key: refused before anything is extracted (wrong keys: test_rpmsig)
+    wrong = next(SHARED_RPMS.glob("curl-7*.rpm"))
+    (spec / "microimage.yaml").write_text(f"packages: [zlib, tzdata]\npaths: [/usr/lib64/libz.so.1]\n"
+                                          f"repos: [{{baseurl: '{url}', gpgkey: 'file://{wrong}'}}]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "bad"), "--cache-dir", str(tmp_path / "cache"))
+    assert_one_line_error(proc, "curl-7")
+    assert not (tmp_path / "bad").exists()
