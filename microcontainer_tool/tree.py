@@ -181,13 +181,9 @@ class FileTree:
             raise SourceError(f"invalid image path {entry.path!r}")
         old = self._entries.get(entry.path)
         if old is not None and not replace_existing:
-            if old != entry:
-                if old.kind is EntryKind.DIR and entry.kind is EntryKind.DIR:
-                    pass
-                else:
-                    raise SourceError(
-                        f"{entry.path}: claimed twice ({_why(old)} and {_why(entry)})"
-                    )
+            both_dirs = old.kind is EntryKind.DIR and entry.kind is EntryKind.DIR
+            if old != entry and not both_dirs:
+                raise SourceError(f"{entry.path}: claimed twice ({_why(old)} and {_why(entry)})")
             merged = old.provenance + tuple(
                 p for p in entry.provenance if p not in old.provenance
             )
@@ -239,15 +235,21 @@ class FileTree:
     def digest(self) -> str:
         """A content-addressed key of the tree (paths, kinds, modes, bytes).
 
-        Host files are identified by path, size and mtime-free content hash, so
-        two trees with the same digest produce the same layer.
+        Files count by content hash (never by mtime or host path) and hardlink
+        structure, so two trees with the same digest produce the same layer.
         """
         sha = hashlib.sha256()
+        first_of: dict[tuple[int, int], str] = {}
         for entry in self:
             sha.update(
                 f"{entry.path}\0{entry.kind.value}\0{entry.mode:o}\0{entry.linkname}\0".encode()
             )
-            if entry.content is not None:
+            identity = entry.content.identity if isinstance(entry.content, HostFile) else None
+            if identity is not None and identity in first_of:
+                sha.update(f"hardlink\0{first_of[identity]}".encode())  # a tar hardlink
+            elif entry.content is not None:
+                if identity is not None:
+                    first_of[identity] = entry.path
                 sha.update(_content_hash(entry.content).encode())
             sha.update(b"\n")
         return "sha256:" + sha.hexdigest()

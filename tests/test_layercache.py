@@ -48,3 +48,25 @@ def test_cache_output_equals_uncached(tmp_path):
                     "--layer-cache", str(tmp_path / "cache"))
     assert plain.stdout == cached.stdout == again.stdout
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes() == (tmp_path / "c.tar").read_bytes()
+
+
+def test_tree_digest_sees_hardlinks(tmp_path):
+    from microcontainer_tool.tree import Entry, EntryKind, FileTree, HostFile
+
+    one = tmp_path / "one"
+    one.write_text("same")
+    linked = tmp_path / "linked"
+    os.link(one, linked)
+    copy = tmp_path / "copy"
+    copy.write_text("same")
+
+    def tree(second: str) -> FileTree:
+        result = FileTree()
+        for path, host in (("/a", one), ("/b", tmp_path / second)):
+            st = os.stat(host)
+            identity = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+            result.add(Entry(path, EntryKind.FILE, 0o644, HostFile(str(host), st.st_size, identity)))
+        return result
+
+    assert tree("linked").digest() != tree("copy").digest()
+    assert tree("linked").digest() == tree("linked").digest()
