@@ -73,7 +73,8 @@ class Assembly:
     warnings: list[str] = field(default_factory=list)
 
 
-def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot | None = None) -> Assembly:
+def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot | None = None,
+             sysroot: SysRoot | None = None) -> Assembly:
     """Build the image's file tree from a spec.
 
     Args:
@@ -81,6 +82,8 @@ def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot
         allow_missing: report missing libraries as warnings instead of failing.
         packages: the extracted packages of an RPM spec (its sysroot), see
             :func:`~.rpmroot.prepare_sysroot`; ``None`` for a ``from:`` tree.
+        sysroot: the root to take files from instead of ``spec.from_`` (an
+            :class:`~.imageroot.ImageRoot`); ``None`` opens the ``from:`` tree.
 
     Returns:
         The assembly.
@@ -88,7 +91,7 @@ def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot
     Raises:
         MicrocontainerError: any input problem, with a one-line message.
     """
-    return _Assembler(spec, allow_missing, packages).run()
+    return _Assembler(spec, allow_missing, packages, sysroot).run()
 
 
 #: Documentation a package's files bring that a microcontainer does without,
@@ -98,12 +101,15 @@ RPM_MANIFEST = "/var/lib/rpmmanifest/container-manifest-2"
 
 
 class _Assembler:
-    def __init__(self, spec: ImageSpec, allow_missing: bool, packages: PackageRoot | None) -> None:
+    def __init__(self, spec: ImageSpec, allow_missing: bool, packages: PackageRoot | None,
+                 sysroot: SysRoot | None = None) -> None:
         self.spec = spec
         self.allow_missing = allow_missing
         self.packages = packages
-        self.sysroot = SysRoot(packages.root if packages is not None else spec.sysroot_dir)
-        self.source = "rpm" if packages is not None else f"dir:{spec.from_}"
+        self.sysroot = (sysroot if sysroot is not None
+                        else SysRoot(packages.root if packages is not None else spec.sysroot_dir))
+        self.source = ("rpm" if packages is not None else sysroot.label if sysroot is not None
+                       else f"dir:{spec.from_}")
         self.tree = FileTree()
         self.overlay: dict[str, str] = {}
         self.warnings: list[str] = []

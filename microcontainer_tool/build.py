@@ -9,7 +9,7 @@ half-written is ever left at the output path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .assemble import Assembly, assemble
 from .layer import LayerInfo
@@ -104,7 +104,15 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
     """
     fmt = format_for_path(output, fmt)
     packages = None
+    sysroot = None
     notes: list[str] = []
+    source_image = image_source(spec)
+    if source_image is not None:
+        from .imageroot import ImageRoot
+        from .rpmroot import default_cache_dir
+
+        sysroot = ImageRoot.open(source_image, cache_dir or default_cache_dir())
+        spec = inherit_from_image(spec, sysroot.config)
     if spec.packages:
         from .rpmroot import default_cache_dir, ensure_lock, lock_path, prepare_sysroot
 
@@ -115,7 +123,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         if written:
             notes.append(f"resolved the packages and wrote {lock_path(spec)}")
         packages = prepare_sysroot(lock, spec, cache, offline=offline)
-    assembly = assemble(spec, allow_missing=allow_missing, packages=packages)
+    assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     result = write_tree_image(
@@ -125,6 +133,49 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
     )
     return BuildResult(output, fmt, result.manifest_digest, result.config_digest, result.layer,
                        len(assembly.tree), assembly, notes + list(assembly.warnings))
+
+
+#: Environment variables a microized image takes from its source image when
+#: the spec does not set them (README, "Microizing an image").
+INHERITED_ENV = ("PATH", "LD_LIBRARY_PATH")
+_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def image_source(spec: ImageSpec) -> str | None:
+    """The image ``from:`` names, if it names one rather than a directory tree.
+
+    An OCI layout directory (``DIR`` or ``DIR:TAG``), an oci-archive,
+    docker-archive or smith ``.tar.gz`` file: ``None`` for a plain directory.
+    """
+    value = spec.from_
+    host = os.path.normpath(os.path.join(spec.base_dir, value))
+    if os.path.isfile(host) and host.endswith(_ARCHIVE_SUFFIXES):
+        return host
+    if os.path.isfile(os.path.join(host, "oci-layout")):
+        return host
+    left, sep, tag = value.rpartition(":")
+    if sep and left and "/" not in tag:
+        layout = os.path.normpath(os.path.join(spec.base_dir, left))
+        if os.path.isfile(os.path.join(layout, "oci-layout")):
+            return f"{layout}:{tag}"
+    return None
+
+
+def inherit_from_image(spec: ImageSpec, image_config: dict) -> ImageSpec:
+    """The spec with what a microized image inherits from its source image.
+
+    ``PATH`` and ``LD_LIBRARY_PATH`` (used for library resolution too) come
+    from the source's ``Env`` and the working directory from its
+    ``WorkingDir``, each only when the spec does not set it. Nothing else is
+    inherited: an empty ``cmd`` stays empty, the user is the spec's.
+    """
+    conf = image_config.get("config") or {}
+    env = dict(spec.env)
+    source_env = dict(item.split("=", 1) for item in conf.get("Env") or [] if "=" in item)
+    for key in INHERITED_ENV:
+        if key not in env and key in source_env:
+            env[key] = source_env[key]
+    return replace(spec, env=tuple(env.items()), workdir=spec.workdir or conf.get("WorkingDir") or "")
 
 
 def _default_name(output: str) -> str:

@@ -165,6 +165,7 @@ class LayeredRoot(SysRoot):
         self.root = base.root
         self.label = base.label
         self._cache = {}
+        self._base = base
         self._overlay = dict(overlay)
         self._implied: set[str] = set()
         for path in overlay:
@@ -177,17 +178,26 @@ class LayeredRoot(SysRoot):
     def host_path(self, image_path: str) -> str:
         """Host path of a canonical image path: the overlay's file if it has one."""
         mapped = self._overlay.get(image_path)
-        return mapped if mapped is not None else super().host_path(image_path)
+        return mapped if mapped is not None else self._base.host_path(image_path)
 
     def lstat(self, image_path: str) -> os.stat_result | None:
         """``lstat`` through the overlay; implied directories look like 0755 dirs."""
-        if image_path not in self._overlay and image_path in self._implied:
-            found = super().lstat(image_path)
+        if image_path in self._overlay:
+            return super().lstat(image_path)
+        if image_path in self._implied:
+            found = self._base.lstat(image_path)
             if found is not None and stat.S_ISDIR(found.st_mode):
                 return found
             return self._dir_stat
-        return super().lstat(image_path)
+        return self._base.lstat(image_path)
 
     def readlink(self, image_path: str) -> str:
         """Target of a symlink, from the overlay when it has that path."""
-        return os.readlink(self.host_path(image_path))
+        mapped = self._overlay.get(image_path)
+        return os.readlink(mapped) if mapped is not None else self._base.readlink(image_path)
+
+    def listdir(self, image_path: str) -> list[str]:
+        """Names in a canonical directory: the overlay's directory, else the base's."""
+        if image_path in self._overlay:
+            return super().listdir(image_path)
+        return self._base.listdir(image_path)
