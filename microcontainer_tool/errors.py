@@ -62,3 +62,7 @@ class RepoError(MicrocontainerError):
 
 class ResolveError(MicrocontainerError):
     """The requested packages cannot be resolved to an installable set."""
+
+
+class RegistryError(MicrocontainerError):
+    """A registry (OCI distribution API) or its auth service refused a request or is unreachable."""
