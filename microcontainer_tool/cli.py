@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--allow-missing", action="store_true",
                        help="warn instead of failing when a library cannot be found")
     build.add_argument("--cache-dir", metavar="DIR",
-                       help="RPM specs: downloads, repo metadata and extracted packages "
-                            "(default: $MCT_CACHE_DIR or ~/.cache/microcontainer-tool)")
+                       help="downloads, repo metadata, extracted packages and indexed source-image "
+                            "layers (default: $MCT_CACHE_DIR or ~/.cache/microcontainer-tool)")
     build.add_argument("--offline", action="store_true",
                        help="RPM specs: use only microimage.lock and the cache; never download")
     build.add_argument("--layer-cache", metavar="DIR",

@@ -160,6 +160,7 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     project += _spec_inputs(env, spec, files)
     if spec.packages:
         project += _package_inputs(env, spec, name)
+    project += _image_inputs(env, spec)
     top = env.Dir("#").abspath
     payload = json.dumps({"format": FORMAT_VERSION, "base": os.path.relpath(spec.base_dir, top),
                           "spec": spec.canonical()}, sort_keys=True)
@@ -251,6 +252,21 @@ def _package_inputs(env: Any, spec: Any, name: str) -> list[Any]:
     return [env.File(lock)] + [env.File(path) for path in local_rpms(spec)]
 
 
+def _image_inputs(env: Any, spec: Any) -> list[Any]:
+    """A microized image's source: the archive file, or the layout's index.json and blobs."""
+    from .build import image_source
+
+    source = image_source(spec)
+    if source is None:
+        return []
+    path = source.rsplit(":", 1)[0] if not os.path.exists(source) else source
+    if os.path.isfile(path):
+        return [env.File(path)]
+    blobs = os.path.join(path, "blobs", "sha256")
+    names = sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []
+    return [env.File(os.path.join(path, "index.json"))] + [env.File(os.path.join(blobs, n)) for n in names]
+
+
 def _format_by_suffix(name: str) -> str:
     for suffix, fmt in _ARCHIVE_SUFFIXES.items():
         if name.endswith(suffix):
@@ -336,6 +352,10 @@ def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:
 
     try:
         spec = _spec_of(payload, top)
+        from .build import image_source
+
+        if image_source(spec) is not None:
+            return []  # the source image itself is a tracked source (blobs are content-addressed)
         if spec.packages:
             # The sysroot is the lock's packages, verified by checksum: the lock
             # file and local .rpm files (explicit sources) say all there is.

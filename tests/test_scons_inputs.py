@@ -1,4 +1,4 @@
-"""SCons with RPM inputs: the lock and local .rpm files are tracked; a no-op never fetches."""
+"""SCons with package and image inputs: the lock, local .rpm files and source images are tracked."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED_RPMS, make_repo, run_cli
 from test_scons import TOOL_DIR, ok, scons
 
-pytestmark = pytest.mark.skipif(not SHARED_RPMS.is_dir(), reason="shared Rocky RPMs not present")
+needs_rpms = pytest.mark.skipif(not SHARED_RPMS.is_dir(), reason="shared Rocky RPMs not present")
 
 
 def project(root: Path, spec_text: str, sources: str = "'microimage.yaml'") -> Path:
@@ -23,6 +23,7 @@ def project(root: Path, spec_text: str, sources: str = "'microimage.yaml'") -> P
     return root
 
 
+@needs_rpms
 def test_repo_image_no_op_never_fetches_and_relock_rebuilds(tmp_path):
     repo = make_repo(tmp_path / "repo", sorted(SHARED_RPMS.glob("*.rpm")))
     root = project(tmp_path / "proj", f"packages: [zlib]\nrepos: [{{baseurl: 'file://{repo}'}}]\n"
@@ -49,6 +50,7 @@ def test_repo_image_no_op_never_fetches_and_relock_rebuilds(tmp_path):
     assert scons(root, "-q", "image").returncode == 0
 
 
+@needs_rpms
 def test_changed_local_rpm_is_tracked(tmp_path):
     source = next(SHARED_RPMS.glob("tzdata-*.rpm"))
     root = project(tmp_path / "proj", "packages: [tzdata.rpm]\npaths: [/usr/share/zoneinfo/UTC]\n")
@@ -65,3 +67,16 @@ def test_changed_local_rpm_is_tracked(tmp_path):
     assert proc.returncode != 0
     assert "changed since it was locked" in proc.stderr or "out of date" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_microized_image_tracks_its_source_image(tmp_path):
+    fat_spec = tmp_path / "fat"
+    fat_spec.mkdir()
+    (fat_spec / "microimage.yaml").write_text("paths: [/usr/bin/cat, /usr/bin/true]\n")
+    root = project(tmp_path / "proj", "from: fat.tar\npaths: [/usr/bin/true]\ncmd: [/usr/bin/true]\n")
+    assert run_cli("build", "-c", str(fat_spec), "-o", str(root / "fat.tar")).returncode == 0
+    ok(scons(root, "image"))
+    assert scons(root, "-q", "image").returncode == 0
+    (fat_spec / "microimage.yaml").write_text("paths: [/usr/bin/cat, /usr/bin/true]\nlabels: {v: '2'}\n")
+    assert run_cli("build", "-c", str(fat_spec), "-o", str(root / "fat.tar")).returncode == 0
+    assert scons(root, "-q", "image").returncode != 0  # a new source image: rebuild
