@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from . import __version__
 from .errors import MicrocontainerError, SpecError
@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="re-resolve even if the lock matches the spec (pick up repo changes)")
     lock.add_argument("--cache-dir", metavar="DIR", help="as for build")
 
+    _add_registry_parsers(sub)
+
     deps = sub.add_parser("deps", help="print the ELF closure of files, as ld.so would load it")
     deps.add_argument("files", nargs="+", metavar="FILE", help="image paths inside --root")
     deps.add_argument("--root", default="/", help="sysroot the files and libraries are in (default: /)")
@@ -108,6 +110,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             return _deps(args, out, err)
         if args.command == "lock":
             return _lock(args, out)
+        if args.command == "push":
+            return _push(args, out, err)
+        if args.command == "pull":
+            return _pull(args, out, err)
         return _inspect(args, out)
     except MicrocontainerError as error:
         print(f"microcontainer: error: {error}", file=err)
@@ -148,6 +154,74 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         print(f"manifest {result.manifest_digest}", file=out)
         print(f"config   {result.config_digest}", file=out)
         print(f"layer    {result.layer.digest} (diff_id {result.layer.diff_id})", file=out)
+    return 0
+
+
+def _add_registry_parsers(sub: Any) -> None:
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-u", "--username", help="registry user; the password is read from standard input")
+        parser.add_argument("--docker-config", metavar="PATH",
+                            help="config.json or its directory (default: $DOCKER_CONFIG or ~/.docker)")
+        parser.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
+        parser.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
+        parser.add_argument("--timeout", type=float, default=30, metavar="SECONDS",
+                            help="connect and read timeout of each request (default: 30)")
+        parser.add_argument("--retries", type=int, default=3,
+                            help="attempts for connection errors and 5xx answers (default: 3)")
+
+    push = sub.add_parser("push", help="push an image to a registry")
+    push.add_argument("image", metavar="IMAGE",
+                      help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
+    push.add_argument("ref", metavar="REF", help="host[:port]/repo[:tag] (Docker Hub by default)")
+    push.add_argument("--docker-media-types", action="store_true",
+                      help="push a Docker schema 2 manifest (changes the manifest digest; the pushed one is printed)")
+    push.add_argument("--mount-from", metavar="REPO", help="repository on the same registry to mount blobs from")
+    push.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
+    common(push)
+    pull = sub.add_parser("pull", help="pull an image into an OCI layout or archive")
+    pull.add_argument("ref", metavar="REF", help="host[:port]/repo[:tag][@sha256:...]")
+    pull.add_argument("-o", "--output", metavar="OUT", required=True, help="layout DIR, OUT.tar or OUT.tar.gz")
+    pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                      help="which image of an index (default: this machine's)")
+    common(pull)
+
+
+def _client(args: argparse.Namespace, registry: str) -> Any:
+    from .auth import load_credentials, read_password
+    from .registry import RegistryClient
+
+    password = read_password(sys.stdin) if args.username else None
+    creds = load_credentials(registry, username=args.username, password=password,
+                             docker_config=args.docker_config)
+    return RegistryClient(registry, auth=creds, plain_http=args.plain_http, insecure=args.insecure,
+                          timeout=args.timeout, retries=args.retries)
+
+
+def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .reference import Reference
+    from .transfer import push, tty_progress
+
+    ref = Reference.parse(args.ref)
+    with _client(args, ref.registry) as client:
+        result = push(args.image, ref, client, docker_media_types=args.docker_media_types,
+                      mount_from=args.mount_from, progress=tty_progress(err))
+    if args.quiet:
+        print(result.digest, file=out)
+    else:
+        print(f"pushed {result.reference}", file=out)
+        print(f"blobs  {result.uploaded} uploaded ({result.bytes_uploaded} bytes), {result.skipped} present, "
+              f"{result.mounted} mounted", file=out)
+    return 0
+
+
+def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .reference import Reference
+    from .transfer import pull, tty_progress
+
+    ref = Reference.parse(args.ref)
+    with _client(args, ref.registry) as client:
+        digest = pull(ref, args.output, client, args.platform, progress=tty_progress(err))
+    print(f"{args.output}: {ref.name}@{digest}", file=out)
     return 0
 
 
