@@ -139,7 +139,9 @@ def _open_archive(path: str) -> _TarSource:
     return _TarSource(path, spool)
 
 
-class _HashingReader:
+class HashingReader:
+    """Reads a stream, hashing and counting what passes."""
+
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self.sha = hashlib.sha256()
@@ -231,7 +233,7 @@ class ImageView:
         self.verify_blob(desc, name)
         with self._source.open(name) as handle:
             try:
-                reader = _HashingReader(open_layer_stream(handle))
+                reader = HashingReader(open_layer_stream(handle))
                 with tarfile.open(fileobj=reader, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
                                   errors="surrogateescape") as tar:
                     for member in tar:

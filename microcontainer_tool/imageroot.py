@@ -40,7 +40,6 @@ import json
 import os
 import posixpath
 import queue
-import secrets
 import stat
 import threading
 from dataclasses import dataclass
@@ -48,8 +47,9 @@ from typing import Any, BinaryIO, Iterator
 
 from .assemble import Assembly, assemble
 from .errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
-from .image import ImageView, open_image
+from .image import HashingReader, ImageView, open_image
 from .layer import CHUNK_SIZE, DECODE_ERRORS, open_layer_stream
+from .layout import temp_file, unlink_quietly
 from .spec import ImageSpec
 from .sysroot import SysRoot
 
@@ -114,21 +114,6 @@ class LayerEntry:
     reused: bool
 
 
-class _HashingReader:
-    """Reads a stream, hashing and counting what passes."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-
 class _TarWriter:
     """Hashes and writes chunks on its own thread (hashlib and file writes release the GIL)."""
 
@@ -178,23 +163,6 @@ class _TarWriter:
             self._out.close()
         except OSError:
             pass
-
-
-def _mkstemp(directory: str, name: str) -> tuple[int, str]:
-    for _ in range(100):
-        path = os.path.join(directory, f".{name[:200]}.tmp-{secrets.token_hex(4)}")
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
-        except FileExistsError:
-            continue
-    raise LayoutError(f"{directory}: cannot create a temporary file")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _clean(name: str, where: str, what: str) -> str:
@@ -435,7 +403,7 @@ class LayerCache:
         except OSError as error:
             raise self._cache_error(error) from None
         finally:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
         self._write_index(index_path, {"version": INDEX_VERSION, "diff_id": diff_id, "tar_size": size,
                                        "members": members})
         return LayerEntry(digest, diff_id, tar_path, members, False)
@@ -463,11 +431,11 @@ class LayerCache:
         ``_PIPELINE_DEPTH`` chunks of 1 MiB are in flight.
         """
         desc, diff_id = view.layers[number], view.diff_ids[number]
-        fd, tmp = _mkstemp(self.tars, diff_id.split(":", 1)[1])
+        fd, tmp = temp_file(self.tars, "." + diff_id.split(":", 1)[1], 0o600)
         writer = _TarWriter(os.fdopen(fd, "wb"))
         try:
             with view._source.open(view._layer_names[number]) as blob:
-                reader = _HashingReader(blob)
+                reader = HashingReader(blob)
                 try:
                     stream = open_layer_stream(reader)  # type: ignore[arg-type]
                     while (chunk := stream.read(CHUNK_SIZE)) and writer.put(chunk):
@@ -485,22 +453,22 @@ class LayerCache:
                 raise DigestMismatchError(f"{where}: unpacks to {actual}, config says {diff_id}")
         except OSError as error:
             writer.abort()
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise self._cache_error(error) from None
         except BaseException:
             writer.abort()
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         return tmp
 
     def _write_index(self, path: str, index: dict[str, Any]) -> None:
-        fd, tmp = _mkstemp(self.tars, os.path.basename(path))
+        fd, tmp = temp_file(self.tars, "." + os.path.basename(path)[:200], 0o600)
         try:
             with os.fdopen(fd, "w", encoding="ascii") as out:
                 json.dump(index, out, separators=(",", ":"))
             os.rename(tmp, path)
         except OSError as error:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise self._cache_error(error) from None
 
 
@@ -777,7 +745,7 @@ class ImageRoot(SysRoot):
         tmp = ""
         try:
             os.makedirs(parent, exist_ok=True)
-            fd, tmp = _mkstemp(parent, os.path.basename(final))
+            fd, tmp = temp_file(parent, "." + os.path.basename(final)[:200], 0o600)
             try:
                 copied = _copy_range(self._tar_fd(number), fd, offset, node.size)
                 if copied != node.size:
@@ -793,7 +761,7 @@ class ImageRoot(SysRoot):
                               f" {error.strerror or error}") from None
         finally:
             if tmp:
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
 
     def _tar_fd(self, number: int) -> int:
         fd = self._fds.get(number)

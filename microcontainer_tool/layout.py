@@ -121,7 +121,7 @@ class LayoutStore:
         size = 0
         fd, tmp = -1, ""
         try:
-            fd, tmp = _mkstemp(self._blobs, ".blob")
+            fd, tmp = temp_file(self._blobs, ".blob")
             with os.fdopen(fd, "wb") as out:
                 if isinstance(data, (bytes, bytearray, memoryview)):
                     sha.update(data)
@@ -147,7 +147,7 @@ class LayoutStore:
             raise LayoutError(f"{self.root}: cannot write blob: {error.strerror or error}") from None
         finally:
             if tmp:
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
         return Descriptor(media_type, digest, size)
 
     def adopt_file(self, path: str, desc: Descriptor) -> Descriptor:
@@ -180,7 +180,7 @@ class LayoutStore:
             return
         for name in names:
             if name not in wanted:
-                _unlink_quietly(os.path.join(self._blobs, name))
+                unlink_quietly(os.path.join(self._blobs, name))
 
     def put_file(self, path: str, media_type: str = OCTET_STREAM,
                  expected_digest: str | None = None) -> Descriptor:
@@ -212,7 +212,7 @@ class LayoutStore:
 
     @staticmethod
     def _write_atomic(path: str, data: bytes) -> None:
-        fd, tmp = _mkstemp(os.path.dirname(path), "." + os.path.basename(path))
+        fd, tmp = temp_file(os.path.dirname(path), "." + os.path.basename(path))
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -220,21 +220,27 @@ class LayoutStore:
                 os.fsync(out.fileno())
             os.rename(tmp, path)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
 
 
-def _mkstemp(directory: str, prefix: str) -> tuple[int, str]:
+def temp_file(directory: str, prefix: str, mode: int = 0o644) -> tuple[int, str]:
+    """Create ``directory/PREFIX.tmp-XXXXXXXX`` exclusively; return ``(fd, path)``.
+
+    Raises:
+        LayoutError: no free name after 100 tries.
+    """
     for _ in range(100):
         path = os.path.join(directory, f"{prefix}.tmp-{secrets.token_hex(4)}")
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), path
         except FileExistsError:
             continue
     raise LayoutError(f"{directory}: cannot create a temporary file")
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
+    """Remove ``path`` if it exists; ignore errors (cleanup paths)."""
     try:
         os.unlink(path)
     except OSError:
@@ -444,7 +450,7 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
     if layer_cache is not None:
         blob, layer, _hit = layer_cache.layer(tree, compression, epoch)
         return write_image(out, fmt, blob, layer, make_config(layer), tag, name)
-    fd, tmp = _mkstemp(parent, f".{base}.layer")
+    fd, tmp = temp_file(parent, f".{base}.layer")
     try:
         with os.fdopen(fd, "wb", buffering=CHUNK_SIZE) as sink:
             layer = write_layer(tree, sink, compression, epoch)
@@ -452,7 +458,7 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
     except OSError as error:
         raise LayoutError(f"{out}: cannot write: {error.strerror or error}") from None
     finally:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
 
 
 def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor, config_bytes: bytes,
@@ -566,7 +572,7 @@ def write_layout_tar(sink: BinaryIO, members: Mapping[str, bytes | str]) -> None
 
 def _write_archive_file(target: str, members: Mapping[str, bytes | str], gzip: bool) -> None:
     parent, base = os.path.split(target)
-    fd, tmp = _mkstemp(parent, f".{base}")
+    fd, tmp = temp_file(parent, f".{base}")
     try:
         with os.fdopen(fd, "wb", buffering=CHUNK_SIZE) as out:
             if gzip:
@@ -579,10 +585,10 @@ def _write_archive_file(target: str, members: Mapping[str, bytes | str], gzip: b
         os.rename(tmp, target)
         _fsync_dir(parent)
     except OSError as error:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise LayoutError(f"{target}: cannot write: {error.strerror or error}") from None
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
