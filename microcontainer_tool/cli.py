@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     lock.add_argument("--cache-dir", metavar="DIR", help="as for build")
 
     _add_registry_parsers(sub)
+    _add_runtime_parsers(sub)
 
     deps = sub.add_parser("deps", help="print the ELF closure of files, as ld.so would load it")
     deps.add_argument("files", nargs="+", metavar="FILE", help="image paths inside --root")
@@ -110,6 +111,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             return _deps(args, out, err)
         if args.command == "lock":
             return _lock(args, out)
+        if args.command in ("run", "ps", "stop", "rm", "debug"):
+            return _runtime_command(args, out)
         if args.command == "push":
             return _push(args, out, err)
         if args.command == "pull":
@@ -184,6 +187,79 @@ def _add_registry_parsers(sub: Any) -> None:
     pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                       help="which image of an index (default: this machine's)")
     common(pull)
+
+
+def _add_runtime_parsers(sub: Any) -> None:
+    state_help = "container state (default: /run/microcontainer as root, else $XDG_RUNTIME_DIR/microcontainer)"
+    run = sub.add_parser("run", help="run an image as a microcontainer (read-only root, no capabilities)")
+    run.add_argument("image", metavar="IMAGE",
+                     help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
+    run.add_argument("args", nargs="*", metavar="ARGS", help="after --: replace the image's Cmd")
+    run.add_argument("--write", metavar="DIR", help="host directory mounted read-write at /write")
+    run.add_argument("--read", metavar="DIR", help="host directory mounted read-only at /read")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]",
+                     help="set an environment variable (bare NAME: copy it from here); repeatable")
+    run.add_argument("-u", "--user", metavar="USER[:GROUP]", help="run as this user (default: the image's)")
+    run.add_argument("--net", choices=("none", "host"), default="none",
+                     help="none: own network namespace, loopback only (default); host: the host's")
+    run.add_argument("-d", "--detach", action="store_true", help="run in the background (see ps, stop, rm)")
+    run.add_argument("--name", help="container name (default: generated mc-XXXXXXXXXXXX)")
+    run.add_argument("--runtime", default="runc", help="OCI runtime binary (default: runc)")
+    run.add_argument("--no-userns", action="store_true", help="no user namespace: container ids are host ids")
+    run.add_argument("--debug", action="store_true", help="mount the debug toolbox at /dev/crashcart")
+    run.add_argument("--toolbox", metavar="DIR|IMAGE", help="toolbox for --debug (default: static busybox)")
+    run.add_argument("--cache-dir", metavar="DIR", help="as for build (unpacked images, toolboxes)")
+    run.add_argument("--state-dir", metavar="DIR", help=state_help)
+    ps = sub.add_parser("ps", help="list containers")
+    ps.add_argument("--state-dir", metavar="DIR", help=state_help)
+    ps.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    stop = sub.add_parser("stop", help="stop a container: SIGTERM, then SIGKILL")
+    stop.add_argument("name", metavar="NAME")
+    stop.add_argument("-t", "--timeout", type=float, default=10, help="seconds before SIGKILL (default: 10)")
+    stop.add_argument("--state-dir", metavar="DIR", help=state_help)
+    rm = sub.add_parser("rm", help="remove a stopped container")
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
+    rm.add_argument("--state-dir", metavar="DIR", help=state_help)
+    debug = sub.add_parser("debug", help="run a command in a running container with a side-loaded toolbox")
+    debug.add_argument("name", metavar="NAME")
+    debug.add_argument("command_args", nargs="*", metavar="CMD", help="after --: command (default: sh)")
+    debug.add_argument("--toolbox", metavar="DIR|IMAGE",
+                       help="directory of static tools, or an image (default: static busybox)")
+    debug.add_argument("--cache-dir", metavar="DIR", help="as for build")
+    debug.add_argument("--state-dir", metavar="DIR", help=state_help)
+
+
+def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
+    from . import runtime
+    from .rpmroot import default_cache_dir
+
+    state = args.state_dir or runtime.default_state_dir()
+    if args.command == "run":
+        return runtime.run(args.image, name=args.name, detach=args.detach, runtime=args.runtime, state_dir=state,
+                           cache_dir=args.cache_dir or default_cache_dir(), debug=args.debug, toolbox=args.toolbox,
+                           args=args.args or None, env=args.env, user=args.user, write_dir=args.write,
+                           read_dir=args.read, net=args.net, userns=not args.no_userns)
+    if args.command == "ps":
+        infos = runtime.ps(state)
+        if args.json:
+            print(json.dumps([info.__dict__ for info in infos], indent=2), file=out)
+        else:
+            print(f"{'NAME':<20} {'STATUS':<8} {'PID':>7}  {'IMAGE DIGEST':<19}  IMAGE", file=out)
+            for info in infos:
+                print(f"{info.name:<20} {info.status:<8} {info.pid or '-':>7}  {info.digest[7:26]:<19}  {info.image}",
+                      file=out)
+        return 0
+    if args.command == "stop":
+        runtime.stop(args.name, state, timeout=args.timeout)
+        return 0
+    if args.command == "rm":
+        runtime.rm(args.name, state, force=args.force)
+        return 0
+    from .debug import debug
+
+    return debug(args.name, state, args.toolbox, args.command_args or None,
+                 cache_dir=args.cache_dir or default_cache_dir())
 
 
 def _client(args: argparse.Namespace, registry: str) -> Any:

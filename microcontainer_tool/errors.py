@@ -66,3 +66,7 @@ class ResolveError(MicrocontainerError):
 
 class RegistryError(MicrocontainerError):
     """A registry (OCI distribution API) or its auth service refused a request or is unreachable."""
+
+
+class RunError(MicrocontainerError):
+    """A container cannot be prepared, started, found, stopped or debugged."""
