@@ -42,7 +42,6 @@ import ctypes
 import datetime
 import errno
 import functools
-import hashlib
 import json
 import os
 import re
@@ -60,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from .errors import LayoutError, MicrocontainerError, RunError
-from .image import ImageView, open_image
+from .image import HashingReader, ImageView, open_image
 from .layer import CHUNK_SIZE, DECODE_ERRORS, open_layer_stream
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -386,27 +385,6 @@ def stage_mount(source: str, target: str, idmap: IdMap | None, *, readonly: bool
 # --------------------------------------------------------------------------- safe extraction
 
 
-class _HashingReader:
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK_SIZE):
-            pass
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.sha.hexdigest()
-
-
 def _split(name: str, label: str) -> list[str]:
     """A member name's components; refuses absolute names and ``..``."""
     if name.startswith("/"):
@@ -628,9 +606,9 @@ def extract_image(view: ImageView, dest: str) -> None:
     try:
         for number, desc in enumerate(view.layers):
             with _open_layer_blob(view, number) as handle:
-                blob = _HashingReader(handle)
+                blob = HashingReader(handle)
                 try:
-                    diff = _HashingReader(open_layer_stream(blob))  # type: ignore[arg-type]
+                    diff = HashingReader(open_layer_stream(blob))  # type: ignore[arg-type]
                     with tarfile.open(fileobj=diff, mode="r|",  # type: ignore[call-overload]
                                       encoding="utf-8", errors="surrogateescape") as tar:
                         extractor.layer(tar)
