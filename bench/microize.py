@@ -39,22 +39,12 @@ from microcontainer_tool.compression import media_type_suffix, open_compressor  
 from microcontainer_tool.layer import HashingWriter  # noqa: E402
 from microcontainer_tool.layout import LayoutStore  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build_vs_umoci import closure as ldd_files  # noqa: E402  (the same ldd parsing)
+
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 MAX_BULK_FILE = 8 << 20
 """Larger host files are left out of the bulk, so layers end near their budget."""
-
-
-def ldd_files(program: str) -> list[str]:
-    """The program and every file the host's ``ldd`` lists for it."""
-    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
-    files = [program]
-    for line in out.splitlines():
-        parts = line.split()
-        if "=>" in parts and parts[parts.index("=>") + 1].startswith("/"):
-            files.append(parts[parts.index("=>") + 1])
-        elif parts and parts[0].startswith("/"):
-            files.append(parts[0])
-    return files
 
 
 def with_links(path: str) -> list[str]:
