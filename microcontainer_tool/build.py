@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from .assemble import Assembly, assemble
 from .layer import LayerInfo
@@ -17,7 +18,12 @@ from .layercache import LayerCache
 from .layout import format_for_path, write_tree_image
 from .oci import image_config
 from .errors import SpecError
+from .imagesource import ImageLocation, RegistryOptions, fetch_image, locate_image, platform_for
+from .rpmroot import default_cache_dir
 from .spec import DEFAULT_PATH, ImageSpec
+
+if TYPE_CHECKING:
+    from .parent import ParentImage
 
 
 @dataclass
@@ -45,7 +51,8 @@ class BuildResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int) -> dict:
+def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int,
+               parent: ParentImage | None = None) -> dict:
     """The OCI image config of a build.
 
     Args:
@@ -53,6 +60,7 @@ def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int
         assembly: the assembled image (user, platform).
         layer: the image's layer (its diff_id).
         epoch: ``SOURCE_DATE_EPOCH``.
+        parent: the ``parent:`` image, whose diff_ids and history come first.
 
     Returns:
         The config as a JSON-able dict.
@@ -60,7 +68,7 @@ def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int
     env = dict(spec.env)
     env.setdefault("PATH", DEFAULT_PATH)
     arch, variant = assembly.platform
-    return image_config(
+    config = image_config(
         architecture=arch,
         variant=variant,
         created=epoch,
@@ -72,14 +80,18 @@ def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int
         labels=dict(spec.labels),
         ports=list(spec.ports),
         volumes=list(spec.mounts),
-        diff_ids=[layer.diff_id],
+        diff_ids=(parent.diff_ids if parent else []) + [layer.diff_id],
     )
+    if parent is not None:
+        config["history"] = parent.history + config["history"][-1:]
+    return config
 
 
 def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str = "latest",
                 name: str | None = None, compression: str = "gzip", epoch: int = 0,
                 allow_missing: bool = False, layer_cache: LayerCache | None = None,
-                cache_dir: str | None = None, offline: bool = False) -> BuildResult:
+                cache_dir: str | None = None, offline: bool = False,
+                registry: RegistryOptions | None = None) -> BuildResult:
     """Build the image a spec describes and write it to ``output``.
 
     Args:
@@ -94,7 +106,9 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         layer_cache: reuse compressed layers of identical trees from there.
         cache_dir: downloads, repository metadata and extracted packages
             (default: :func:`~.rpmroot.default_cache_dir`); RPM specs only.
-        offline: RPM specs: never download, use only the lock and the cache.
+        offline: never download: RPM specs use only the lock and the cache,
+            registry images only what the cache holds (pinned by digest).
+        registry: how to reach registries for ``from:``/``parent:`` images.
 
     Returns:
         The build result.
@@ -106,17 +120,26 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
     packages = None
     sysroot = None
     notes: list[str] = []
-    source_image = image_source(spec)
-    if source_image is not None:
+    cache = cache_dir or default_cache_dir()
+    source = locate_image(spec.from_, spec.base_dir, directory_ok=True)
+    if source is not None:
         from .imageroot import ImageRoot
-        from .rpmroot import default_cache_dir
 
-        sysroot = ImageRoot.open(source_image, cache_dir or default_cache_dir())
+        path, image_name = fetch_image(source, cache, registry, platform_for(spec.arch), offline)
+        sysroot = ImageRoot.open(path, cache, name=image_name)
         spec = inherit_from_image(spec, sysroot.config)
-    if spec.packages:
-        from .rpmroot import default_cache_dir, ensure_lock, lock_path, prepare_sysroot
+    parent = None
+    if spec.parent:
+        from .parent import open_parent
 
-        cache = cache_dir or default_cache_dir()
+        location = locate_image(spec.parent, spec.base_dir, directory_ok=False)
+        assert location is not None
+        path, parent_name = fetch_image(location, cache, registry, platform_for(spec.arch), offline)
+        parent = open_parent(path, parent_name, cache)
+        spec = inherit_from_image(spec, parent.config)
+    if spec.packages:
+        from .rpmroot import ensure_lock, lock_path, prepare_sysroot
+
         if offline and not os.path.exists(lock_path(spec)):
             raise SpecError(f"no {lock_path(spec)} to build offline from: run `microcontainer lock`")
         lock, written = ensure_lock(spec, cache)
@@ -124,12 +147,20 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
             notes.append(f"resolved the packages and wrote {lock_path(spec)}")
         packages = prepare_sysroot(lock, spec, cache, offline=offline)
     assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
+    if parent is not None:
+        from .parent import check_platform, drop_inherited
+
+        check_platform(parent, assembly.platform, spec.where("parent"))
+        shared = drop_inherited(assembly.tree, parent)
+        if shared:
+            notes.append(f"{len(shared)} entries are the parent's already and were left out of the layer")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    os.makedirs(out_dir, exist_ok=True)
     result = write_tree_image(
         output, fmt, assembly.tree, compression, epoch,
-        lambda layer: config_for(spec, assembly, layer, epoch), tag,
+        lambda layer: config_for(spec, assembly, layer, epoch, parent), tag,
         name or _default_name(output), layer_cache=layer_cache,
+        base_layers=parent.layers if parent is not None else (),
     )
     return BuildResult(output, fmt, result.manifest_digest, result.config_digest, result.layer,
                        len(assembly.tree), assembly, notes + list(assembly.warnings))
@@ -138,27 +169,15 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
 #: Environment variables a microized image takes from its source image when
 #: the spec does not set them (README, "Microizing an image").
 INHERITED_ENV = ("PATH", "LD_LIBRARY_PATH")
-_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
-def image_source(spec: ImageSpec) -> str | None:
-    """The image ``from:`` names, if it names one rather than a directory tree.
+def image_source(spec: ImageSpec) -> ImageLocation | None:
+    """The image ``from:`` names, or ``None`` when it names a directory tree.
 
-    An OCI layout directory (``DIR`` or ``DIR:TAG``), an oci-archive,
-    docker-archive or smith ``.tar.gz`` file: ``None`` for a plain directory.
+    Raises:
+        SpecError: a malformed registry reference.
     """
-    value = spec.from_
-    host = os.path.normpath(os.path.join(spec.base_dir, value))
-    if os.path.isfile(host) and host.endswith(_ARCHIVE_SUFFIXES):
-        return host
-    if os.path.isfile(os.path.join(host, "oci-layout")):
-        return host
-    left, sep, tag = value.rpartition(":")
-    if sep and left and "/" not in tag:
-        layout = os.path.normpath(os.path.join(spec.base_dir, left))
-        if os.path.isfile(os.path.join(layout, "oci-layout")):
-            return f"{layout}:{tag}"
-    return None
+    return locate_image(spec.from_, spec.base_dir, directory_ok=True)
 
 
 def inherit_from_image(spec: ImageSpec, image_config: dict) -> ImageSpec:

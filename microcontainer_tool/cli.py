@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="RPM specs: use only microimage.lock and the cache; never download")
     build.add_argument("--layer-cache", metavar="DIR",
                        help="reuse compressed layers of unchanged file trees from DIR (edit-build loops)")
+    build.add_argument("--plain-http", action="store_true",
+                       help="talk HTTP, not HTTPS, to registries of from:/parent: images")
+    build.add_argument("--insecure", action="store_true",
+                       help="do not verify registries' TLS certificates (from:/parent: images)")
+    build.add_argument("--docker-config", metavar="PATH",
+                       help="config.json (or its directory) with registry credentials"
+                            " (default: $DOCKER_CONFIG or ~/.docker)")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
 
     lock = sub.add_parser("lock", help="resolve an RPM spec's packages and write microimage.lock")
@@ -138,6 +145,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from .build import build_image
     from .layercache import LayerCache
+    from .imagesource import RegistryOptions
     from .spec import load_spec
 
     spec = load_spec(args.config)
@@ -147,6 +155,8 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         allow_missing=args.allow_missing,
         layer_cache=LayerCache(args.layer_cache) if args.layer_cache else None,
         cache_dir=args.cache_dir, offline=args.offline,
+        registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
+                                 docker_config=args.docker_config),
     )
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)

@@ -179,7 +179,8 @@ class ImageView:
     """
 
     def __init__(self, path: str, source: _Source, index: dict[str, Any], manifest: dict[str, Any],
-                 manifest_digest: str, config: dict[str, Any], layer_names: list[str]) -> None:
+                 manifest_digest: str, config: dict[str, Any], layer_names: list[str],
+                 config_name: str | None = None) -> None:
         self.path = path
         self._source = source
         self.index = index
@@ -191,6 +192,7 @@ class ImageView:
         except AttributeError:
             raise LayoutError(f"{path}: malformed manifest layers") from None
         self._layer_names = layer_names
+        self._config_name = config_name
         rootfs = config.get("rootfs")
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list) or len(diff_ids) != len(self.layers):
@@ -206,6 +208,33 @@ class ImageView:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def manifest_bytes(self) -> bytes:
+        """The manifest's exact bytes (synthesized canonically for a legacy docker-archive).
+
+        Raises:
+            LayoutError: they do not match the manifest digest.
+        """
+        name = _blob_name(self.manifest_digest)
+        if self._source.exists(name):
+            with self._source.open(name) as handle:
+                data: bytes = handle.read(MAX_JSON_BLOB + 1)
+        else:
+            data = oci.canonical_json(self.manifest)
+        if oci.sha256_digest(data) != self.manifest_digest:
+            raise LayoutError(f"{self.path}: manifest {self.manifest_digest} does not match its content")
+        return data
+
+    def open_config_blob(self) -> BinaryIO:
+        """Open the config blob as stored (its exact bytes), not verified."""
+        if self._config_name is not None:
+            return self._source.open(self._config_name)
+        desc = Descriptor.from_dict(self.manifest.get("config") or {})
+        return self._source.open(_blob_name(desc.digest))
+
+    def open_layer_blob(self, number: int) -> BinaryIO:
+        """Open layer ``number``'s blob (0 = bottom) as stored: compressed, not verified."""
+        return self._source.open(self._layer_names[number])
 
     def verify_blob(self, desc: Descriptor, name: str | None = None) -> None:
         """Hash a (large) blob and check it against its descriptor.
@@ -426,7 +455,7 @@ def _open_docker_legacy(path: str, source: _TarSource, tag: str | None) -> Image
     manifest_bytes = oci.canonical_json(manifest)
     manifest_desc = Descriptor(oci.DOCKER_MANIFEST, oci.sha256_digest(manifest_bytes), len(manifest_bytes))
     return ImageView(path, source, oci.index([manifest_desc]), manifest, manifest_desc.digest, config,
-                     [_member_name(n) for n in layer_names])
+                     [_member_name(n) for n in layer_names], _member_name(config_name))
 
 
 def open_image(path: str, tag: str | None = None) -> ImageView:

@@ -434,7 +434,7 @@ class LayerCache:
         fd, tmp = temp_file(self.tars, "." + diff_id.split(":", 1)[1], 0o600)
         writer = _TarWriter(os.fdopen(fd, "wb"))
         try:
-            with view._source.open(view._layer_names[number]) as blob:
+            with view.open_layer_blob(number) as blob:
                 reader = HashingReader(blob)
                 try:
                     stream = open_layer_stream(reader)  # type: ignore[arg-type]
@@ -524,7 +524,7 @@ class ImageRoot(SysRoot):
         self.bytes_materialized = 0
 
     @classmethod
-    def open(cls, image: str, cache_dir: str, tag: str | None = None) -> ImageRoot:
+    def open(cls, image: str, cache_dir: str, tag: str | None = None, name: str | None = None) -> ImageRoot:
         """Open an image as a sysroot, preparing its layers in ``cache_dir`` once.
 
         Args:
@@ -532,6 +532,7 @@ class ImageRoot(SysRoot):
                 oci-archive, a smith ``.tar.gz``, a docker-archive).
             cache_dir: the cache (shared by images and processes; safe to delete).
             tag: the image to pick when the index holds several.
+            name: how messages and provenance name the image (default: ``image``).
 
         Returns:
             The merged view.
@@ -545,7 +546,7 @@ class ImageRoot(SysRoot):
         cache = LayerCache(cache_dir)
         with open_image(image, tag) as view:
             layers = [cache.layer(view, number) for number in range(len(view.layers))]
-            return cls(image, cache.cache_dir, view.config, view.manifest_digest, layers)
+            return cls(name or image, cache.cache_dir, view.config, view.manifest_digest, layers)
 
     def close(self) -> None:
         """Close the layer tars (the object stays usable for lookups)."""

@@ -343,9 +343,23 @@ def _verify_file(path: str, digest: str, size: int) -> None:
             f"{path}: layer blob is {actual} ({count} bytes), expected {digest} ({size} bytes)")
 
 
+@dataclass(frozen=True)
+class BaseLayer:
+    """A parent image's layer, put under ours unchanged.
+
+    Attributes:
+        desc: its descriptor (digest and size as in the parent; OCI media type).
+        path: a local copy, verified against ``desc`` when it was stored.
+    """
+
+    desc: Descriptor
+    path: str
+
+
 def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, config: Mapping[str, Any],
-                tag: str, name: str, move_layer: bool = False) -> ImageResult:
-    """Write a one-layer image to ``out`` in format ``fmt``, atomically.
+                tag: str, name: str, move_layer: bool = False,
+                base_layers: Sequence[BaseLayer] = ()) -> ImageResult:
+    """Write an image (``base_layers`` then our layer) to ``out`` in format ``fmt``, atomically.
 
     Args:
         out: output path (directory for ``oci``, file otherwise).
@@ -359,6 +373,8 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
         move_layer: the caller hashed ``layer_blob_path`` while writing it and
             hands it over: it is moved (not copied, not re-hashed) into an
             ``oci`` layout, and removed in every case.
+        base_layers: a parent image's layers, bottom first, stored byte for
+            byte (``config``'s ``diff_ids`` must list theirs first).
 
     Returns:
         The digests written.
@@ -383,7 +399,8 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
     config_bytes = canonical_json(dict(config))
     config_desc = Descriptor(oci.MEDIA_TYPE_CONFIG, oci.sha256_digest(config_bytes), len(config_bytes))
     layer_desc = Descriptor(layer.media_type, layer.digest, layer.size)
-    manifest_bytes = canonical_json(oci.manifest(config_desc, [layer_desc]))
+    layer_descs = [base.desc for base in base_layers] + [layer_desc]
+    manifest_bytes = canonical_json(oci.manifest(config_desc, layer_descs))
     annotations = {oci.ANNOTATION_REF_NAME: tag}
     if fmt == "docker-archive":
         annotations[oci.ANNOTATION_CONTAINERD_NAME] = f"{docker_reference(name)}:{tag}"
@@ -393,7 +410,7 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
 
     if fmt == "oci":
         _write_layout_dir(target, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
-                          move_layer)
+                          move_layer, base_layers)
         return result
 
     members: dict[str, bytes | str] = {
@@ -403,11 +420,13 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
         f"{BLOBS_DIR}/{manifest_desc.hex}": manifest_bytes,
         f"{BLOBS_DIR}/{layer_desc.hex}": layer_blob_path,
     }
+    for base in base_layers:
+        members[f"{BLOBS_DIR}/{base.desc.hex}"] = base.path
     if fmt == "docker-archive":
         members["manifest.json"] = canonical_json([{
             "Config": f"{BLOBS_DIR}/{config_desc.hex}",
             "RepoTags": [f"{name}:{tag}"],
-            "Layers": [f"{BLOBS_DIR}/{layer_desc.hex}"],
+            "Layers": [f"{BLOBS_DIR}/{d.hex}" for d in layer_descs],
         }])
         members["repositories"] = canonical_json({name: {tag: layer_desc.hex}})
     _write_archive_file(target, members, gzip=fmt == "smith")
@@ -416,7 +435,8 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
 
 def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str, epoch: int,
                      make_config: Callable[[LayerInfo], Mapping[str, Any]], tag: str,
-                     name: str, layer_cache: LayerCache | None = None) -> ImageResult:
+                     name: str, layer_cache: LayerCache | None = None,
+                     base_layers: Sequence[BaseLayer] = ()) -> ImageResult:
     """Write ``tree`` as a one-layer image to ``out``: the whole build, atomically.
 
     The layer is streamed into a temporary file next to ``out`` and moved into
@@ -433,6 +453,7 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
         tag: image tag.
         name: repository name (``docker-archive``).
         layer_cache: reuse and keep compressed layers there, by tree digest.
+        base_layers: a parent image's layers, under ours (see :func:`write_image`).
 
     Raises:
         SourceError: a host file vanished or changed while the layer was written.
@@ -449,12 +470,13 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
     _check_target(target, fmt)
     if layer_cache is not None:
         blob, layer, _hit = layer_cache.layer(tree, compression, epoch)
-        return write_image(out, fmt, blob, layer, make_config(layer), tag, name)
+        return write_image(out, fmt, blob, layer, make_config(layer), tag, name, base_layers=base_layers)
     fd, tmp = temp_file(parent, f".{base}.layer")
     try:
         with os.fdopen(fd, "wb", buffering=CHUNK_SIZE) as sink:
             layer = write_layer(tree, sink, compression, epoch)
-        return write_image(out, fmt, tmp, layer, make_config(layer), tag, name, move_layer=True)
+        return write_image(out, fmt, tmp, layer, make_config(layer), tag, name, move_layer=True,
+                           base_layers=base_layers)
     except OSError as error:
         raise LayoutError(f"{out}: cannot write: {error.strerror or error}") from None
     finally:
@@ -462,7 +484,8 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
 
 
 def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor, config_bytes: bytes,
-                      manifest_bytes: bytes, manifest_desc: Descriptor, move_layer: bool) -> None:
+                      manifest_bytes: bytes, manifest_desc: Descriptor, move_layer: bool,
+                      base_layers: Sequence[BaseLayer]) -> None:
     """Write the layout: a new one via a temp dir + rename, an existing one in place.
 
     In place, blobs are content-addressed and written idempotently (a blob
@@ -474,9 +497,9 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
     if os.path.isfile(os.path.join(target, OCI_LAYOUT_FILE)):
         store = LayoutStore(target)
         _fill_layout(store, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
-                     move_layer)
-        store.collect_garbage([layer_desc.digest, manifest_desc.digest,
-                               oci.sha256_digest(config_bytes)])
+                     move_layer, base_layers)
+        store.collect_garbage([layer_desc.digest, manifest_desc.digest, oci.sha256_digest(config_bytes)]
+                              + [base.desc.digest for base in base_layers])
         return
     parent, base = os.path.split(target)
     try:
@@ -487,7 +510,7 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
     try:
         store = LayoutStore(tmp)
         _fill_layout(store, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
-                     move_layer)
+                     move_layer, base_layers)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -495,7 +518,11 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
 
 
 def _fill_layout(store: LayoutStore, layer_blob_path: str, layer_desc: Descriptor, config_bytes: bytes,
-                 manifest_bytes: bytes, manifest_desc: Descriptor, move_layer: bool) -> None:
+                 manifest_bytes: bytes, manifest_desc: Descriptor, move_layer: bool,
+                 base_layers: Sequence[BaseLayer] = ()) -> None:
+    for base in base_layers:
+        if not store.has_blob(base.desc.digest):
+            store.put_file(base.path, base.desc.media_type, base.desc.digest)
     if move_layer:
         store.adopt_file(layer_blob_path, layer_desc)
     else:

@@ -56,7 +56,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from .errors import LayoutError, MicrocontainerError, RunError
 from .image import HashingReader, ImageView, open_image
@@ -579,12 +579,6 @@ class _Extractor:
                 os.close(dir_fd)
 
 
-def _open_layer_blob(view: ImageView, number: int) -> BinaryIO:
-    # ImageView has no public "open this layer's bytes"; its source is the one place
-    # that knows how to read a blob from a layout, an archive or a docker-archive.
-    return view._source.open(view._layer_names[number])
-
-
 def extract_image(view: ImageView, dest: str) -> None:
     """Unpack every layer of ``view`` onto the existing directory ``dest``, bottom first.
 
@@ -605,7 +599,7 @@ def extract_image(view: ImageView, dest: str) -> None:
     extractor = _Extractor(dest, view.path)
     try:
         for number, desc in enumerate(view.layers):
-            with _open_layer_blob(view, number) as handle:
+            with view.open_layer_blob(number) as handle:
                 blob = HashingReader(handle)
                 try:
                     diff = HashingReader(open_layer_stream(blob))  # type: ignore[arg-type]

@@ -28,7 +28,6 @@ _USER_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 #: Keys a later version implements; until then they are an error, not ignored.
 UNSUPPORTED_KEYS = {
-    "parent": "parent images",
     "type": "build types (mock)",
     "mock": "mock builds",
 }
@@ -69,6 +68,7 @@ class ImageSpec:
     base_dir: str
     source: str = "<spec>"
     from_: str = "/"
+    parent: str = ""
     paths: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
     files: tuple[tuple[str, str], ...] = ()
@@ -300,6 +300,10 @@ def _from(checker: _Checker, node: yaml.Node) -> str:
     return checker.scalar(node, "from")
 
 
+def _parent(checker: _Checker, node: yaml.Node) -> str:
+    return checker.scalar(node, "parent")
+
+
 def _files(checker: _Checker, node: yaml.Node) -> tuple[tuple[str, str], ...]:
     out = []
     for key, value in checker.mapping(node, "files"):
@@ -457,6 +461,7 @@ def _bool(what: str) -> Callable[[_Checker, yaml.Node], bool]:
 
 _HANDLERS: dict[str, tuple[str, Callable[[_Checker, yaml.Node], Any]]] = {
     "from": ("from_", _from),
+    "parent": ("parent", _parent),
     "paths": ("paths", _paths("paths")),
     "excludes": ("excludes", _paths("excludes")),
     "files": ("files", _files),

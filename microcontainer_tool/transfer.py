@@ -22,6 +22,7 @@ digest before it is stored. A failure leaves ``out`` as it was.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform as _platform
@@ -33,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Mapping, TextIO
 
 from . import layout, oci
 from .errors import LayoutError, RegistryError
-from .image import MAX_JSON_BLOB, ImageView, open_image
+from .image import MAX_JSON_BLOB, open_image
 from .layout import LayoutStore, format_for_path
 from .oci import Descriptor, canonical_json
 from .reference import Reference, normalize_registry
@@ -120,34 +121,8 @@ def tty_progress(stream: TextIO | None = None, min_size: int = PROGRESS_MIN_SIZE
 # --- push ---------------------------------------------------------------------------------------
 
 
-def _source_of(view: ImageView) -> Any:
-    # ImageView keeps its (directory or tar) source private; push needs the raw blobs.
-    return view._source
-
-
-def _blob_opener(view: ImageView, names: list[str], digest: str) -> Callable[[], BinaryIO]:
-    source = _source_of(view)
-    for name in names:
-        if source.exists(name):
-            return lambda: source.open(name)
-    raise LayoutError(f"{view.path}: blob {digest} is missing")
-
-
 def _hex(digest: str) -> str:
     return oci.check_digest(digest)[len("sha256:"):]
-
-
-def _manifest_bytes(view: ImageView) -> bytes:
-    source = _source_of(view)
-    name = f"{layout.BLOBS_DIR}/{_hex(view.manifest_digest)}"
-    if source.exists(name):
-        with source.open(name) as handle:
-            data: bytes = handle.read(MAX_JSON_BLOB + 1)
-    else:  # a legacy docker-archive: open_image synthesized the manifest canonically
-        data = canonical_json(view.manifest)
-    if oci.sha256_digest(data) != view.manifest_digest:
-        raise LayoutError(f"{view.path}: manifest {view.manifest_digest} does not match its content")
-    return data
 
 
 def _manifest_media_type(manifest: Mapping[str, Any]) -> str:
@@ -213,7 +188,7 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
         if mount_from == ref.repository:
             mount_from = None
     with open_image(image_path) as view:
-        manifest_bytes = _manifest_bytes(view)
+        manifest_bytes = view.manifest_bytes()
         media_type = _manifest_media_type(view.manifest)
         if media_type not in oci.MANIFEST_TYPES:
             raise LayoutError(f"{image_path}: cannot push a manifest of type {media_type!r}")
@@ -221,11 +196,9 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
             manifest_bytes = canonical_json(to_docker_manifest(view.manifest))
             media_type = oci.DOCKER_MANIFEST
         config_desc = Descriptor.from_dict(view.manifest.get("config") or {})
-        blobs = [(config_desc, _blob_opener(view, [f"{layout.BLOBS_DIR}/{config_desc.hex}",
-                                                   f"{config_desc.hex}.json"], config_desc.digest))]
-        layer_names = list(view._layer_names)  # legacy docker-archive member names
-        for desc, name in zip(view.layers, layer_names):
-            blobs.append((desc, _blob_opener(view, [name], desc.digest)))
+        blobs: list[tuple[Descriptor, Callable[[], BinaryIO]]] = [(config_desc, view.open_config_blob)]
+        for number, desc in enumerate(view.layers):
+            blobs.append((desc, functools.partial(view.open_layer_blob, number)))
         uploaded = skipped = mounted = sent = 0
         done: set[str] = set()
         for desc, opener in blobs:
@@ -329,6 +302,19 @@ def _resolve(ref: Reference, client: RegistryClient, wanted: Mapping[str, str]) 
         if len(data) != chosen.size:
             raise LayoutError(f"{ref}: manifest {digest} is {len(data)} bytes, the index says {chosen.size}")
     raise LayoutError(f"{ref}: image indexes nested more than {_MAX_INDEX_DEPTH} deep")
+
+
+def resolve_manifest(ref: Reference, client: RegistryClient, platform: str | None = None) -> str:
+    """The digest of the image manifest ``ref`` means for ``platform`` (an index is followed).
+
+    Raises:
+        RegistryError: the registry refuses or fails, or no image fits ``platform``.
+        LayoutError: a malformed manifest or index.
+    """
+    _data, media_type, digest = _resolve(ref, client, parse_platform(platform or host_platform()))
+    if media_type not in oci.MANIFEST_TYPES:
+        raise RegistryError(f"{ref}: unsupported manifest type {media_type!r}")
+    return digest
 
 
 def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None = None, *,

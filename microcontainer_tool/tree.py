@@ -197,6 +197,10 @@ class FileTree:
         for key in [k for k in self._entries if k == path or k.startswith(prefix)]:
             del self._entries[key]
 
+    def discard(self, path: str) -> None:
+        """Remove the one entry at ``path`` (not what is below it), if present."""
+        self._entries.pop(path, None)
+
     def add_parents(self, provenance: Provenance) -> None:
         """Add a 0755 directory for every missing ancestor of every entry."""
         for path in list(self._entries):

@@ -84,7 +84,7 @@ def test_bad_specs_name_file_and_line(text, line, words):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("key", ["parent", "type", "mock"])
+@pytest.mark.parametrize("key", ["type", "mock"])
 def test_later_keys_are_refused_not_ignored(key):
     with pytest.raises(UnsupportedError, match="not supported yet"):
         parse(f"paths: [/a]\n{key}: x\n")
@@ -142,3 +142,9 @@ def test_package_keys():
 def test_bad_package_keys(text, words):
     with pytest.raises(SpecError, match=words):
         parse(text)
+
+
+def test_parent_is_a_string():
+    assert parse("paths: [/a]\nparent: base:1\n").parent == "base:1"
+    with pytest.raises(SpecError, match="parent must be a string"):
+        parse("paths: [/a]\nparent: [x]\n")
