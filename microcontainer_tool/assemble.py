@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import ldcache
+from .dpkg import STATUS_D, DpkgDatabase
 from .elf import ElfInfo, oci_platform, read_elf
 from .errors import MissingLibraryError, SourceError, SpecError
 from .ldd import Closure, LibraryResolver
@@ -63,6 +64,9 @@ class Assembly:
         platform: ``(architecture, variant)`` for the image config.
         main: image path of the program the image runs, if it is an ELF.
         warnings: messages for the user (missing libraries when allowed, ...).
+        packages: package id (``rpm:NEVRA``, ``deb:NAME:ARCH``) -> facts
+            (see :mod:`.provenance`), for every package that contributed a
+            file, symlink or generated entry.
     """
 
     tree: FileTree
@@ -71,6 +75,7 @@ class Assembly:
     platform: tuple[str, str | None]
     main: str | None
     warnings: list[str] = field(default_factory=list)
+    packages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot | None = None,
@@ -108,11 +113,12 @@ class _Assembler:
         self.packages = packages
         self.sysroot = (sysroot if sysroot is not None
                         else SysRoot(packages.root if packages is not None else spec.sysroot_dir))
-        self.source = ("rpm" if packages is not None else sysroot.label if sysroot is not None
-                       else f"dir:{spec.from_}")
+        # no host path: where the tree lies is not part of the image
+        self.source = "rpm" if packages is not None else sysroot.label if sysroot is not None else "dir"
         self.tree = FileTree()
         self.overlay: dict[str, str] = {}
         self.warnings: list[str] = []
+        self.dpkg = DpkgDatabase.open(self.sysroot) if packages is None else None
 
     def run(self) -> Assembly:
         self._add_paths()
@@ -122,20 +128,24 @@ class _Assembler:
         closure = self._add_closure(layered)
         if self.packages is not None:
             self._add_rpm_manifest()
+        packages = self._contributors()
+        if self.dpkg is not None:
+            self._add_dpkg_status(packages)
         identity = parse_user(self.spec.effective_user)
         if identity.named or self.spec.groups or self.spec.nss:
             for path, data in nss_files(identity, self.spec.groups).items():
                 if path not in self.overlay:
-                    self._inline(path, data, "nss")
+                    self._inline(path, data, "nss", "nss")
         for path in RUNTIME_DIRS:
             if self.tree.get(path) is None:
                 self.tree.add(Entry(path, EntryKind.DIR, DIR_MODE,
-                                    provenance=(Provenance("microcontainer directory", "generated"),)))
-        self.tree.add_parents(Provenance("parent directory", "generated"))
+                                    provenance=(Provenance("microcontainer directory", "generated", "generated", "microcontainer directory"),)))
+        self.tree.add_parents(Provenance("parent directory", "generated", "generated", "parent directory"))
         self.tree.check()
         main = self._main_program(layered)
         platform = self._platform(main, closure)
-        return Assembly(self.tree, closure, identity, platform, main, self.warnings)
+        return Assembly(self.tree, closure, identity, platform, main, self.warnings,
+                        self._package_facts(packages))
 
     # -- paths ------------------------------------------------------------
 
@@ -155,7 +165,7 @@ class _Assembler:
                                                 and self.sysroot.exists(pattern) else "")
                 )
             for path in found:
-                self._add_sys_path(path, Provenance(f"paths: {pattern}", self._source_of(path)))
+                self._add_sys_path(path, Provenance(f"paths: {pattern}", self._source_of(path), "paths", pattern))
 
     def _add_package_files(self) -> None:
         """No ``paths``: the files of the packages the spec names (docs left out)."""
@@ -169,12 +179,60 @@ class _Assembler:
         for path in chosen:
             st = self.sysroot.lstat(path)
             if st is not None and not stat.S_ISDIR(st.st_mode):
-                self._add_sys_path(path, Provenance(f"package: {owners[path]}", self._source_of(path)))
+                self._add_sys_path(path, Provenance(f"package: {owners[path]}", self._source_of(path), "package",
+                                                         owners[path].rsplit("-", 2)[0]))
 
     def _source_of(self, path: str) -> str:
         if self.packages is not None and path in self.packages.owners:
             return f"rpm:{self.packages.owners[path]}"
+        if self.dpkg is not None:
+            owner = self.dpkg.owner(path)
+            if owner is not None:
+                return owner.id
         return self.source
+
+    def _contributors(self) -> list[str]:
+        """Ids of the packages owning a non-directory entry that is not the project's."""
+        found = set()
+        for entry in self.tree:
+            if entry.kind is EntryKind.DIR or entry.path in self.overlay:
+                continue
+            for prov in entry.provenance:
+                if prov.source.startswith(("rpm:", "deb:")):
+                    found.add(prov.source)
+        return sorted(found)
+
+    def _package_facts(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        from .provenance import deb_facts, rpm_facts
+
+        facts = {}
+        for package_id in ids:
+            if package_id.startswith("rpm:") and self.packages is not None:
+                meta = self.packages.meta.get(package_id[4:])
+                if meta is not None:
+                    facts[package_id] = rpm_facts(meta)
+            elif package_id.startswith("deb:") and self.dpkg is not None:
+                deb = self.dpkg.by_id(package_id)
+                if deb is not None:
+                    facts[package_id] = deb_facts(deb, self.dpkg)
+        return facts
+
+    def _add_dpkg_status(self, ids: list[str]) -> None:
+        """``/var/lib/dpkg/status.d/NAME``: the status stanza of each contributing package."""
+        assert self.dpkg is not None
+        by_name: dict[str, list[str]] = {}
+        for package_id in ids:
+            if package_id.startswith("deb:"):
+                by_name.setdefault(package_id.split(":")[1], []).append(package_id)
+        for name, same in sorted(by_name.items()):
+            for package_id in same:
+                deb = self.dpkg.by_id(package_id)
+                if deb is None:
+                    continue
+                path = f"{STATUS_D}/{name}" if len(same) == 1 else f"{STATUS_D}/{name}:{deb.arch}"
+                if path not in self.overlay:
+                    self._inline(path, deb.stanza.encode(), "dpkg status (packages that contributed files)",
+                                 "dpkg status")
 
     def _add_rpm_manifest(self) -> None:
         """``container-manifest-2``: exactly the packages that contributed files."""
@@ -184,7 +242,8 @@ class _Assembler:
                                if e.path in owners and e.path not in self.overlay
                                and e.kind is not EntryKind.DIR})
         lines = "".join(self.packages.packages[nevra] + "\n" for nevra in contributors)
-        self._inline(RPM_MANIFEST, lines.encode(), "rpm manifest (packages that contributed files)")
+        self._inline(RPM_MANIFEST, lines.encode(), "rpm manifest (packages that contributed files)",
+                     "rpm manifest")
 
     def _add_links(self, links: tuple[tuple[str, str], ...], prov: Provenance) -> None:
         for link_path, target in links:
@@ -212,6 +271,9 @@ class _Assembler:
         self.warnings.append(f"{path}: dangling symlink to {target} kept as is")
 
     def _add_sys_object(self, path: str, st: os.stat_result, prov: Provenance) -> None:
+        source = self._source_of(path)
+        if source != prov.source:
+            prov = replace(prov, source=source)
         mode = st.st_mode
         if stat.S_ISREG(mode):
             self.tree.add(Entry(path, EntryKind.FILE, file_mode(mode),
@@ -259,7 +321,8 @@ class _Assembler:
                 raise SourceError(
                     f"{self.spec.where('files')}: files[{image_path}]: {local}: {err.strerror}"
                 ) from err
-            prov = Provenance(f"files: {image_path}", f"project:{local}")
+            prov = Provenance(f"files: {image_path}", f"project:{os.path.relpath(host, self.spec.base_dir)}",
+                              "files", image_path)
             if stat.S_ISDIR(st.st_mode):
                 self._add_host_tree(host, normalize_path(image_path), prov, follow_root=True)
             elif stat.S_ISREG(st.st_mode):
@@ -270,7 +333,7 @@ class _Assembler:
     def _add_rootfs(self) -> None:
         overlay = self.spec.overlay_dir
         if os.path.isdir(overlay):
-            self._add_host_tree(overlay, "/", Provenance("rootfs overlay", "project:rootfs/"),
+            self._add_host_tree(overlay, "/", Provenance("rootfs overlay", "project:rootfs/", "rootfs"),
                                 follow_root=True)
 
     def _add_host_tree(self, host_dir: str, image_dir: str, prov: Provenance,
@@ -304,10 +367,10 @@ class _Assembler:
         self.tree.add(entry, replace_existing=True)
         self.overlay[image_path] = host
 
-    def _inline(self, path: str, data: bytes, reason: str) -> None:
+    def _inline(self, path: str, data: bytes, reason: str, what: str = "") -> None:
         self.tree.remove(path)
         self.tree.add(Entry(path, EntryKind.FILE, FILE_MODE, content=InlineContent(data),
-                            provenance=(Provenance(reason, "generated"),)))
+                            provenance=(Provenance(reason, "generated", "generated", what or reason),)))
 
     # -- ELF closure ------------------------------------------------------
 
@@ -325,8 +388,10 @@ class _Assembler:
             needer = closure.chain(dep.needer)
             why = (f"interpreter of {dep.needer}" if dep.rule == "interpreter"
                    else f"needed by {dep.needer} ({dep.rule})")
+            interp = dep.rule == "interpreter"
             prov = Provenance(why + (f" <- {' <- '.join(reversed(needer[:-1]))}" if len(needer) > 1 else ""),
-                              self._source_of(dep.path))
+                              self._source_of(dep.path), "interpreter" if interp else "needed",
+                              by=dep.needer, name="" if interp else dep.name, rule="" if interp else dep.rule)
             self._add_layered(layered, dep.links, dep.path, prov)
         missing = closure.missing()
         if missing:
@@ -346,8 +411,9 @@ class _Assembler:
         self._add_links(links, prov)
         existing = self.tree.get(path)
         if existing is not None:
-            self.tree.add(Entry(existing.path, existing.kind, existing.mode, existing.content,
-                                existing.linkname, (prov,)))
+            if prov not in existing.provenance:
+                self.tree.add(Entry(existing.path, existing.kind, existing.mode, existing.content,
+                                    existing.linkname, existing.provenance + (prov,)), replace_existing=True)
             return
         st = layered.lstat(path)
         if st is None or not stat.S_ISREG(st.st_mode):
@@ -358,7 +424,7 @@ class _Assembler:
 
     def _add_lib(self, lib: str, resolver: LibraryResolver, layered: LayeredRoot) -> str:
         where = self.spec.where("libs")
-        prov = Provenance(f"libs: {lib}", self.source)
+        prov = Provenance(f"libs: {lib}", self.source, "libs", lib)
         if "/" in lib:
             resolved = layered.resolve(lib)
             if resolved is None or not stat.S_ISREG(resolved.st.st_mode):
@@ -368,7 +434,8 @@ class _Assembler:
         dep = resolver.find_library(lib, self._main_candidate(layered))
         if dep.path is None:
             raise MissingLibraryError(f"{where}: libs entry {lib!r} not found in {self.spec.from_}")
-        self._add_layered(layered, dep.links, dep.path, Provenance(f"libs: {lib} ({dep.rule})", self.source))
+        self._add_layered(layered, dep.links, dep.path, Provenance(f"libs: {lib} ({dep.rule})", self._source_of(dep.path),
+                                                                     "libs", lib, rule=dep.rule))
         return dep.path
 
     def _add_ld_cache(self, resolver: LibraryResolver, closure: Closure, layered: LayeredRoot) -> None:
@@ -393,7 +460,7 @@ class _Assembler:
         in_image = {p: info for p, info in closure.objects.items() if p in self.tree}
         entries = ldcache.cache_entries_for(in_image, dirs, sysroot=layered)
         self._inline(LD_CACHE_PATH, ldcache.build_ld_cache(entries),
-                     "ld.so.cache for libraries outside the loader's default dirs")
+                     "ld.so.cache for libraries outside the loader's default dirs", "ld.so.cache")
 
     # -- config facts -----------------------------------------------------
 

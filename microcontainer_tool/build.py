@@ -20,6 +20,7 @@ from .oci import image_config
 from .errors import SpecError
 from .imagesource import ImageLocation, RegistryOptions, fetch_image, locate_image, platform_for
 from .rpmroot import default_cache_dir
+from .provenance import add_record
 from .spec import DEFAULT_PATH, ImageSpec
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
 
         path, image_name = fetch_image(source, cache, registry, platform_for(spec.arch), offline)
         sysroot = ImageRoot.open(path, cache, name=image_name)
+        sysroot.label = f"image:{_image_id(source, image_name, sysroot.manifest_digest)}"
         spec = inherit_from_image(spec, sysroot.config)
     parent = None
     if spec.parent:
@@ -154,6 +156,12 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         shared = drop_inherited(assembly.tree, parent)
         if shared:
             notes.append(f"{len(shared)} entries are the parent's already and were left out of the layer")
+    add_record(assembly.tree, assembly.packages, {
+        "arch": assembly.platform[0],
+        "from": "packages" if spec.packages else "image" if source is not None else "directory",
+        "from_image": sysroot.label[len("image:"):] if source is not None and sysroot is not None else None,
+        "parent": _image_id(location, parent.name, parent.manifest_digest) if parent is not None else None,
+    })
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)
     result = write_tree_image(
@@ -195,6 +203,17 @@ def inherit_from_image(spec: ImageSpec, image_config: dict) -> ImageSpec:
         if key not in env and key in source_env:
             env[key] = source_env[key]
     return replace(spec, env=tuple(env.items()), workdir=spec.workdir or conf.get("WorkingDir") or "")
+
+
+def _image_id(location: ImageLocation, name: str, digest: str) -> str:
+    """How provenance names an image: ``REF@DIGEST`` from a registry, the digest alone otherwise.
+
+    A local image's path is left out: where a file lies on the build machine
+    is not part of the image (the same inputs elsewhere give the same bytes).
+    """
+    if location.ref is None:
+        return digest
+    return name if "@sha256:" in name else f"{name}@{digest}"
 
 
 def _default_name(output: str) -> str:

@@ -143,8 +143,8 @@ def fetch_image(location: ImageLocation, cache_dir: str, options: RegistryOption
         offline: never talk to a registry.
 
     Returns:
-        ``(path, name)``: what to open, and the pinned name for provenance
-        (``REF@DIGEST`` for a registry image, the path otherwise).
+        ``(path, name)``: what to open, and its name for messages and
+        provenance (``REF@DIGEST`` for a registry image, the spec's text otherwise).
 
     Raises:
         RegistryError: the registry refuses or fails, or offline without the image cached.
@@ -152,7 +152,7 @@ def fetch_image(location: ImageLocation, cache_dir: str, options: RegistryOption
         LayoutError: the cache cannot be written or the image is malformed.
     """
     if location.local is not None:
-        return location.local, location.local
+        return location.local, location.text
     ref = location.ref
     assert ref is not None
     options = options or RegistryOptions()

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import MicrocontainerError, SourceError, SpecError
@@ -139,12 +139,16 @@ class PackageRoot:
         owners: image path -> NEVRA of the package that put it there.
         packages: NEVRA -> the package's rpm manifest line.
         local: NEVRAs of the packages that came from local ``.rpm`` files.
+        meta: NEVRA -> header facts for provenance and SBOMs (``name``,
+            ``epoch``, ``version``, ``release``, ``arch``, ``license``,
+            ``sourcerpm``, ``vendor``, ``repo``).
     """
 
     root: str
     owners: dict[str, str]
     packages: dict[str, str]
     local: frozenset[str] = frozenset()
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool = False,
@@ -180,7 +184,7 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
         try:
             with open(meta, encoding="utf-8") as handle:
                 data = json.load(handle)
-            return PackageRoot(root, data["owners"], data["packages"], frozenset(data["local"]))
+            return PackageRoot(root, data["owners"], data["packages"], frozenset(data["local"]), data["meta"])
         except (OSError, ValueError, KeyError):
             pass  # rebuilt below
     if offline:
@@ -217,15 +221,20 @@ def _extract_all(lock: Lock, files: list[str], sysroots: str, root: str, meta: s
         owners: dict[str, str] = {}
         lines: dict[str, str] = {}
         local: set[str] = set()
+        facts: dict[str, dict[str, Any]] = {}
         for package, path in zip(lock.packages, files):
             info: PackageInfo = read_rpm(path)
             lines[info.nevra] = rpm_manifest_line(info, rpm_installed_size(path))
+            facts[info.nevra] = {"name": info.name, "epoch": info.epoch, "version": info.version,
+                                 "release": info.release, "arch": info.arch, "license": info.license,
+                                 "sourcerpm": info.sourcerpm, "vendor": info.vendor, "repo": package.repo}
             if package.repo == "@local":
                 local.add(info.nevra)
             for entry in extract_rpm(path, tmp, Checksum(package.checksum_type, package.checksum)):
                 if entry.kind not in ("ghost", "special"):
                     owners.setdefault(entry.path, info.nevra)
-        data = json.dumps({"owners": owners, "packages": lines, "local": sorted(local)}, sort_keys=True)
+        data = json.dumps({"owners": owners, "packages": lines, "local": sorted(local), "meta": facts},
+                          sort_keys=True)
         with open(os.path.join(tmp, ".mct-owners.json"), "w", encoding="utf-8") as handle:
             handle.write(data)
         if os.path.isdir(root):
@@ -235,4 +244,4 @@ def _extract_all(lock: Lock, files: list[str], sysroots: str, root: str, meta: s
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return PackageRoot(root, owners, lines, frozenset(local))
+    return PackageRoot(root, owners, lines, frozenset(local), facts)

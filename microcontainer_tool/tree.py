@@ -36,14 +36,35 @@ class Provenance:
     """Why an entry is in the image and where it came from.
 
     Attributes:
-        reason: the spec entry or edge that selected it, e.g.
-            ``"paths: /usr/bin/cat"``, ``"needed by /usr/bin/cat"``,
-            ``"rootfs overlay"``, ``"files"``, ``"generated"``.
-        source: the input it came from, e.g. ``"dir:/"`` or ``"project"``.
+        reason: the spec entry or edge that selected it, for people, e.g.
+            ``"paths: /usr/bin/cat"``, ``"needed by /usr/bin/cat (...)"``.
+        source: the input it came from: ``rpm:NEVRA``, ``deb:NAME:ARCH``,
+            ``dir:FROM``, ``image:REF@DIGEST``, ``project:PATH`` or ``generated``.
+        kind: the machine-readable reason: ``paths``, ``package``, ``files``,
+            ``rootfs``, ``libs``, ``needed``, ``interpreter`` or ``generated``.
+        selector: the spec value that selected it (pattern, image path,
+            library, package), or what was generated.
+        by: for ``needed``/``interpreter``: the ELF object that needs it.
+        name: for ``needed``: the ``DT_NEEDED`` string.
+        rule: for ``needed``/``libs``: the search rule that found it.
     """
 
     reason: str
     source: str = ""
+    kind: str = ""
+    selector: str = ""
+    by: str = ""
+    name: str = ""
+    rule: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        """The reason as the provenance record stores it (empty fields left out)."""
+        out = {"kind": self.kind or "generated"}
+        for key in ("selector", "by", "name", "rule"):
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        return out
 
 
 @dataclass(frozen=True)

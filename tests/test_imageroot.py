@@ -556,6 +556,10 @@ def test_microize_curl_matches_a_build_from_root(host_image, tmp_path: Path) -> 
     root = ImageRoot.open(str(image), str(tmp_path / "cache"))
     from_image = assemble_from_image(spec, root)
     from_host = assemble(spec)
+    # the host's dpkg database says which packages contributed (status.d entries); this
+    # fat image has no dpkg database, so there is nothing of the kind to carry over
+    for path in [p for p in from_host.tree.paths() if p == "/var" or p.startswith("/var/")]:
+        from_host.tree.discard(path)
     assert from_image.tree.paths() == from_host.tree.paths()
     kinds = {e.path: (e.kind, e.mode, e.linkname, e.size) for e in from_image.tree}
     assert kinds == {e.path: (e.kind, e.mode, e.linkname, e.size) for e in from_host.tree}
