@@ -9,10 +9,11 @@ venv=${MCT_VENV:-$top/.venv}
 # runc runs images; umoci, skopeo and oci-image-tool check them in the tests;
 # gcc builds test fixtures; rpm (rpmbuild), rpm2cpio, cpio and createrepo-c make and
 # check RPM fixtures and repositories; docker-registry, apache2-utils (htpasswd) and openssl
-# run real registries in the tests; busybox-static is the debug toolbox; python3-venv makes
+# run real registries in the tests; busybox-static is the debug toolbox; debootstrap builds
+# the fat Debian+nginx image the microize test cuts a server out of; python3-venv makes
 # the virtual environment.
 apt_packages=(runc umoci skopeo oci-image-tool gcc libc6-dev python3-venv rpm rpm2cpio cpio createrepo-c
-              docker-registry apache2-utils openssl busybox-static)
+              docker-registry apache2-utils openssl busybox-static debootstrap)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -48,6 +48,12 @@ if TYPE_CHECKING:
 
 #: Directories every microcontainer has (empty; mount points at run time).
 RUNTIME_DIRS = ("/dev", "/proc", "/sys", "/read", "/write", "/run", "/tmp")
+#: Scratch directories any user of the image may write to (tmpfs at run time):
+#: ``1777``, the one exception to "no sticky bit". A runtime mounting a tmpfs
+#: there without a ``mode=`` (runc 1.1 gives it the covered directory's mode)
+#: would otherwise leave the image's non-root user unable to write its pid files.
+SCRATCH_DIRS = ("/run", "/tmp")
+SCRATCH_MODE = 0o1777
 LD_CACHE_PATH = "/etc/ld.so.cache"
 
 Warn = Callable[[str], None]
@@ -137,9 +143,14 @@ class _Assembler:
                 if path not in self.overlay:
                     self._inline(path, data, "nss", "nss")
         for path in RUNTIME_DIRS:
-            if self.tree.get(path) is None:
-                self.tree.add(Entry(path, EntryKind.DIR, DIR_MODE,
-                                    provenance=(Provenance("microcontainer directory", "generated", "generated", "microcontainer directory"),)))
+            existing = self.tree.get(path)
+            mode = SCRATCH_MODE if path in SCRATCH_DIRS else DIR_MODE
+            if existing is None:
+                why = Provenance("microcontainer directory", "generated", "generated",
+                                 "microcontainer directory")
+                self.tree.add(Entry(path, EntryKind.DIR, mode, provenance=(why,)))
+            elif existing.kind is EntryKind.DIR and existing.mode != mode:
+                self.tree.add(replace(existing, mode=mode), replace_existing=True)
         self.tree.add_parents(Provenance("parent directory", "generated", "generated", "parent directory"))
         self.tree.check()
         main = self._main_program(layered)
@@ -165,7 +176,8 @@ class _Assembler:
                                                 and self.sysroot.exists(pattern) else "")
                 )
             for path in found:
-                self._add_sys_path(path, Provenance(f"paths: {pattern}", self._source_of(path), "paths", pattern))
+                prov = Provenance(f"paths: {pattern}", self._source_of(path), "paths", pattern)
+                self._add_sys_path(path, prov)
 
     def _add_package_files(self) -> None:
         """No ``paths``: the files of the packages the spec names (docs left out)."""
@@ -179,8 +191,9 @@ class _Assembler:
         for path in chosen:
             st = self.sysroot.lstat(path)
             if st is not None and not stat.S_ISDIR(st.st_mode):
-                self._add_sys_path(path, Provenance(f"package: {owners[path]}", self._source_of(path), "package",
-                                                         owners[path].rsplit("-", 2)[0]))
+                prov = Provenance(f"package: {owners[path]}", self._source_of(path), "package",
+                                  owners[path].rsplit("-", 2)[0])
+                self._add_sys_path(path, prov)
 
     def _source_of(self, path: str) -> str:
         if self.packages is not None and path in self.packages.owners:
@@ -434,8 +447,8 @@ class _Assembler:
         dep = resolver.find_library(lib, self._main_candidate(layered))
         if dep.path is None:
             raise MissingLibraryError(f"{where}: libs entry {lib!r} not found in {self.spec.from_}")
-        self._add_layered(layered, dep.links, dep.path, Provenance(f"libs: {lib} ({dep.rule})", self._source_of(dep.path),
-                                                                     "libs", lib, rule=dep.rule))
+        prov = Provenance(f"libs: {lib} ({dep.rule})", self._source_of(dep.path), "libs", lib, rule=dep.rule)
+        self._add_layered(layered, dep.links, dep.path, prov)
         return dep.path
 
     def _add_ld_cache(self, resolver: LibraryResolver, closure: Closure, layered: LayeredRoot) -> None:

@@ -128,7 +128,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
 
         path, image_name = fetch_image(source, cache, registry, platform_for(spec.arch), offline)
         sysroot = ImageRoot.open(path, cache, name=image_name)
-        sysroot.label = f"image:{_image_id(source, image_name, sysroot.manifest_digest)}"
+        image_id = _image_id(source, image_name, sysroot.manifest_digest, sysroot.config_digest)
+        sysroot.label = f"image:{image_id}"
         spec = inherit_from_image(spec, sysroot.config)
     parent = None
     if spec.parent:
@@ -160,7 +161,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         "arch": assembly.platform[0],
         "from": "packages" if spec.packages else "image" if source is not None else "directory",
         "from_image": sysroot.label[len("image:"):] if source is not None and sysroot is not None else None,
-        "parent": _image_id(location, parent.name, parent.manifest_digest) if parent is not None else None,
+        "parent": (_image_id(location, parent.name, parent.manifest_digest, parent.config_digest)
+                   if parent is not None else None),
     })
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)
@@ -205,15 +207,17 @@ def inherit_from_image(spec: ImageSpec, image_config: dict) -> ImageSpec:
     return replace(spec, env=tuple(env.items()), workdir=spec.workdir or conf.get("WorkingDir") or "")
 
 
-def _image_id(location: ImageLocation, name: str, digest: str) -> str:
-    """How provenance names an image: ``REF@DIGEST`` from a registry, the digest alone otherwise.
+def _image_id(location: ImageLocation, name: str, manifest_digest: str, config_digest: str) -> str:
+    """How provenance names an image: ``REF@MANIFEST_DIGEST`` from a registry, else its image ID.
 
-    A local image's path is left out: where a file lies on the build machine
-    is not part of the image (the same inputs elsewhere give the same bytes).
+    A local image is named by its config digest (Docker's image ID), never by
+    its path: where a file lies on the build machine is not part of the image,
+    and the same image as an OCI layout or a docker-archive (other manifests,
+    other layer compression) is the same source.
     """
     if location.ref is None:
-        return digest
-    return name if "@sha256:" in name else f"{name}@{digest}"
+        return config_digest or manifest_digest
+    return name if "@sha256:" in name else f"{name}@{manifest_digest}"
 
 
 def _default_name(output: str) -> str:

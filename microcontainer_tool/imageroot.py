@@ -483,6 +483,8 @@ class ImageRoot(SysRoot):
         root: the image reference (used in messages; no host directory).
         label: ``image:REFERENCE``, the provenance source of its files.
         manifest_digest: the image's manifest digest.
+        config_digest: its config's digest (the image ID: the same whatever
+            the transport or layer compression; set by :meth:`open`).
         layers: the layers, bottom first, as prepared in the cache.
         specials: image paths of device nodes and fifos, sorted.
         files_materialized: files copied out of layer tars by this object.
@@ -502,6 +504,7 @@ class ImageRoot(SysRoot):
         self._cache = {}
         self.cache_dir = os.path.abspath(cache_dir)
         self.manifest_digest = manifest_digest
+        self.config_digest = ""
         self.layers = layers
         self._config = config
         self._files = os.path.join(self.cache_dir, FILES)
@@ -546,7 +549,9 @@ class ImageRoot(SysRoot):
         cache = LayerCache(cache_dir)
         with open_image(image, tag) as view:
             layers = [cache.layer(view, number) for number in range(len(view.layers))]
-            return cls(name or image, cache.cache_dir, view.config, view.manifest_digest, layers)
+            root = cls(name or image, cache.cache_dir, view.config, view.manifest_digest, layers)
+            root.config_digest = str((view.manifest.get("config") or {}).get("digest", ""))
+            return root
 
     def close(self) -> None:
         """Close the layer tars (the object stays usable for lookups)."""

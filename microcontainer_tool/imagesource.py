@@ -170,8 +170,9 @@ def fetch_image(location: ImageLocation, cache_dir: str, options: RegistryOption
     from .transfer import pull, resolve_manifest
 
     creds = load_credentials(ref.registry, docker_config=options.docker_config)
-    with RegistryClient(ref.registry, auth=creds, plain_http=options.plain_http or location.plain_http,
-                        insecure=options.insecure, timeout=options.timeout, retries=options.retries) as client:
+    plain_http = options.plain_http or location.plain_http
+    with RegistryClient(ref.registry, auth=creds, plain_http=plain_http, insecure=options.insecure,
+                        timeout=options.timeout, retries=options.retries) as client:
         digest = resolve_manifest(ref, client, platform)
         path = _cache_path(images, ref.digest or digest, platform)
         if not os.path.isfile(os.path.join(path, "index.json")):

@@ -42,6 +42,7 @@ class ParentImage:
     Attributes:
         name: how provenance names it (``REF@DIGEST`` or the local path).
         manifest_digest: the parent's manifest digest.
+        config_digest: its config's digest (the image ID).
         config: the parent's image config.
         layers: its layers, bottom first, with verified local copies.
         root: its merged file system (for deduplication and inheritance).
@@ -49,6 +50,7 @@ class ParentImage:
 
     name: str
     manifest_digest: str
+    config_digest: str
     config: dict[str, Any]
     layers: list[BaseLayer] = field(default_factory=list)
     root: ImageRoot | None = None
@@ -98,10 +100,12 @@ def open_parent(path: str, name: str, cache_dir: str) -> ParentImage:
                     os.unlink(store.blob_path(desc.digest))
                     raise SpecError(f"parent {name}: layer {desc.digest} is {stored.size} bytes,"
                                     f" the manifest says {desc.size}")
-            layers.append(BaseLayer(Descriptor(media_type, desc.digest, desc.size), store.blob_path(desc.digest)))
+            copy = store.blob_path(desc.digest)
+            layers.append(BaseLayer(Descriptor(media_type, desc.digest, desc.size), copy))
         config, manifest_digest = view.config, view.manifest_digest
+        config_digest = str((view.manifest.get("config") or {}).get("digest", ""))
     root = ImageRoot.open(path, cache_dir)
-    return ParentImage(name, manifest_digest, config, layers, root)
+    return ParentImage(name, manifest_digest, config_digest, config, layers, root)
 
 
 def check_platform(parent: ParentImage, platform: tuple[str, str | None], where: str) -> None:

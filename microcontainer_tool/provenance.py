@@ -44,7 +44,8 @@ def rpm_facts(meta: Mapping[str, Any]) -> dict[str, Any]:
     purl = (f"pkg:rpm/{namespace}{quote(name, safe='.-_~+')}@{quote(f'{version}-{release}', safe='.-_~')}?"
             + "&".join(qualifiers))
     return {"type": "rpm", "name": name, "version": version, "release": release, "epoch": epoch,
-            "arch": arch, "license": str(meta.get("license") or ""), "source": str(meta.get("sourcerpm") or ""),
+            "arch": arch, "license": str(meta.get("license") or ""),
+            "source": str(meta.get("sourcerpm") or ""),
             "repo": str(meta.get("repo") or ""), "distro": distro, "purl": purl}
 
 

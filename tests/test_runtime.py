@@ -344,6 +344,10 @@ def test_read_only_root_write_volume_user_and_caps(images: dict[str, str], dirs:
     assert (write / "made").stat().st_uid == 10  # as in the container, with or without userns
     assert not (Path(rt.make_bundle(images["core"], dirs[1]).rootfs) / "made").exists()
 
+    # the non-root user writes its scratch files to the tmpfs on /tmp and /run (1777 in the image)
+    assert _run(dirs, images["core"], args=["/usr/bin/touch", "/tmp/scratch", "/run/app.pid"],
+                userns=userns) == 0, capfd.readouterr().err
+
     assert _run(dirs, images["core"], userns=userns) == 0
     assert capfd.readouterr().out.startswith("uid=10 gid=10")
     assert _run(dirs, images["core"], user="4242:99", userns=userns) == 0
