@@ -1,4 +1,4 @@
-"""SCons adapter: the ``MicroImage`` pseudo-builder, its scanner and ``MCT_*`` variables.
+"""SCons adapter: the ``MicroImage`` and ``MicroPush`` pseudo-builders, a scanner, ``MCT_*`` variables.
 
 Only glue lives here: specs are validated by :mod:`.spec`, images are built by
 :func:`.build.build_image`. Load the tool as ``tools=['default', 'microimage']``
@@ -23,6 +23,38 @@ Signatures: the canonical spec (with the library's ``FORMAT_VERSION``) is a
 ``Value`` source; every ``MCT_*`` variable that changes output bytes is in the
 action's ``varlist``; the scanner adds every sysroot file the image takes
 (selected paths and the ELF closure) as an implicit dependency.
+
+``env.MicroPush(target, image, REF="host/repo:tag", **overrides)`` pushes an
+image with :func:`.transfer.push` and writes the stamp file ``target``: exactly
+``REF@sha256:<manifest digest>`` and a newline, with ``REF`` normalized as
+:class:`.reference.Reference` prints it. ``image`` is what ``MicroImage``
+returned (the layout's archive ``NAME.tar`` is pushed and depended on: it is
+the layout's content, and needs no synced layout), an archive, or a path (an
+archive, or a layout directory, tracked by its ``index.json``). The stamp's
+sources are the image and a ``Value`` of ``REF``; the push options below are
+in the ``varlist``: the push runs again only when one of these changes (or the
+stamp is deleted). The stamp is ``NoCache``: a ``CacheDir`` never stands in for
+a push. A failed push writes no stamp and is one ``scons: ***`` line. Other
+keywords are construction-variable overrides. Variables:
+
+* ``MCT_PUSH_PLAIN_HTTP``: talk plain HTTP to the registry (default false).
+* ``MCT_PUSH_INSECURE``: do not verify the registry's TLS certificate (default false).
+* ``MCT_DOCKER_MEDIA_TYPES``: push a Docker schema 2 manifest (its digest, the
+  one recorded, differs from the built one; default false).
+* ``MCT_DOCKER_CONFIG``: Docker ``config.json`` file or directory holding the
+  credentials (relative paths from the top directory; default ``$DOCKER_CONFIG``
+  or ``~/.docker``). Credentials never appear in output.
+* ``MCT_PUSHCOMSTR``: what SCons prints for a push (default ``MicroPush $TARGET``).
+
+Images that ``from:``/``parent:`` name by registry reference are pulled into
+``$MCT_CACHEDIR`` (pin them by digest: SCons cannot see a tag move):
+
+* ``MCT_PULL_PLAIN_HTTP``: talk plain HTTP to those registries (default false).
+* ``MCT_PULL_INSECURE``: do not verify their TLS certificates (default false).
+  ``MCT_DOCKER_CONFIG`` gives the credentials for pulls too.
+
+The flags take booleans or strings (``""``, ``0``, ``false``, ``no``, ``off``
+are false).
 """
 
 from __future__ import annotations
@@ -32,6 +64,7 @@ import json
 import os
 import re
 import sys
+import uuid
 from typing import Any
 
 import SCons.Action
@@ -59,7 +92,10 @@ SPEC_KEYWORDS = {
 #: Construction variables that change the output bytes (in the action's varlist).
 OUTPUT_VARIABLES = ["MCT_COMPRESSION", "MCT_TAG", "MCT_NAME", "MCT_SOURCE_DATE_EPOCH",
                     "MCT_ALLOW_MISSING", "_MCT_FORMAT"]
+#: MicroPush options (in the push action's varlist: a change pushes again).
+PUSH_VARIABLES = ["MCT_PUSH_PLAIN_HTTP", "MCT_PUSH_INSECURE", "MCT_DOCKER_MEDIA_TYPES"]
 _ARCHIVE_SUFFIXES = {".tar": "oci-archive", ".tar.gz": "smith", ".tgz": "smith"}
+_FALSE_WORDS = ("", "0", "false", "no", "off")
 
 
 def register() -> None:
@@ -95,6 +131,13 @@ def generate(env: Any) -> None:
         MCT_CACHEDIR="#.mct-cache",
         MCT_COMSTR="MicroImage $TARGET",
         MCT_LAYOUTCOMSTR="OCI layout ${TARGET.dir}",
+        MCT_PULL_PLAIN_HTTP=False,
+        MCT_PULL_INSECURE=False,
+        MCT_PUSH_PLAIN_HTTP=False,
+        MCT_PUSH_INSECURE=False,
+        MCT_DOCKER_MEDIA_TYPES=False,
+        MCT_DOCKER_CONFIG="",
+        MCT_PUSHCOMSTR="MicroPush $TARGET",
     )
     env["BUILDERS"]["_MicroImageArchive"] = SCons.Builder.Builder(
         action=SCons.Action.Action(_build_archive, "$MCT_COMSTR", varlist=OUTPUT_VARIABLES),
@@ -106,7 +149,12 @@ def generate(env: Any) -> None:
         action=SCons.Action.Action(_sync_layout, "$MCT_LAYOUTCOMSTR"),
         target_factory=SCons.Node.FS.File,
     )
+    env["BUILDERS"]["_MicroPush"] = SCons.Builder.Builder(
+        action=SCons.Action.Action(_push_image, "$MCT_PUSHCOMSTR", varlist=PUSH_VARIABLES),
+        target_factory=SCons.Node.FS.File,
+    )
     env.AddMethod(micro_image, "MicroImage")
+    env.AddMethod(micro_push, "MicroPush")
 
 
 def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> list[Any]:
@@ -175,6 +223,71 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     env.NoCache(layout)
     env.Clean(layout, env.Dir(name))
     return env.Flatten([archive, layout])
+
+
+def micro_push(env: Any, target: Any, image: Any = None, **keywords: Any) -> list[Any]:
+    """The ``MicroPush`` pseudo-builder (see the module docstring).
+
+    Returns:
+        The stamp node, in a list.
+
+    Raises:
+        SCons.Errors.UserError: no or an invalid ``REF``, or not one image (one line).
+    """
+    from .reference import Reference
+
+    name = str(SCons.Util.flatten([target])[0])
+    given = keywords.pop("REF", None)
+    overrides = env.Override(keywords) if keywords else env
+    if not given:
+        _fail_in_sconscript(f"MicroPush('{name}'): REF='host[:port]/repository[:tag]' is required")
+    try:
+        ref = Reference.parse(overrides.subst(str(given)))
+    except MicrocontainerError as error:
+        _fail_in_sconscript(f"MicroPush('{name}'): {error}")
+    source = _push_source(env, image, name)
+    value = env.Value(json.dumps({"ref": str(ref)}, sort_keys=True))
+    stamp = overrides._MicroPush(target, [source, value])
+    env.NoCache(stamp)  # a cache hit would skip the push
+    return env.Flatten(stamp)
+
+
+def _push_source(env: Any, image: Any, name: str) -> Any:
+    """The node that holds ``image``'s content: an archive, or a layout's ``index.json``.
+
+    ``MicroImage``'s layout ``[NAME.tar, NAME/index.json]`` gives its archive:
+    the layout is synced from it, it is cacheable, and pushing it needs no
+    synced layout. A layout directory (path or node) is its sibling ``NAME.tar``
+    when SCons builds that, else the directory, tracked by its ``index.json``
+    (which names the manifest digest, a hash of everything pushed).
+    """
+    nodes = [env.Entry(n) if isinstance(n, str) else n for n in env.Flatten([image]) if n is not None]
+    archives = [n for n in nodes if str(n).endswith(tuple(_ARCHIVE_SUFFIXES))]
+    if len(nodes) == 2 and len(archives) == 1:  # MicroImage's layout: archive and index.json
+        layout = next(n for n in nodes if n is not archives[0])
+        if str(layout) == os.path.join(str(archives[0])[:-len(".tar")], "index.json"):
+            return archives[0]
+    if len(nodes) != 1:
+        _fail_in_sconscript(f"MicroPush('{name}'): give one image (what one MicroImage returned, or a path), "
+                            f"not {len(nodes)} nodes")
+    node = nodes[0]
+    if isinstance(node, SCons.Node.FS.Entry):
+        node = node.disambiguate()
+    if isinstance(node, SCons.Node.FS.Dir):
+        layout = node
+    elif isinstance(node, SCons.Node.FS.File) and node.name == "index.json":
+        layout = node.dir
+    elif isinstance(node, SCons.Node.FS.File):
+        return node
+    else:
+        _fail_in_sconscript(f"MicroPush('{name}'): {node} is not an image file or layout directory")
+    try:
+        archive = layout.dir.File(layout.name + ".tar")
+    except TypeError:  # a directory of that name
+        archive = None
+    if archive is not None and archive.has_builder():
+        return archive
+    return layout.File("index.json")
 
 
 def _fail_in_sconscript(message: str) -> None:
@@ -253,18 +366,31 @@ def _package_inputs(env: Any, spec: Any, name: str) -> list[Any]:
 
 
 def _image_inputs(env: Any, spec: Any) -> list[Any]:
-    """A microized image's source: the archive file, or the layout's index.json and blobs."""
-    from .build import image_source
+    """Local images the spec names (``from:``, ``parent:``): archive files, or layout index and blobs.
 
-    source = image_source(spec)
-    if source is None:
-        return []
-    path = source.rsplit(":", 1)[0] if not os.path.exists(source) else source
-    if os.path.isfile(path):
-        return [env.File(path)]
-    blobs = os.path.join(path, "blobs", "sha256")
-    names = sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []
-    return [env.File(os.path.join(path, "index.json"))] + [env.File(os.path.join(blobs, n)) for n in names]
+    A registry image is identified by the spec itself (a ``Value``): pin it
+    by digest, since SCons cannot see a tag move.
+    """
+    from .imagesource import locate_image
+
+    nodes = []
+    try:
+        locations = [locate_image(spec.from_, spec.base_dir, directory_ok=True)]
+        if spec.parent:
+            locations.append(locate_image(spec.parent, spec.base_dir, directory_ok=False))
+    except MicrocontainerError as error:
+        _fail_in_sconscript(f"{spec.source}: {error}")
+    for location in locations:
+        if location is None or location.local is None:
+            continue
+        path = location.local if os.path.exists(location.local) else location.local.rsplit(":", 1)[0]
+        if os.path.isfile(path):
+            nodes.append(env.File(path))
+            continue
+        blobs = os.path.join(path, "blobs", "sha256")
+        names = sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []
+        nodes += [env.File(os.path.join(path, "index.json"))] + [env.File(os.path.join(blobs, n)) for n in names]
+    return nodes
 
 
 def _format_by_suffix(name: str) -> str:
@@ -285,6 +411,7 @@ def _spec_of(payload: str, top: str) -> Any:
 def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
     """Action: build the image archive with the library."""
     from .build import build_image
+    from .imagesource import RegistryOptions
     from .layercache import LayerCache
 
     out = target[0].abspath
@@ -300,6 +427,9 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
             epoch=int(epoch), allow_missing=bool(env.get("MCT_ALLOW_MISSING")),
             layer_cache=LayerCache(env.Dir(cache_dir).abspath) if cache_dir else None,
             cache_dir=env.Dir(cache_dir).abspath if cache_dir else None,
+            registry=RegistryOptions(plain_http=_flag(env, "MCT_PULL_PLAIN_HTTP"),
+                                     insecure=_flag(env, "MCT_PULL_INSECURE"),
+                                     docker_config=_docker_config(env)),
         )
     except MicrocontainerError as error:
         raise SCons.Errors.UserError(f"{target[0]}: {error}") from None
@@ -317,6 +447,63 @@ def _sync_layout(target: list[Any], source: list[Any], env: Any) -> int:
     except MicrocontainerError as error:
         raise SCons.Errors.UserError(f"{target[0]}: {error}") from None
     return 0
+
+
+def _flag(env: Any, name: str) -> bool:
+    value = env.get(name)
+    if isinstance(value, str):
+        return env.subst(value).strip().lower() not in _FALSE_WORDS
+    return bool(value)
+
+
+def _docker_config(env: Any) -> str | None:
+    """``$MCT_DOCKER_CONFIG`` as an absolute path (relative to the top directory), or ``None``."""
+    value = os.path.expanduser(env.subst("$MCT_DOCKER_CONFIG").strip())
+    if not value:
+        return None
+    top = env.Dir("#").abspath
+    return os.path.join(top, value[1:].lstrip("/") if value.startswith("#") else value)
+
+
+def _push_image(target: list[Any], source: list[Any], env: Any) -> int:
+    """Action: push the image, then write the stamp ``REF@DIGEST`` (atomically)."""
+    from .auth import load_credentials
+    from .reference import Reference
+    from .registry import RegistryClient
+    from .transfer import push
+
+    stamp = target[0].abspath
+    image = _host_path(source[0])
+    if source[0].name == "index.json":  # a layout directory (see _push_source)
+        image = os.path.dirname(image)
+    ref = Reference.parse(json.loads(source[1].read())["ref"])  # checked by MicroPush
+    try:
+        creds = load_credentials(ref.registry, docker_config=_docker_config(env))
+        with RegistryClient(ref.registry, auth=creds, plain_http=_flag(env, "MCT_PUSH_PLAIN_HTTP"),
+                            insecure=_flag(env, "MCT_PUSH_INSECURE")) as client:
+            result = push(image, ref, client, docker_media_types=_flag(env, "MCT_DOCKER_MEDIA_TYPES"))
+        _write_atomically(stamp, f"{result.reference}\n")
+    except MicrocontainerError as error:  # SCons prefixes "[TARGET]"
+        raise SCons.Errors.UserError(f"pushing {ref}: {error}") from None
+    return 0
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write ``path`` through a temporary sibling and a rename (mode 0666 less the umask)."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException as error:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            raise MicrocontainerError(f"cannot write: {error.strerror or error}") from None
+        raise
 
 
 _SCAN_MEMO: dict[tuple[Any, ...], list[str]] = {}
@@ -355,7 +542,7 @@ def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:
         from .build import image_source
 
         if image_source(spec) is not None:
-            return []  # the source image itself is a tracked source (blobs are content-addressed)
+            return []  # the source image is tracked: its blobs, or its pinned reference
         if spec.packages:
             # The sysroot is the lock's packages, verified by checksum: the lock
             # file and local .rpm files (explicit sources) say all there is.
