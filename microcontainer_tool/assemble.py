@@ -260,8 +260,9 @@ class _Assembler:
 
     def _add_links(self, links: tuple[tuple[str, str], ...], prov: Provenance) -> None:
         for link_path, target in links:
-            self.tree.add(Entry(link_path, EntryKind.SYMLINK, 0o777, linkname=target,
-                                provenance=(prov,)))
+            source = self._source_of(link_path)  # the link's own package (/lib64 is filesystem's)
+            own = replace(prov, source=source) if source != prov.source else prov
+            self.tree.add(Entry(link_path, EntryKind.SYMLINK, 0o777, linkname=target, provenance=(own,)))
 
     def _add_sys_path(self, path: str, prov: Provenance) -> None:
         resolved = self.sysroot.resolve(path)

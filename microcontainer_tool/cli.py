@@ -19,6 +19,9 @@ from .errors import MicrocontainerError, SpecError
 from .layout import FORMATS
 
 COMPRESSIONS = ("gzip", "zstd", "none")
+SBOM_FORMATS = {"cyclonedx": ("application/vnd.cyclonedx+json", ".cdx.json"),
+                "spdx": ("application/spdx+json", ".spdx.json")}
+"""``build --sbom`` formats: (artifact media type, side file suffix)."""
 
 
 def source_date_epoch(environ: dict[str, str] | os._Environ[str]) -> int:
@@ -69,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--docker-config", metavar="PATH",
                        help="config.json (or its directory) with registry credentials"
                             " (default: $DOCKER_CONFIG or ~/.docker)")
+    build.add_argument("--sbom", nargs="?", const="cyclonedx", choices=tuple(SBOM_FORMATS), metavar="FORMAT",
+                       help="also write an SBOM (cyclonedx, the default, or spdx) beside the output as "
+                            "OUT.cdx.json / OUT.spdx.json; an OCI layout also gets it attached as an OCI 1.1 "
+                            "referrer of the image (pushed with it); archives get only the side file")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
 
     lock = sub.add_parser("lock", help="resolve an RPM spec's packages and write microimage.lock")
@@ -91,6 +98,20 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("image", metavar="IMAGE",
                          help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
     inspect.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    inspect.add_argument("--packages", action="store_true",
+                         help="list the packages that contributed files (from the provenance record)")
+
+    why = sub.add_parser("why", help="print why a path is in an image, and where it came from")
+    why.add_argument("image", metavar="IMAGE",
+                     help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
+    why.add_argument("path", metavar="PATH", help="absolute path in the image")
+
+    sbom = sub.add_parser("sbom", help="print an image's SBOM (CycloneDX 1.6 or SPDX 2.3 JSON)")
+    sbom.add_argument("image", metavar="IMAGE",
+                      help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
+    sbom.add_argument("--format", choices=tuple(SBOM_FORMATS), default="cyclonedx",
+                      help="cyclonedx (CycloneDX 1.6 JSON, the default) or spdx (SPDX 2.3 JSON)")
+    sbom.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
     return parser
 
 
@@ -124,6 +145,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             return _push(args, out, err)
         if args.command == "pull":
             return _pull(args, out, err)
+        if args.command == "why":
+            return _why(args, out)
+        if args.command == "sbom":
+            return _sbom(args, out, env)
         return _inspect(args, out)
     except MicrocontainerError as error:
         print(f"microcontainer: error: {error}", file=err)
@@ -149,9 +174,10 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
     from .spec import load_spec
 
     spec = load_spec(args.config)
+    epoch = source_date_epoch(env)
     result = build_image(
         spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
-        compression=args.compression, epoch=source_date_epoch(env),
+        compression=args.compression, epoch=epoch,
         allow_missing=args.allow_missing,
         layer_cache=LayerCache(args.layer_cache) if args.layer_cache else None,
         cache_dir=args.cache_dir, offline=args.offline,
@@ -160,6 +186,7 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
     )
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
+    sbom = _write_sbom(result, args.sbom, epoch, stamp=bool(env.get("SOURCE_DATE_EPOCH"))) if args.sbom else ""
     if args.quiet:
         print(result.manifest_digest, file=out)
     else:
@@ -167,7 +194,25 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         print(f"manifest {result.manifest_digest}", file=out)
         print(f"config   {result.config_digest}", file=out)
         print(f"layer    {result.layer.digest} (diff_id {result.layer.diff_id})", file=out)
+        if sbom:
+            print(f"sbom     {sbom}", file=out)
     return 0
+
+
+def _write_sbom(result: Any, sbom_format: str, epoch: int, stamp: bool) -> str:
+    """Write the output's SBOM beside it (atomically); attach it to an OCI layout. Return what was done."""
+    from .referrer import attach
+    from .sbom import render_sbom, write_file
+
+    media_type, suffix = SBOM_FORMATS[sbom_format]
+    data = render_sbom(result.output, sbom_format, epoch)
+    path = os.path.normpath(result.output) + suffix
+    write_file(path, data)
+    if result.format != "oci":
+        return path
+    desc = attach(result.output, result.manifest_digest, data, media_type, epoch=epoch if stamp else None,
+                  title="sbom" + suffix)
+    return f"{path}, attached as {desc.digest}"
 
 
 def _add_registry_parsers(sub: Any) -> None:
@@ -297,6 +342,8 @@ def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"pushed {result.reference}", file=out)
         print(f"blobs  {result.uploaded} uploaded ({result.bytes_uploaded} bytes), {result.skipped} present, "
               f"{result.mounted} mounted", file=out)
+        if result.referrers:
+            print(f"referrers {result.referrers} pushed (SBOMs and other artifacts of the image)", file=out)
     return 0
 
 
@@ -382,9 +429,57 @@ def _print_tree(closure: object, out: TextIO) -> None:
         walk(root_path, 1)
 
 
+def _why(args: argparse.Namespace, out: TextIO) -> int:
+    from .provenance import package_line, read_record, why
+
+    record = read_record(args.image)
+    for line in why(record, args.path):
+        print(line, file=out)
+    print(package_line(record, args.path), file=out)
+    return 0
+
+
+def _sbom(args: argparse.Namespace, out: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
+    from .sbom import render_sbom, write_file
+
+    data = render_sbom(args.image, args.format, source_date_epoch(env))
+    if args.output is not None:
+        write_file(args.output, data)
+    elif getattr(out, "buffer", None) is not None:
+        out.flush()
+        out.buffer.write(data)
+        out.buffer.flush()
+    else:
+        out.write(data.decode("utf-8"))
+    return 0
+
+
+def _packages(args: argparse.Namespace, out: TextIO) -> int:
+    from .provenance import read_record
+
+    packages = read_record(args.image)["packages"]
+    rows = [(p["name"], (f"{p['epoch']}:" if p.get("epoch") and p["type"] == "rpm" else "") + p["version"]
+             + (f"-{p['release']}" if p.get("release") else ""), p["arch"], p["type"], p.get("license") or "-")
+            for p in packages.values()]
+    rows.sort()
+    if args.json:
+        json.dump([packages[k] for k in sorted(packages)], out, indent=2, sort_keys=True)
+        out.write("\n")
+        return 0
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(("NAME", "VERSION", "ARCH", "TYPE"))]
+    print(f"{'NAME':<{widths[0]}}  {'VERSION':<{widths[1]}}  {'ARCH':<{widths[2]}}  {'TYPE':<{widths[3]}}  LICENSE",
+          file=out)
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]:<{widths[3]}}  {row[4]}",
+              file=out)
+    return 0
+
+
 def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     from .image import open_image
 
+    if args.packages:
+        return _packages(args, out)
     view = open_image(args.image)
     files = list(view.iter_files())
     if args.json:

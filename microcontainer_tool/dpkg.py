@@ -155,15 +155,22 @@ class DpkgDatabase:
             + "&".join(qualifiers)
 
     def _read_lists(self) -> dict[bytes, str]:
-        # 100k+ lines on a desktop system: keep this in C-level dict operations
-        # (bytes, dict.fromkeys); the first package (in name order) wins a path.
+        # 100k+ lines on a desktop system: keep this in C-level dict and set operations
+        # (bytes, dict.fromkeys, key-view intersections).
+        # A path several packages list is a shared directory (/usr, /lib on merged-/usr):
+        # no package contributed it, so it gets no owner.
         owners: dict[bytes, str] = {}
+        shared: set[bytes] = set()
         for key in sorted(self.packages, reverse=True):
             data = _read_bytes(self.root, f"{INFO_DIR}/{key}.list")
             if data is None and ":" in key:
                 data = _read_bytes(self.root, f"{INFO_DIR}/{self.packages[key].name}.list")
             if data:
-                owners.update(dict.fromkeys(data.split(b"\n"), key))
+                listed = dict.fromkeys(data.split(b"\n"), key)
+                shared |= listed.keys() & owners.keys()
+                owners.update(listed)
+        for path in shared:
+            del owners[path]
         owners.pop(b"", None)
         return owners
 

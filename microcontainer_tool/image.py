@@ -370,9 +370,26 @@ def _by_platform(descs: list[Descriptor], label: str) -> Descriptor:
     return descs[0]
 
 
+def _is_artifact(source: _Source, raw: Any, desc: Descriptor, label: str) -> bool:
+    """An index entry that is an artifact or refers to another manifest (OCI 1.1), not an image."""
+    if isinstance(raw, dict) and raw.get("artifactType"):
+        return True
+    if desc.media_type != oci.MEDIA_TYPE_MANIFEST or desc.size > MAX_JSON_BLOB:
+        return False
+    try:
+        manifest = _json_blob(source, desc, label)
+    except LayoutError:
+        return False  # reported if it is chosen
+    return "subject" in manifest or "artifactType" in manifest
+
+
 def _open_oci(path: str, source: _Source, tag: str | None) -> ImageView:
     index = _read_json(source, "index.json", path)
-    desc = _choose(_descriptors(index, path), tag, path)
+    descs = _descriptors(index, path)
+    if len(descs) > 1:  # referrers (SBOMs, signatures) are listed beside their image, without a tag
+        images = [d for raw, d in zip(index["manifests"], descs) if not _is_artifact(source, raw, d, path)]
+        descs = images or descs
+    desc = _choose(descs, tag, path)
     for _ in range(4):
         if desc.media_type not in oci.INDEX_TYPES:
             break

@@ -493,13 +493,19 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
     ``index.json`` is replaced atomically — the commit point — and only then
     are blobs no longer referenced removed. A failure before the commit point
     leaves the previous image fully readable.
+
+    Referrers (artifacts with a ``subject``, see :mod:`.referrer`) of the new
+    manifest are kept, with their blobs; those of a previous manifest go.
     """
     if os.path.isfile(os.path.join(target, OCI_LAYOUT_FILE)):
+        from .referrer import surviving_referrers
+
         store = LayoutStore(target)
+        kept, kept_blobs = surviving_referrers(target, [manifest_desc.digest])
         _fill_layout(store, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
-                     move_layer, base_layers)
+                     move_layer, base_layers, kept)
         store.collect_garbage([layer_desc.digest, manifest_desc.digest, oci.sha256_digest(config_bytes)]
-                              + [base.desc.digest for base in base_layers])
+                              + [base.desc.digest for base in base_layers] + kept_blobs)
         return
     parent, base = os.path.split(target)
     try:
@@ -519,7 +525,7 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
 
 def _fill_layout(store: LayoutStore, layer_blob_path: str, layer_desc: Descriptor, config_bytes: bytes,
                  manifest_bytes: bytes, manifest_desc: Descriptor, move_layer: bool,
-                 base_layers: Sequence[BaseLayer] = ()) -> None:
+                 base_layers: Sequence[BaseLayer] = (), referrers: Sequence[Descriptor] = ()) -> None:
     for base in base_layers:
         if not store.has_blob(base.desc.digest):
             store.put_file(base.path, base.desc.media_type, base.desc.digest)
@@ -530,7 +536,7 @@ def _fill_layout(store: LayoutStore, layer_blob_path: str, layer_desc: Descripto
     store.put_blob(config_bytes, oci.MEDIA_TYPE_CONFIG)
     store.put_blob(manifest_bytes, oci.MEDIA_TYPE_MANIFEST)
     store.sync()
-    store.write_index([manifest_desc])
+    store.write_index([manifest_desc, *referrers])
     _fsync_dir(store.root)
 
 
@@ -626,6 +632,7 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
     already has is not rewritten (so an unchanged layer keeps its file and
     mtime); ``index.json`` is replaced atomically, then unreferenced blobs are
     removed. A new ``out`` is filled in a temporary directory and renamed.
+    Referrers in ``out`` whose subject the archive lists stay, with their blobs.
 
     Args:
         archive: an oci-archive (a tar of a layout), as :func:`write_image` writes.
@@ -671,10 +678,16 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
                 if stream is None:
                     raise LayoutError(f"{archive}: cannot read {name}")
                 store.put_blob(cast(BinaryIO, stream), expected_digest=digest)
-            store.sync()
-            store.write_index(descs)
+            kept: list[Descriptor] = []
+            kept_blobs: list[str] = []
             if existing:
-                store.collect_garbage(["sha256:" + n[len(BLOBS_DIR) + 1:] for n in blobs])
+                from .referrer import surviving_referrers
+
+                kept, kept_blobs = surviving_referrers(root, [d.digest for d in descs])
+            store.sync()
+            store.write_index(descs + kept)
+            if existing:
+                store.collect_garbage(["sha256:" + n[len(BLOBS_DIR) + 1:] for n in blobs] + kept_blobs)
             else:
                 _replace_dir(root, target)
         except BaseException:

@@ -117,7 +117,7 @@ def read_record(image: str) -> dict[str, Any]:
                             if name.lstrip("/") == wanted and member.isfile() and member.size <= MAX_RECORD:
                                 handle = tar.extractfile(member)
                                 assert handle is not None
-                                return _parse(handle.read(), image)
+                                return parse_record(handle.read(), image)
                 except DECODE_ERRORS as error:
                     raise LayoutError(f"{image}: cannot read layer {view.layers[number].digest}: {error}") \
                         from None
@@ -125,7 +125,12 @@ def read_record(image: str) -> dict[str, Any]:
                       " or built before provenance records existed")
 
 
-def _parse(data: bytes, image: str) -> dict[str, Any]:
+def parse_record(data: bytes, image: str) -> dict[str, Any]:
+    """Parse and check a provenance record read out of ``image``.
+
+    Raises:
+        LayoutError: not valid JSON, or not a record of this schema.
+    """
     try:
         record = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -169,7 +174,10 @@ def why(record: Mapping[str, Any], path: str) -> list[str]:
     files = record["files"]
     path = posixpath.normpath("/" + path.lstrip("/"))
     if path not in files:
-        raise SourceError(f"{path}: not in the image's layer")
+        parent = (record.get("image") or {}).get("parent")
+        if parent:
+            raise SourceError(f"{path}: not in this image's own layer (its parent {parent} may hold it)")
+        raise SourceError(f"{path}: not in the image")
     lines = []
     for reason in files[path].get("why") or [{}]:
         chain = [path, _edge(reason)]

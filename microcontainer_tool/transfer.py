@@ -12,6 +12,11 @@ types (``application/vnd.docker.distribution.manifest.v2+json``, Docker
 config and layer types; blobs unchanged). The manifest bytes change, and so
 does its digest: the digest returned (and printed) is the pushed one.
 
+From an OCI layout, the artifacts that refer to the image (OCI 1.1
+``subject``: an SBOM attached by ``build --sbom``) follow it: their blobs, their
+manifests by digest, and for registries without the referrers API the
+referrers tag ``sha256-<hex>`` (:mod:`.referrer`). :func:`pull` brings them back.
+
 :func:`pull` reads OCI manifests, Docker schema 2 manifests, OCI indexes and
 Docker manifest lists (choosing a platform, by default this machine's) and
 writes an OCI layout (or an oci-archive for ``.tar``, a smith tar for
@@ -69,6 +74,8 @@ class PushResult:
         skipped: blobs the repository had already.
         mounted: blobs mounted from ``mount_from``.
         bytes_uploaded: bytes of the uploaded blobs.
+        referrers: artifacts referring to the image (SBOMs...) pushed with it
+            (their blobs are counted above).
     """
 
     digest: str
@@ -78,6 +85,7 @@ class PushResult:
     skipped: int
     mounted: int
     bytes_uploaded: int
+    referrers: int = 0
 
     def __str__(self) -> str:
         return self.digest
@@ -174,7 +182,9 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
         progress: called with ``(digest, done, total)`` during uploads.
 
     Returns:
-        The pushed digest and the blob counts (uploaded, skipped, mounted).
+        The pushed digest, the blob counts (uploaded, skipped, mounted) and
+        the number of referrers pushed: an OCI layout's artifacts whose
+        ``subject`` is the pushed manifest (see :func:`.referrer.push_referrers`).
 
     Raises:
         LayoutError: the image is unreadable or malformed.
@@ -199,26 +209,36 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
         blobs: list[tuple[Descriptor, Callable[[], BinaryIO]]] = [(config_desc, view.open_config_blob)]
         for number, desc in enumerate(view.layers):
             blobs.append((desc, functools.partial(view.open_layer_blob, number)))
-        uploaded = skipped = mounted = sent = 0
+        counts = {"uploaded": 0, "skipped": 0, "mounted": 0, "sent": 0}
         done: set[str] = set()
-        for desc, opener in blobs:
+
+        def send_blob(desc: Descriptor, opener: Callable[[], BinaryIO] | str) -> None:
             if desc.digest in done:
-                continue
+                return
             done.add(desc.digest)
             if client.blob_exists(ref.repository, desc.digest, push=True):
-                skipped += 1
+                counts["skipped"] += 1
             elif mount_from and client.mount_blob(ref.repository, desc.digest, mount_from):
-                mounted += 1
+                counts["mounted"] += 1
             else:
                 client.upload_blob(ref.repository, opener, desc.digest, desc.size, progress)
-                uploaded += 1
-                sent += desc.size
+                counts["uploaded"] += 1
+                counts["sent"] += desc.size
+
+        for desc, opener in blobs:
+            send_blob(desc, opener)
     digest = oci.sha256_digest(manifest_bytes)
     if ref.digest and ref.digest != digest:
         raise RegistryError(f"{ref}: the image's manifest is {digest}"
                             + (" (after --docker-media-types)" if docker_media_types else ""))
     pushed = client.put_manifest(ref.repository, ref.tag or digest, manifest_bytes, media_type)
-    return PushResult(pushed, ref.with_digest(pushed), media_type, uploaded, skipped, mounted, sent)
+    referrers = 0
+    if os.path.isdir(view.path) and pushed == view.manifest_digest:  # a layout's artifacts of this image
+        from .referrer import push_referrers
+
+        referrers = push_referrers(client, ref.repository, view.path, pushed, send_blob).pushed
+    return PushResult(pushed, ref.with_digest(pushed), media_type, counts["uploaded"], counts["skipped"],
+                      counts["mounted"], counts["sent"], referrers)
 
 
 # --- pull ---------------------------------------------------------------------------------------
@@ -372,8 +392,12 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
         with open(store.blob_path(config_desc.digest), "rb") as handle:
             config = _json(handle.read(), f"{ref}: config {config_desc.digest}")
         annotations = {oci.ANNOTATION_REF_NAME: ref.tag} if ref.tag else None
+        from .referrer import fetch_referrers
+
+        referrers = fetch_referrers(client, ref.repository, digest, store, progress)  # SBOMs and the like
         store.sync()
-        store.write_index([Descriptor(media_type, digest, len(data), annotations, oci.platform_of(config))])
+        store.write_index([Descriptor(media_type, digest, len(data), annotations, oci.platform_of(config)),
+                           *referrers])
         if fmt == "oci":
             layout._replace_dir(tmp, target)
             tmp = ""
@@ -383,6 +407,9 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
                 members[layout.INDEX_FILE] = handle.read()
             for desc in [Descriptor(media_type, digest, len(data)), config_desc, *layers]:
                 members[f"{layout.BLOBS_DIR}/{desc.hex}"] = store.blob_path(desc.digest)
+            for name in sorted(os.listdir(os.path.join(tmp, layout.BLOBS_DIR))):  # the referrers' blobs
+                if not name.startswith("."):
+                    members.setdefault(f"{layout.BLOBS_DIR}/{name}", os.path.join(tmp, layout.BLOBS_DIR, name))
             layout._write_archive_file(target, members, gzip=fmt == "smith")
     except OSError as error:
         raise LayoutError(f"{out}: cannot write: {error.strerror or error}") from None

@@ -62,6 +62,10 @@ def test_parent_layers_are_kept_and_shared_files_left_out(base: Path, tmp_path: 
     if have("oci-image-tool"):
         subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", "name=latest",
                         str(tmp_path / "out")], check=True, capture_output=True)
+    proc = run_cli("why", str(tmp_path / "out"), "/usr/bin/true")
+    assert_one_line_error(proc, "not in this image's own layer", "parent")
+    assert run_cli("why", str(tmp_path / "out"), "/usr/bin/false").stdout.startswith(
+        "/usr/bin/false <- paths: /usr/bin/false")
     assert runc_run(tmp_path / "out", "latest", tmp_path, args=["/usr/bin/false"]).returncode == 1
     assert runc_run(tmp_path / "out", "latest", tmp_path, args=["/usr/bin/true"]).returncode == 0
 
