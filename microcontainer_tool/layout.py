@@ -212,16 +212,7 @@ class LayoutStore:
 
     @staticmethod
     def _write_atomic(path: str, data: bytes) -> None:
-        fd, tmp = temp_file(os.path.dirname(path), "." + os.path.basename(path))
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(tmp, path)
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
+        write_atomic(path, data)
 
 
 def temp_file(directory: str, prefix: str, mode: int = 0o644) -> tuple[int, str]:
@@ -237,6 +228,20 @@ def temp_file(directory: str, prefix: str, mode: int = 0o644) -> tuple[int, str]
         except FileExistsError:
             continue
     raise LayoutError(f"{directory}: cannot create a temporary file")
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, fsynced, renamed."""
+    fd, tmp = temp_file(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
 
 
 def unlink_quietly(path: str) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import posixpath
 import re
 import tarfile
@@ -132,19 +131,9 @@ def render_sbom(image: str, fmt: str = "cyclonedx", epoch: int = 0) -> bytes:
 
 def write_file(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (a temporary file beside it, fsynced, renamed)."""
-    from .layout import temp_file, unlink_quietly
+    from .layout import write_atomic
 
-    parent, base = os.path.split(os.path.abspath(path))
-    fd, tmp = temp_file(parent, "." + base)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+    write_atomic(path, data)
 
 
 # --- reading the image -----------------------------------------------------------------------

@@ -48,13 +48,17 @@ def have(*tools: str) -> bool:
     return all(shutil.which(t) for t in tools)
 
 
-def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str] | None = None,
-             write_dir: str | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
-    """Unpack an image with umoci and run it with runc, read-only root.
+def runc_bundle(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str] | None = None,
+                write_dir: str | None = None, host_network: bool = False) -> tuple[Path, dict]:
+    """Unpack an image with umoci into a runc bundle configured the manifesto's way.
 
-    The container has no capabilities, noNewPrivileges, its own network namespace (no network), the image's
-    user, all mounts of umoci's default runtime config, tmpfs on /run and
-    /tmp, and optionally a host dir bind-mounted read-write at /write.
+    The container has a read-only root, no capabilities, noNewPrivileges, the
+    image's user, all mounts of umoci's default runtime config, tmpfs on /run
+    and /tmp, optionally a host dir bind-mounted read-write at /write, and its
+    own network namespace (no network) unless ``host_network``.
+
+    Returns:
+        The bundle directory and its runtime config (already written).
     """
     if os.geteuid() != 0 or not have("runc", "umoci"):
         pytest.skip("runc and umoci as root are needed to run images")
@@ -70,6 +74,9 @@ def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str]
                                                          "permitted", "ambient")}
     if args is not None:
         config["process"]["args"] = args
+    if host_network:
+        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"]
+    # the image has /run and /tmp 1777, and runc gives a tmpfs the mode of the directory it covers
     for target in ("/run", "/tmp"):
         config["mounts"].append({"destination": target, "type": "tmpfs", "source": "tmpfs",
                                  "options": ["nosuid", "nodev", "mode=1777"]})
@@ -77,6 +84,13 @@ def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str]
         config["mounts"].append({"destination": "/write", "type": "bind", "source": write_dir,
                                  "options": ["rbind", "rw"]})
     config_path.write_text(json.dumps(config))
+    return bundle, config
+
+
+def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str] | None = None,
+             write_dir: str | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+    """Run an image to completion with runc in a :func:`runc_bundle` (read-only root, no network)."""
+    bundle, _config = runc_bundle(layout, tag, workdir, args, write_dir)
     name = f"mct-test-{uuid.uuid4().hex[:10]}"
     try:
         return subprocess.run(["runc", "run", "--bundle", str(bundle), name],
@@ -173,3 +187,14 @@ def copy_closure(dest: Path, files: list[str]) -> dict[str, Path]:
         if os.path.islink(f"/{name}") and not (dest / name).exists():
             os.symlink(os.readlink(f"/{name}"), dest / name)
     return real
+
+
+def dpkg_owner(path: str) -> str | None:
+    """The package dpkg says owns a host file (through merged-/usr aliases too), or ``None``."""
+    for candidate in (path, path.replace("/usr/lib/", "/lib/", 1), path.replace("/usr/bin/", "/bin/", 1)):
+        proc = subprocess.run(["dpkg-query", "-S", candidate], capture_output=True, text=True)
+        if proc.returncode == 0:
+            line = proc.stdout.splitlines()[0]
+            if not line.startswith("diversion"):
+                return line.split(": ", 1)[0].split(",")[0]
+    return None

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import fatimage
-from conftest import run_cli
+from conftest import run_cli, runc_bundle
 
 _reason = fatimage.missing_reason("runc")
 if _reason:
@@ -130,25 +130,9 @@ def get(url: str) -> tuple[int, str]:
 def test_nginx_micro_serves_over_loopback_read_only(micro, spec_dir, tmp_path):
     image, _ = micro
     port = int((spec_dir / "port").read_text())
-    bundle = tmp_path / "bundle"
-    subprocess.run(["umoci", "unpack", "--image", f"{image}:latest", str(bundle)], check=True,
-                   capture_output=True)
-    config_path = bundle / "config.json"
-    config = json.loads(config_path.read_text())
-    config["root"]["readonly"] = True
-    config["process"]["terminal"] = False
-    config["process"]["noNewPrivileges"] = True
-    config["process"]["capabilities"] = {k: [] for k in ("bounding", "effective", "inheritable",
-                                                         "permitted", "ambient")}
+    # the host's network namespace, so nginx listens on the host's loopback
+    bundle, config = runc_bundle(image, "latest", tmp_path, host_network=True)
     assert config["process"]["user"]["uid"] == 10  # nginx:nginx from the image's own /etc/passwd
-    # The host's network namespace, so nginx listens on the host's loopback.
-    config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"]
-    # tmpfs /run and /tmp: the image has them 1777, and runc gives a tmpfs the mode of the
-    # directory it covers, so the non-root user (uid 10) writes its pid and temp files there.
-    for target in ("/run", "/tmp"):
-        config["mounts"].append({"destination": target, "type": "tmpfs", "source": "tmpfs",
-                                 "options": ["nosuid", "nodev", "mode=1777"]})
-    config_path.write_text(json.dumps(config))
     name = f"mct-nginx-{uuid.uuid4().hex[:10]}"
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:

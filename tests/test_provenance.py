@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_RPMS, HttpServer, assert_one_line_error, have, make_repo, run_cli
+from conftest import SHARED_RPMS, HttpServer, assert_one_line_error, dpkg_owner, have, make_repo, run_cli
 from microcontainer_tool.dpkg import parse_stanzas
 from microcontainer_tool.provenance import RECORD_PATH, read_record
 
@@ -26,17 +26,6 @@ def layer_files(image: Path) -> dict[str, dict]:
     proc = run_cli("inspect", "--json", str(image))
     assert proc.returncode == 0, proc.stderr
     return {f["path"]: f for f in json.loads(proc.stdout)["files"]}
-
-
-def dpkg_owner(path: str) -> str | None:
-    """The package owning a host path, asked of dpkg itself (through /lib aliases too)."""
-    for candidate in (path, path.replace("/usr/lib/", "/lib/", 1), path.replace("/usr/bin/", "/bin/", 1)):
-        proc = subprocess.run(["dpkg-query", "-S", candidate], capture_output=True, text=True)
-        if proc.returncode == 0:
-            line = proc.stdout.splitlines()[0]
-            if not line.startswith("diversion"):
-                return line.split(": ", 1)[0].split(",")[0]
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from conftest import SHARED_RPMS, assert_one_line_error, have, make_repo, run_cli
+from conftest import SHARED_RPMS, assert_one_line_error, dpkg_owner, have, make_repo, run_cli
 from microcontainer_tool import oci
 from microcontainer_tool.cli import main
 from microcontainer_tool.errors import DigestMismatchError, LayoutError
@@ -427,17 +426,6 @@ def test_cli_stdout_file_and_epoch(hand: Path, tmp_path: Path) -> None:
 
 debian_host = pytest.mark.skipif(not Path("/var/lib/dpkg/status").is_file() or not have("dpkg-query")
                                  or not Path("/usr/bin/curl").exists(), reason="needs a Debian host with curl")
-
-
-def dpkg_owner(path: str) -> str | None:
-    """The package dpkg says owns a host file (through merged-/usr aliases too)."""
-    for candidate in (path, path.replace("/usr/lib/", "/lib/", 1), path.replace("/usr/bin/", "/bin/", 1)):
-        proc = subprocess.run(["dpkg-query", "-S", candidate], capture_output=True, text=True)
-        if proc.returncode == 0:
-            line = proc.stdout.splitlines()[0]
-            if not line.startswith("diversion"):
-                return line.split(": ", 1)[0].split(",")[0]
-    return None
 
 
 def build(spec: Path, out: Path, *extra: str) -> None:
