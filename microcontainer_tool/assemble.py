@@ -85,7 +85,7 @@ class Assembly:
 
 
 def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot | None = None,
-             sysroot: SysRoot | None = None) -> Assembly:
+             sysroot: SysRoot | None = None, package_facts: bool = True) -> Assembly:
     """Build the image's file tree from a spec.
 
     Args:
@@ -95,6 +95,8 @@ def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot
             :func:`~.rpmroot.prepare_sysroot`; ``None`` for a ``from:`` tree.
         sysroot: the root to take files from instead of ``spec.from_`` (an
             :class:`~.imageroot.ImageRoot`); ``None`` opens the ``from:`` tree.
+        package_facts: read a Debian sysroot's dpkg database (package
+            sources, ``status.d`` entries); dependency scanners need no facts.
 
     Returns:
         The assembly.
@@ -102,7 +104,7 @@ def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot
     Raises:
         MicrocontainerError: any input problem, with a one-line message.
     """
-    return _Assembler(spec, allow_missing, packages, sysroot).run()
+    return _Assembler(spec, allow_missing, packages, sysroot, package_facts).run()
 
 
 #: Documentation a package's files bring that a microcontainer does without,
@@ -113,7 +115,7 @@ RPM_MANIFEST = "/var/lib/rpmmanifest/container-manifest-2"
 
 class _Assembler:
     def __init__(self, spec: ImageSpec, allow_missing: bool, packages: PackageRoot | None,
-                 sysroot: SysRoot | None = None) -> None:
+                 sysroot: SysRoot | None = None, package_facts: bool = True) -> None:
         self.spec = spec
         self.allow_missing = allow_missing
         self.packages = packages
@@ -124,7 +126,7 @@ class _Assembler:
         self.tree = FileTree()
         self.overlay: dict[str, str] = {}
         self.warnings: list[str] = []
-        self.dpkg = DpkgDatabase.open(self.sysroot) if packages is None else None
+        self.dpkg = DpkgDatabase.open(self.sysroot) if packages is None and package_facts else None
 
     def run(self) -> Assembly:
         self._add_paths()
@@ -134,6 +136,8 @@ class _Assembler:
         closure = self._add_closure(layered)
         if self.packages is not None:
             self._add_rpm_manifest()
+        if self.dpkg is not None:
+            self._attribute_deb_packages()
         packages = self._contributors()
         if self.dpkg is not None:
             self._add_dpkg_status(packages)
@@ -198,11 +202,20 @@ class _Assembler:
     def _source_of(self, path: str) -> str:
         if self.packages is not None and path in self.packages.owners:
             return f"rpm:{self.packages.owners[path]}"
-        if self.dpkg is not None:
-            owner = self.dpkg.owner(path)
-            if owner is not None:
-                return owner.id
         return self.source
+
+    def _attribute_deb_packages(self) -> None:
+        """Give entries of the sysroot the Debian package that owns them (one batch lookup)."""
+        assert self.dpkg is not None
+        candidates = [e.path for e in self.tree if e.path not in self.overlay
+                      and any(p.source == self.source for p in e.provenance)]
+        owners = self.dpkg.owners(candidates)
+        for path, owner in owners.items():
+            entry = self.tree.get(path)
+            assert entry is not None
+            provenance = tuple(replace(p, source=owner.id) if p.source == self.source else p
+                               for p in entry.provenance)
+            self.tree.add(replace(entry, provenance=provenance), replace_existing=True)
 
     def _contributors(self) -> list[str]:
         """Ids of the packages owning a non-directory entry that is not the project's."""

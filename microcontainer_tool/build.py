@@ -19,7 +19,6 @@ from .layout import format_for_path, write_tree_image
 from .oci import image_config
 from .errors import SpecError
 from .imagesource import ImageLocation, RegistryOptions, fetch_image, locate_image, platform_for
-from .rpmroot import default_cache_dir
 from .provenance import add_record
 from .spec import DEFAULT_PATH, ImageSpec
 
@@ -105,8 +104,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         epoch: ``SOURCE_DATE_EPOCH``: every timestamp in the output.
         allow_missing: warn instead of failing on missing libraries.
         layer_cache: reuse compressed layers of identical trees from there.
-        cache_dir: downloads, repository metadata and extracted packages
-            (default: :func:`~.rpmroot.default_cache_dir`); RPM specs only.
+        cache_dir: downloads, repository metadata, extracted packages, pulled
+            images and indexed image layers (default: :func:`~.rpmroot.default_cache_dir`).
         offline: never download: RPM specs use only the lock and the cache,
             registry images only what the cache holds (pinned by digest).
         registry: how to reach registries for ``from:``/``parent:`` images.
@@ -121,7 +120,11 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
     packages = None
     sysroot = None
     notes: list[str] = []
-    cache = cache_dir or default_cache_dir()
+    if cache_dir is None:
+        from .rpmroot import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    cache = cache_dir
     source = locate_image(spec.from_, spec.base_dir, directory_ok=True)
     if source is not None:
         from .imageroot import ImageRoot

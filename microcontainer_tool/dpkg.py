@@ -5,7 +5,8 @@ and a microized image's layers work alike. Only packages whose ``Status`` is
 ``install ok installed`` count. File lists (``info/PKG[:ARCH].list``) name
 paths as the package installed them; on a merged-``/usr`` system
 ``/lib/x86_64-linux-gnu/libc.so.6`` is ``/usr/lib/...`` in the image, so a
-lookup also tries the path through each top-level directory symlink.
+lookup also tries the path through each top-level directory symlink. Owners
+are found for a whole image at once: one set intersection per file list.
 
 Images carry ``/var/lib/dpkg/status.d/NAME`` (the package's status stanza)
 for the packages that contributed files, as distroless images do: Trivy,
@@ -14,8 +15,11 @@ Grype and Syft read those.
 
 from __future__ import annotations
 
+import os
+import re
 import stat
 from dataclasses import dataclass
+from typing import Iterable
 from urllib.parse import quote
 
 from .errors import MicrocontainerError
@@ -74,65 +78,148 @@ def parse_stanzas(text: str) -> list[dict[str, str]]:
 
 
 def _split_stanzas(text: str) -> list[str]:
-    blocks, current = [], []
-    for line in text.splitlines():
-        if line.strip():
-            current.append(line)
-        elif current:
-            blocks.append("\n".join(current) + "\n")
-            current = []
-    if current:
-        blocks.append("\n".join(current) + "\n")
-    return blocks
+    """The paragraphs of a deb822 file, each ending in one newline (blank lines between them)."""
+    return [block.strip("\n") + "\n" for block in re.split(r"\n[ \t]*\n", text) if block.strip()]
+
+
+_FIELD = re.compile(r"^(Package|Status|Architecture|Version|Source):[ \t]*(.*)$", re.M)
+
+#: Databases of host directories read in this process, by (root, status and info stat).
+_MEMO: dict[tuple[object, ...], tuple[dict[str, DebPackage], list[tuple[str, bytes]]]] = {}
+#: Which of those were asked for owners already, and the full path indexes built
+#: for them (by ``id`` of the memoized lists) from the second query on.
+_QUERIED: set[tuple[object, ...]] = set()
+_INDEXES: dict[int, dict[bytes, str]] = {}
+_SHARED = ""  # index value of a path several packages list
+
+
+def _index(lists: list[tuple[str, bytes]]) -> dict[bytes, str]:
+    """Path -> package key for every listed path (``_SHARED`` for shared directories)."""
+    index: dict[bytes, str] = {}
+    shared: set[bytes] = set()
+    for key, data in lists:
+        listed = dict.fromkeys(data.split(b"\n"), key)
+        shared |= listed.keys() & index.keys()
+        index.update(listed)
+    index.update(dict.fromkeys(shared, _SHARED))
+    return index
 
 
 class DpkgDatabase:
     """The installed packages of a sysroot and the files they own."""
 
-    def __init__(self, root: SysRoot, packages: dict[str, DebPackage]) -> None:
+    def __init__(self, root: SysRoot, packages: dict[str, DebPackage],
+                 lists: list[tuple[str, bytes]] | None = None, key: tuple[object, ...] | None = None) -> None:
         self.root = root
         self.packages = packages
-        self._owners: dict[bytes, str] | None = None
-        self._aliases: list[tuple[str, str]] = []
+        self._lists = lists
+        self._key = key
         self.distro = _distro(root)
 
     @classmethod
     def open(cls, root: SysRoot) -> DpkgDatabase | None:
-        """Read ``/var/lib/dpkg/status`` of ``root``; ``None`` if it has none."""
+        """Read ``/var/lib/dpkg/status`` of ``root``; ``None`` if it has none.
+
+        For a host directory (not an image) the database read is remembered in
+        this process, keyed by the identity and mtime of the status file and
+        the ``info`` directory (dpkg rewrites both on every change): SCons
+        builds many images from one sysroot in one process.
+        """
+        key = _stat_key(root)
+        if key is not None and key in _MEMO:
+            packages, lists = _MEMO[key]
+            return cls(root, packages, lists, key)
         text = _read(root, STATUS)
         if text is None:
             return None
         packages: dict[str, DebPackage] = {}
         for block in _split_stanzas(text):
-            parsed = parse_stanzas(block)
-            fields = parsed[0] if parsed else {}
+            fields = dict(_FIELD.findall(block))
             name = fields.get("Package", "")
             if not name or fields.get("Status", "").split()[-1:] != ["installed"]:
                 continue
-            arch = fields.get("Architecture", "")
+            arch = fields.get("Architecture", "").strip()
             source = fields.get("Source", "").split(" ")[0] or name
             packages[name if arch == "all" else f"{name}:{arch}"] = DebPackage(
-                name, fields.get("Version", ""), arch, source, block)
-        return cls(root, packages)
+                name, fields.get("Version", "").strip(), arch, source, block)
+        database = cls(root, packages, None, key)
+        if key is not None:
+            database._lists = database._read_lists()
+            _MEMO[key] = (packages, database._lists)
+        return database
 
     def by_id(self, package_id: str) -> DebPackage | None:
         """The package with provenance id ``deb:NAME:ARCH``, if installed."""
         _, name, arch = (package_id.split(":", 2) + ["", ""])[:3]
         return self.packages.get(name if arch == "all" else f"{name}:{arch}")
 
-    def owner(self, path: str) -> DebPackage | None:
-        """The package owning the canonical image path ``path``, if any."""
-        if self._owners is None:
-            self._owners = self._read_lists()
-            self._aliases = self._top_level_aliases()
-        key = self._owners.get(path.encode("utf-8", "surrogateescape"))
-        if key is None:
-            for canonical, alias in self._aliases:
+    def owners(self, paths: Iterable[str]) -> dict[str, DebPackage]:
+        """The packages owning canonical image paths, in one pass over the file lists.
+
+        A path is looked up as it is and through each top-level directory
+        symlink (``/usr/lib/x`` is listed as ``/lib/x`` on merged-``/usr``
+        systems). A path several packages list is a shared directory (``/usr``,
+        ``/lib``): no package contributed it, so it has no owner.
+
+        Returns:
+            Path -> owning package, for the paths that have one.
+        """
+        aliases = self._top_level_aliases()
+        wanted: dict[bytes, str] = {}
+        for path in paths:
+            wanted[path.encode("utf-8", "surrogateescape")] = path
+            for canonical, alias in aliases:
                 if path.startswith(canonical + "/"):
-                    key = self._owners.get((alias + path[len(canonical):]).encode("utf-8", "surrogateescape"))
-                    if key is not None:
-                        break
-        return self.packages.get(key) if key is not None else None
+                    wanted.setdefault((alias + path[len(canonical):]).encode("utf-8", "surrogateescape"), path)
+        if not wanted:
+            return {}
+        if self._lists is None:
+            self._lists = self._read_lists()
+        index = _INDEXES.get(id(self._lists))
+        if index is None and self._key is not None and self._key in _QUERIED:
+            # a second image from this sysroot in this process (SCons): index every path once
+            index = _INDEXES[id(self._lists)] = _index(self._lists)
+        if self._key is not None:
+            _QUERIED.add(self._key)
+        listed_by: dict[str, set[str]] = {}
+        if index is not None:
+            for found, path in wanted.items():
+                key = index.get(found)
+                if key is not None:
+                    listed_by.setdefault(path, set()).add(key)
+        else:
+            # 100k+ lines on a desktop system: one C-level intersection per file list
+            for key, data in self._lists:
+                for found in wanted.keys() & data.split(b"\n"):  # iterates the lines, no set built
+                    listed_by.setdefault(wanted[found], set()).add(key)
+        return {path: self.packages[keys.pop()] for path, keys in listed_by.items()
+                if len(keys) == 1 and keys != {_SHARED}}
+
+    def _read_lists(self) -> list[tuple[str, bytes]]:
+        lists = []
+        for key in sorted(self.packages):
+            data = _read_bytes(self.root, f"{INFO_DIR}/{key}.list")
+            if data is None and ":" in key:
+                data = _read_bytes(self.root, f"{INFO_DIR}/{self.packages[key].name}.list")
+            if data:
+                lists.append((key, data))
+        return lists
+
+    def _top_level_aliases(self) -> list[tuple[str, str]]:
+        """``(canonical dir, symlink)`` for top-level directory symlinks (merged ``/usr``)."""
+        aliases = []
+        try:
+            names = self.root.listdir("/")
+        except MicrocontainerError:
+            return []
+        for name in names:
+            link = "/" + name
+            st = self.root.lstat(link)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                resolved = self.root.resolve(link)
+                if resolved is not None and stat.S_ISDIR(resolved.st.st_mode) and resolved.path != "/":
+                    aliases.append((resolved.path, link))
+        return sorted(aliases)
 
     def license(self, package: DebPackage) -> str:
         """The ``License`` of the ``Files: *`` paragraph of a DEP-5 copyright file, or ``""``."""
@@ -153,42 +240,6 @@ class DpkgDatabase:
             qualifiers.append(f"distro={distro_id}-{version_id}" if version_id else f"distro={distro_id}")
         return f"pkg:deb/{namespace}/{quote(package.name, safe='')}@{quote(package.version, safe='.-_~')}?" \
             + "&".join(qualifiers)
-
-    def _read_lists(self) -> dict[bytes, str]:
-        # 100k+ lines on a desktop system: keep this in C-level dict and set operations
-        # (bytes, dict.fromkeys, key-view intersections).
-        # A path several packages list is a shared directory (/usr, /lib on merged-/usr):
-        # no package contributed it, so it gets no owner.
-        owners: dict[bytes, str] = {}
-        shared: set[bytes] = set()
-        for key in sorted(self.packages, reverse=True):
-            data = _read_bytes(self.root, f"{INFO_DIR}/{key}.list")
-            if data is None and ":" in key:
-                data = _read_bytes(self.root, f"{INFO_DIR}/{self.packages[key].name}.list")
-            if data:
-                listed = dict.fromkeys(data.split(b"\n"), key)
-                shared |= listed.keys() & owners.keys()
-                owners.update(listed)
-        for path in shared:
-            del owners[path]
-        owners.pop(b"", None)
-        return owners
-
-    def _top_level_aliases(self) -> list[tuple[str, str]]:
-        """``(canonical dir, symlink)`` for top-level directory symlinks (merged ``/usr``)."""
-        aliases = []
-        try:
-            names = self.root.listdir("/")
-        except MicrocontainerError:
-            return []
-        for name in names:
-            link = "/" + name
-            st = self.root.lstat(link)
-            if st is not None and stat.S_ISLNK(st.st_mode):
-                resolved = self.root.resolve(link)
-                if resolved is not None and stat.S_ISDIR(resolved.st.st_mode) and resolved.path != "/":
-                    aliases.append((resolved.path, link))
-        return sorted(aliases)
 
 
 def _read_bytes(root: SysRoot, path: str) -> bytes | None:
@@ -222,3 +273,14 @@ def _distro(root: SysRoot) -> tuple[str, str]:
     return "", ""
 
 
+def _stat_key(root: SysRoot) -> tuple[object, ...] | None:
+    """Identity of a host directory's dpkg database, or ``None`` (an image, or no database)."""
+    if type(root) is not SysRoot:
+        return None
+    try:
+        status = os.stat(root.host_path(STATUS))
+        info = os.stat(root.host_path(INFO_DIR))
+    except OSError:
+        return None
+    return (root.root, status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
+            info.st_ino, info.st_mtime_ns)

@@ -547,7 +547,7 @@ def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:
             # The sysroot is the lock's packages, verified by checksum: the lock
             # file and local .rpm files (explicit sources) say all there is.
             return []
-        assembly = assemble(spec, allow_missing=True)
+        assembly = assemble(spec, allow_missing=True, package_facts=False)
     except MicrocontainerError:
         return []  # the build reports it
     paths = {entry.content.path for entry in assembly.tree
