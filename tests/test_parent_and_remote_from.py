@@ -203,3 +203,17 @@ def test_parent_from_a_registry_and_push(registry: Registry, base: Path, tmp_pat
     assert remote["Digest"] == push.stdout.strip()
     assert remote["Layers"][0] == inspect(base)["manifest"]["layers"][0]["digest"]
     assert len(remote["Layers"]) == 2
+
+
+@pytest.mark.skipif(not have("umoci"), reason="needs umoci to retag a parent's architecture")
+def test_parent_of_another_architecture_is_refused(base: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "arm"
+    shutil.copytree(base, other)
+    subprocess.run(["umoci", "config", "--image", f"{other}:1", "--tag", "arm", "--architecture", "arm64"],
+                   check=True, capture_output=True)
+    child = spec_dir(tmp_path / "child", f"parent: {other}:arm\npaths: [/usr/bin/false]\n")
+    proc = run_cli("build", "-c", str(child), "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"))
+    assert_one_line_error(proc, "parent", "arm64", "amd64")
+    assert not (tmp_path / "out").exists()
