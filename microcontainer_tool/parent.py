@@ -12,7 +12,6 @@ rather than copied.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from .image import open_image
 from .imageroot import ImageRoot
 from .layout import BaseLayer, LayoutStore
 from .oci import Descriptor
-from .tree import EntryKind, FileTree, HostFile, InlineContent
+from .tree import EntryKind, FileTree, HostFile, InlineContent, content_hash
 
 #: Cache subdirectory holding verified copies of parent layer blobs.
 BLOBS_DIR = "parent-blobs"
@@ -147,7 +146,7 @@ def drop_inherited(tree: FileTree, parent: ParentImage) -> list[str]:
             content = entry.content
             linked = isinstance(content, HostFile) and content.identity is not None
             same = (not linked and stat.S_IMODE(st.st_mode) == entry.mode and st.st_size == entry.size
-                    and _sha256(content) == _sha256_path(root.host_path(entry.path)) != "")
+                    and _same_bytes(content, root.host_path(entry.path)))
         elif st is not None and entry.kind is EntryKind.SYMLINK and stat.S_ISLNK(st.st_mode):
             same = root.readlink(entry.path) == entry.linkname
         elif st is not None and entry.kind is EntryKind.DIR and stat.S_ISDIR(st.st_mode):
@@ -160,19 +159,10 @@ def drop_inherited(tree: FileTree, parent: ParentImage) -> list[str]:
     return sorted(removed)  # deepest first: a kept entry has already kept its parent
 
 
-def _sha256(content: object) -> str:
-    if isinstance(content, InlineContent):
-        return hashlib.sha256(content.data).hexdigest()
-    assert isinstance(content, HostFile)
-    return _sha256_path(content.path)
-
-
-def _sha256_path(path: str) -> str:
-    sha = hashlib.sha256()
+def _same_bytes(content: object, path: str) -> bool:
+    """Whether an entry's content and a file hold the same bytes (an unreadable file never does)."""
+    assert isinstance(content, (HostFile, InlineContent))
     try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                sha.update(chunk)
+        return content_hash(content) == content_hash(HostFile(path, 0))
     except OSError:
-        return ""  # unreadable: never "the same" (the layer writer reports it)
-    return sha.hexdigest()
+        return False  # the layer writer reports an unreadable file of ours

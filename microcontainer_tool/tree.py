@@ -275,12 +275,17 @@ class FileTree:
             elif entry.content is not None:
                 if identity is not None:
                     first_of[identity] = entry.path
-                sha.update(_content_hash(entry.content).encode())
+                sha.update(content_hash(entry.content).encode())
             sha.update(b"\n")
         return "sha256:" + sha.hexdigest()
 
 
-def _content_hash(content: ContentSource) -> str:
+def content_hash(content: ContentSource) -> str:
+    """SHA-256 (hex) of an entry's bytes, read in 1 MiB chunks.
+
+    Raises:
+        OSError: a host file cannot be read.
+    """
     sha = hashlib.sha256()
     if isinstance(content, InlineContent):
         sha.update(content.data)
