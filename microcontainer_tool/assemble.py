@@ -348,8 +348,7 @@ class _Assembler:
                 raise SourceError(
                     f"{self.spec.where('files')}: files[{image_path}]: {local}: {err.strerror}"
                 ) from err
-            prov = Provenance(f"files: {image_path}", f"project:{os.path.relpath(host, self.spec.base_dir)}",
-                              "files", image_path)
+            prov = Provenance(f"files: {image_path}", self._project_source(host), "files", image_path)
             if stat.S_ISDIR(st.st_mode):
                 self._add_host_tree(host, normalize_path(image_path), prov, follow_root=True)
             elif stat.S_ISREG(st.st_mode):
@@ -357,11 +356,15 @@ class _Assembler:
             else:
                 raise SourceError(f"{local}: {_special_kind(st.st_mode)} cannot go in a microcontainer")
 
+    def _project_source(self, host: str) -> str:
+        """``project:PATH``, PATH relative to the project (no host path: reproducible anywhere)."""
+        return f"project:{os.path.relpath(host, self.spec.project_dir or self.spec.base_dir)}"
+
     def _add_rootfs(self) -> None:
         overlay = self.spec.overlay_dir
         if os.path.isdir(overlay):
-            self._add_host_tree(overlay, "/", Provenance("rootfs overlay", "project:rootfs/", "rootfs"),
-                                follow_root=True)
+            prov = Provenance("rootfs overlay", self._project_source(overlay) + "/", "rootfs")
+            self._add_host_tree(overlay, "/", prov, follow_root=True)
 
     def _add_host_tree(self, host_dir: str, image_dir: str, prov: Provenance,
                        follow_root: bool) -> None:

@@ -405,7 +405,7 @@ def _spec_of(payload: str, top: str) -> Any:
 
     data = json.loads(payload)
     return spec_from_canonical(data["spec"], os.path.normpath(os.path.join(top, data["base"])),
-                               "MicroImage spec")
+                               "MicroImage spec", project_dir=top)
 
 
 def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:

@@ -63,6 +63,8 @@ class ImageSpec:
     Attributes mirror the YAML keys (``from`` is ``from_``, ``dir`` is
     ``workdir``). ``base_dir`` is the spec's directory, which relative paths in
     ``from`` and ``files`` and the ``rootfs/`` overlay are taken from.
+    ``project_dir`` (default: ``base_dir``) is what provenance names project
+    files relative to: SCons sets its top directory, ``#``.
     """
 
     base_dir: str
@@ -90,6 +92,7 @@ class ImageSpec:
     exclude_packages: tuple[str, ...] = ()
     install_weak_deps: bool = False
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    project_dir: str = field(default="", compare=False, repr=False)
 
     def where(self, key: str) -> str:
         """``file:line`` of a key, for error messages."""
@@ -122,7 +125,7 @@ class ImageSpec:
         """A stable, JSON-able form (no host paths except ``from``/``files``)."""
         out: dict[str, Any] = {}
         for fld in fields(self):
-            if fld.name in ("base_dir", "source", "lines"):
+            if fld.name in ("base_dir", "source", "lines", "project_dir"):
                 continue
             value = getattr(self, fld.name)
             if fld.name == "repos":
@@ -542,8 +545,11 @@ def merge_specs(base: ImageSpec, override: ImageSpec) -> ImageSpec:
     return merged_spec
 
 
-def spec_from_canonical(data: dict[str, Any], base_dir: str, source: str) -> ImageSpec:
+def spec_from_canonical(data: dict[str, Any], base_dir: str, source: str, project_dir: str = "") -> ImageSpec:
     """Rebuild a spec from :meth:`ImageSpec.canonical` output.
+
+    ``project_dir`` is the build tree's top (SCons' ``#``): provenance names
+    project files relative to it.
 
     Raises:
         SpecError: ``data`` is not a canonical spec of this version.
@@ -551,7 +557,7 @@ def spec_from_canonical(data: dict[str, Any], base_dir: str, source: str) -> Ima
     values: dict[str, Any] = {}
     try:
         for fld in fields(ImageSpec):
-            if fld.name in ("base_dir", "source", "lines"):
+            if fld.name in ("base_dir", "source", "lines", "project_dir"):
                 continue
             value = data[fld.name]
             if fld.name == "repos":
@@ -561,7 +567,7 @@ def spec_from_canonical(data: dict[str, Any], base_dir: str, source: str) -> Ima
             values[fld.name] = value
     except (KeyError, TypeError) as err:
         raise SpecError(f"{source}: not a canonical spec ({err})") from err
-    return ImageSpec(base_dir=base_dir, source=source, **values)
+    return ImageSpec(base_dir=base_dir, source=source, project_dir=project_dir, **values)
 
 
 def _rebase(path: str, old_base: str, new_base: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, copy_closure, ldd_files, runc_run
+from conftest import REPO, copy_closure, ldd_files, run_cli, runc_run
 
 IMAGES = ("hello", "goodbye", "cat")
 TOOL_DIR = REPO / "microcontainer_tool" / "site_tools"
@@ -151,6 +151,16 @@ def test_second_build_rewrites_nothing(pristine):
     assert "`image' is up to date." in out, out
     assert not built_images(out) and "OCI layout" not in out, out
     assert stats(pristine, "build/images", ".mct-cache") == before
+
+
+def test_provenance_names_build_tree_nodes(pristine):
+    """Project files are named by their path in the build tree (from the SConstruct's directory)."""
+    proc = run_cli("why", str(pristine / "build/images/hello"), "/usr/local/lib/libgreet.so")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "source: project:build/lib/libgreet.so"
+    assert "needed by /usr/local/bin/hello (as libgreet.so, RUNPATH)" in proc.stdout
+    proc = run_cli("why", str(pristine / "build/images/cat"), "/read/data")
+    assert proc.stdout.splitlines() == ["/read/data <- rootfs/ overlay", "source: project:examples/cat/rootfs/"]
 
 
 # --------------------------------------------------------------------------- edits
