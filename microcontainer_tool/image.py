@@ -10,6 +10,7 @@ input raises :class:`~microcontainer_tool.errors.LayoutError` with a one-line me
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import tempfile
 from typing import Any, BinaryIO, Iterator, NamedTuple, Protocol
 
 from . import oci
-from .errors import DigestMismatchError, LayoutError
+from .errors import DigestMismatchError, LayoutError, MicrocontainerError
 from .layer import CHUNK_SIZE, DECODE_ERRORS, detect_compression, open_layer_stream
 from .oci import Descriptor
 
@@ -251,32 +252,63 @@ class ImageView:
         if "sha256:" + sha.hexdigest() != desc.digest or size != desc.size:
             raise DigestMismatchError(f"{self.path}: blob {desc.digest} does not match its content")
 
+    @contextlib.contextmanager
+    def layer_tar(self, number: int) -> Iterator[tarfile.TarFile]:
+        """Stream layer ``number`` (0 = bottom) once, as a tar, verifying it on the way.
+
+        The blob and its uncompressed bytes are hashed while the caller reads
+        the members; when the block ends the rest is drained and both are
+        checked against the manifest's digest and the config's ``diff_id``.
+        A stream that cannot be decoded is reported as a digest mismatch when
+        the blob is not what the manifest says, else as a corrupt layer.
+        ``MicrocontainerError`` and ``OSError`` with an errno (a disk error of
+        the caller's) pass through.
+
+        Raises:
+            DigestMismatchError: the blob or its uncompressed tar is wrong.
+            LayoutError: the layer is not a readable tar.
+        """
+        desc = self.layers[number]
+        with self.open_layer_blob(number) as handle:
+            blob = HashingReader(handle)
+            try:
+                diff = HashingReader(open_layer_stream(blob))  # type: ignore[arg-type]
+                with tarfile.open(fileobj=diff, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
+                                  errors="surrogateescape") as tar:
+                    yield tar
+                diff.drain()
+                blob.drain()
+            except MicrocontainerError:
+                raise
+            except DECODE_ERRORS as error:
+                if isinstance(error, OSError) and error.errno is not None:
+                    raise
+                try:
+                    blob.drain()
+                except DECODE_ERRORS:
+                    pass
+                if blob.digest != desc.digest:
+                    raise DigestMismatchError(f"{self.path}: blob {desc.digest} does not match its content") \
+                        from None
+                raise LayoutError(f"{self.path}: corrupt layer {desc.digest}: {error}") from None
+        if blob.digest != desc.digest or blob.size != desc.size:
+            raise DigestMismatchError(f"{self.path}: blob {desc.digest} does not match its content")
+        if diff.digest != self.diff_ids[number]:
+            raise DigestMismatchError(f"{self.path}: layer {desc.digest} unpacks to {diff.digest},"
+                                      f" config says {self.diff_ids[number]}")
+
     def iter_layer(self, number: int) -> Iterator[FileInfo]:
-        """Yield the members of layer ``number`` (0 = bottom) after verifying its blob.
+        """Yield the members of layer ``number`` (0 = bottom), verified (see :meth:`layer_tar`).
 
         Raises:
             DigestMismatchError: the blob or its uncompressed tar (``diff_id``) is wrong.
             LayoutError: the layer is not a readable tar.
         """
-        desc, name = self.layers[number], self._layer_names[number]
-        self.verify_blob(desc, name)
-        with self._source.open(name) as handle:
-            try:
-                reader = HashingReader(open_layer_stream(handle))
-                with tarfile.open(fileobj=reader, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
-                                  errors="surrogateescape") as tar:
-                    for member in tar:
-                        info = _file_info(member)
-                        if info is not None:
-                            yield info
-                reader.drain()
-            except DECODE_ERRORS as error:
-                raise LayoutError(f"{self.path}: corrupt layer {desc.digest}: {error}") from None
-        if reader.digest != self.diff_ids[number]:
-            raise DigestMismatchError(
-                f"{self.path}: layer {desc.digest} unpacks to {reader.digest},"
-                f" config says {self.diff_ids[number]}"
-            )
+        with self.layer_tar(number) as tar:
+            for member in tar:
+                info = _file_info(member)
+                if info is not None:
+                    yield info
 
     def iter_files(self) -> Iterator[FileInfo]:
         """Yield every member of every layer, bottom layer first (no whiteout processing)."""

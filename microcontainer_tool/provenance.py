@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import posixpath
-import tarfile
 from typing import Any, Mapping
 from urllib.parse import quote
 
-from .layer import DECODE_ERRORS, open_layer_stream
 from .dpkg import DebPackage, DpkgDatabase
 from .errors import LayoutError, SourceError
 from .oci import canonical_json
@@ -107,20 +105,19 @@ def read_record(image: str) -> dict[str, Any]:
     wanted = RECORD_PATH.lstrip("/")
     with open_image(image) as view:
         for number in reversed(range(len(view.layers))):
-            with view.open_layer_blob(number) as blob:
-                try:
-                    with tarfile.open(fileobj=open_layer_stream(blob), mode="r|") as tar:
-                        for member in tar:
-                            name = member.name
-                            while name.startswith("./"):
-                                name = name[2:]
-                            if name.lstrip("/") == wanted and member.isfile() and member.size <= MAX_RECORD:
-                                handle = tar.extractfile(member)
-                                assert handle is not None
-                                return parse_record(handle.read(), image)
-                except DECODE_ERRORS as error:
-                    raise LayoutError(f"{image}: cannot read layer {view.layers[number].digest}: {error}") \
-                        from None
+            data = None
+            with view.layer_tar(number) as tar:  # verified when the block ends
+                for member in tar:
+                    name = member.name
+                    while name.startswith("./"):
+                        name = name[2:]
+                    if name.lstrip("/") == wanted and member.isfile() and member.size <= MAX_RECORD:
+                        handle = tar.extractfile(member)
+                        assert handle is not None
+                        data = handle.read()
+                        break
+            if data is not None:
+                return parse_record(data, image)
     raise LayoutError(f"{image}: no provenance record ({RECORD_PATH}): not built by microcontainer-tool,"
                       " or built before provenance records existed")
 

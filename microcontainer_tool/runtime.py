@@ -58,9 +58,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import LayoutError, MicrocontainerError, RunError
-from .image import HashingReader, ImageView, open_image
-from .layer import CHUNK_SIZE, DECODE_ERRORS, open_layer_stream
+from .errors import RunError
+from .image import ImageView, open_image
+from .layer import CHUNK_SIZE
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """``PATH`` given to a program whose image sets none."""
@@ -594,31 +594,11 @@ def extract_image(view: ImageView, dest: str) -> None:
         LayoutError: a layer is corrupt.
         DigestMismatchError: a layer does not match its digest or ``diff_id``.
     """
-    from .errors import DigestMismatchError
-
     extractor = _Extractor(dest, view.path)
     try:
-        for number, desc in enumerate(view.layers):
-            with view.open_layer_blob(number) as handle:
-                blob = HashingReader(handle)
-                try:
-                    diff = HashingReader(open_layer_stream(blob))  # type: ignore[arg-type]
-                    with tarfile.open(fileobj=diff, mode="r|",  # type: ignore[call-overload]
-                                      encoding="utf-8", errors="surrogateescape") as tar:
-                        extractor.layer(tar)
-                    diff.drain()
-                    blob.drain()
-                except MicrocontainerError:
-                    raise
-                except DECODE_ERRORS as error:
-                    if isinstance(error, OSError) and error.errno is not None:
-                        raise
-                    raise LayoutError(f"{view.path}: corrupt layer {desc.digest}: {error}") from None
-            if blob.digest != desc.digest or blob.size != desc.size:
-                raise DigestMismatchError(f"{view.path}: blob {desc.digest} does not match its content")
-            if diff.digest != view.diff_ids[number]:
-                raise DigestMismatchError(f"{view.path}: layer {desc.digest} unpacks to {diff.digest},"
-                                          f" config says {view.diff_ids[number]}")
+        for number in range(len(view.layers)):
+            with view.layer_tar(number) as tar:
+                extractor.layer(tar)
         extractor.finish()
     finally:
         extractor.close()

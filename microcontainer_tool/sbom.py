@@ -23,15 +23,14 @@ import hashlib
 import json
 import posixpath
 import re
-import tarfile
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from . import __version__
-from .errors import DigestMismatchError, LayoutError, SpecError
-from .image import HashingReader, ImageView, open_image
-from .layer import CHUNK_SIZE, DECODE_ERRORS, open_layer_stream
+from .errors import LayoutError, SpecError
+from .image import ImageView, open_image
+from .layer import CHUNK_SIZE
 from .oci import rfc3339
 from .provenance import MAX_RECORD, RECORD_PATH, describe, parse_record
 
@@ -192,43 +191,27 @@ def _normalize(name: str) -> str | None:
 
 def _scan_layer(view: ImageView, number: int, sha1: bool) -> _Layer:
     """Stream layer ``number`` once: hash its regular files, keep its links and the record."""
-    desc = view.layers[number]
     layer = _Layer()
-    with view.open_layer_blob(number) as handle:
-        blob = HashingReader(handle)
-        try:
-            tar_stream = HashingReader(open_layer_stream(blob))  # type: ignore[arg-type]
-            with tarfile.open(fileobj=tar_stream, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
-                              errors="surrogateescape") as tar:
-                for member in tar:
-                    path = _normalize(member.name)
-                    if path is None:
-                        continue
-                    if member.issym():
-                        layer.links[path] = member.linkname
-                    elif member.islnk():
-                        target = _normalize(member.linkname)
-                        if target in layer.files:
-                            layer.files[path] = layer.files[target]
-                    elif member.isreg():
-                        reader = tar.extractfile(member)
-                        assert reader is not None
-                        keep = path == RECORD_PATH
-                        if keep and member.size > MAX_RECORD:
-                            raise LayoutError(f"{view.path}: {RECORD_PATH} is too large"
-                                              f" ({member.size} bytes)")
-                        layer.files[path], data = _hash(reader, sha1, keep)
-                        if keep:
-                            layer.record = data
-            tar_stream.drain()
-            blob.drain()
-        except DECODE_ERRORS as error:
-            raise LayoutError(f"{view.path}: corrupt layer {desc.digest}: {error}") from None
-    if blob.digest != desc.digest or blob.size != desc.size:
-        raise DigestMismatchError(f"{view.path}: blob {desc.digest} does not match its content")
-    if tar_stream.digest != view.diff_ids[number]:
-        raise DigestMismatchError(f"{view.path}: layer {desc.digest} unpacks to {tar_stream.digest},"
-                                  f" config says {view.diff_ids[number]}")
+    with view.layer_tar(number) as tar:
+        for member in tar:
+            path = _normalize(member.name)
+            if path is None:
+                continue
+            if member.issym():
+                layer.links[path] = member.linkname
+            elif member.islnk():
+                target = _normalize(member.linkname)
+                if target in layer.files:
+                    layer.files[path] = layer.files[target]
+            elif member.isreg():
+                reader = tar.extractfile(member)
+                assert reader is not None
+                keep = path == RECORD_PATH
+                if keep and member.size > MAX_RECORD:
+                    raise LayoutError(f"{view.path}: {RECORD_PATH} is too large ({member.size} bytes)")
+                layer.files[path], data = _hash(reader, sha1, keep)
+                if keep:
+                    layer.record = data
     return layer
 
 
