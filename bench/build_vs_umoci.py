@@ -22,19 +22,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
 
-
-def closure(program: str) -> list[str]:
-    """Files ldd lists for a program, plus the program, with link chains."""
-    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
-    files = [program]
-    for line in out.splitlines():
-        parts = line.split()
-        if "=>" in parts and parts[parts.index("=>") + 1].startswith("/"):
-            files.append(parts[parts.index("=>") + 1])
-        elif parts and parts[0].startswith("/"):
-            files.append(parts[0])
-    return files
+from hostfiles import ldd_files  # noqa: E402  (the tests' ldd oracle)
 
 
 def ours(work: str, program: str) -> tuple[float, int]:
@@ -106,7 +96,7 @@ def main() -> int:
     if not shutil.which("umoci"):
         print("umoci is not installed (apt-get install umoci)", file=sys.stderr)
         return 1
-    files = closure(args.program)
+    files = ldd_files(args.program)
     raw = sum(os.path.getsize(os.path.realpath(f)) for f in files)
     ours_t, umoci_t, ratios = [], [], []
     sizes = (0, 0)

@@ -39,29 +39,12 @@ from microcontainer_tool.compression import media_type_suffix, open_compressor  
 from microcontainer_tool.layer import HashingWriter  # noqa: E402
 from microcontainer_tool.layout import LayoutStore  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build_vs_umoci import closure as ldd_files  # noqa: E402  (the same ldd parsing)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from hostfiles import ldd_files, with_links  # noqa: E402  (the tests' ldd oracle)
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 MAX_BULK_FILE = 8 << 20
 """Larger host files are left out of the bulk, so layers end near their budget."""
-
-
-def with_links(path: str) -> list[str]:
-    """``path`` and every symlink met resolving it on the host."""
-    out: list[str] = []
-    pending = [p for p in path.split("/") if p]
-    current = ""
-    while pending:
-        current = f"{current}/{pending.pop(0)}"
-        if os.path.islink(current):
-            out.append(current)
-            target = os.readlink(current)
-            base = "/" if target.startswith("/") else os.path.dirname(current)
-            pending = [p for p in os.path.normpath(os.path.join(base, target)).split("/") if p] + pending
-            current = ""
-    out.append(current)
-    return out
 
 
 def walk(top: str) -> list[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from hostfiles import copy_closure, ldd_files, with_links  # noqa: F401  (re-exported)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -145,48 +147,6 @@ def make_repo(directory: Path, rpms: list[Path]) -> Path:
         shutil.copy(rpm, directory / rpm.name)
     subprocess.run(["createrepo_c", "--quiet", str(directory)], check=True)
     return directory
-
-
-def ldd_files(program: str) -> list[str]:
-    """``program`` and every file the host's ``ldd`` lists for it (the oracle)."""
-    proc = subprocess.run(["ldd", program], capture_output=True, text=True, check=True)
-    files = [program]
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if "=>" in parts and parts[parts.index("=>") + 1].startswith("/"):
-            files.append(parts[parts.index("=>") + 1])
-        elif parts and parts[0].startswith("/"):
-            files.append(parts[0])
-    return files
-
-
-def copy_closure(dest: Path, files: list[str]) -> dict[str, Path]:
-    """Copy host files and their symlink chains into the sysroot ``dest``, in the order given.
-
-    Returns:
-        Each path of ``files`` -> its regular-file copy in ``dest``.
-    """
-    real = {}
-    for path in files:
-        current = path
-        for _ in range(10):
-            target = dest / current.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if os.path.islink(current):
-                link = os.readlink(current)
-                if not target.is_symlink():
-                    os.symlink(link, target)
-                current = os.path.normpath(os.path.join(os.path.dirname(current), link))
-                continue
-            if not target.exists():
-                shutil.copyfile(current, target)
-                shutil.copymode(current, target)
-            real[path] = target
-            break
-    for name in ("lib", "lib64", "bin", "sbin"):  # the host's merged-usr links
-        if os.path.islink(f"/{name}") and not (dest / name).exists():
-            os.symlink(os.readlink(f"/{name}"), dest / name)
-    return real
 
 
 def dpkg_owner(path: str) -> str | None:

@@ -20,7 +20,7 @@ from typing import Iterable
 
 import pytest
 
-from conftest import ldd_files, runc_run
+from conftest import ldd_files, runc_run, with_links
 from microcontainer_tool import oci
 from microcontainer_tool.assemble import assemble
 from microcontainer_tool.build import config_for
@@ -483,25 +483,6 @@ def test_empty_layers(tmp_path: Path) -> None:
 
 
 # -- a real fat image made of host files ------------------------------------------------
-
-
-def with_links(path: str) -> list[str]:
-    """``path``, and every symlink met resolving it on the host, in order."""
-    out: list[str] = []
-    pending = [p for p in path.split("/") if p]
-    current = ""
-    for _ in range(100):
-        if not pending:
-            break
-        current = f"{current}/{pending.pop(0)}"
-        if os.path.islink(current):
-            out.append(current)
-            target = os.readlink(current)
-            base = "/" if target.startswith("/") else os.path.dirname(current)
-            pending = [p for p in os.path.normpath(os.path.join(base, target)).split("/") if p] + pending
-            current = ""
-    out.append(current)
-    return out
 
 
 def host_layer(store: LayoutStore, directory: Path, paths: Iterable[str],
