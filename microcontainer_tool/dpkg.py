@@ -84,36 +84,63 @@ def _split_stanzas(text: str) -> list[str]:
 
 _FIELD = re.compile(r"^(Package|Status|Architecture|Version|Source):[ \t]*(.*)$", re.M)
 
-#: Databases of host directories read in this process, by (root, status and info stat).
-_MEMO: dict[tuple[object, ...], tuple[dict[str, DebPackage], list[tuple[str, bytes]]]] = {}
-#: Which of those were asked for owners already, and the full path indexes built
-#: for them (by ``id`` of the memoized lists) from the second query on.
-_QUERIED: set[tuple[object, ...]] = set()
-_INDEXES: dict[int, dict[bytes, str]] = {}
 _SHARED = ""  # index value of a path several packages list
 
 
-def _index(lists: list[tuple[str, bytes]]) -> dict[bytes, str]:
-    """Path -> package key for every listed path (``_SHARED`` for shared directories)."""
-    index: dict[bytes, str] = {}
-    shared: set[bytes] = set()
-    for key, data in lists:
-        listed = dict.fromkeys(data.split(b"\n"), key)
-        shared |= listed.keys() & index.keys()
-        index.update(listed)
-    index.update(dict.fromkeys(shared, _SHARED))
-    return index
+class _FileLists:
+    """The ``info/*.list`` files of a database, and who lists what.
+
+    The first query intersects the wanted paths with each list (one C-level
+    pass, cheapest for one image); from the second on, a full path index is
+    built once and used (SCons builds many images from one sysroot).
+    """
+
+    def __init__(self, lists: list[tuple[str, bytes]]) -> None:
+        self.lists = lists
+        self._queries = 0
+        self._index: dict[bytes, str] | None = None
+
+    def listed_by(self, wanted: dict[bytes, str]) -> dict[str, set[str]]:
+        """Wanted path (the value) -> keys of the packages listing it (in any spelling)."""
+        self._queries += 1
+        if self._index is None and self._queries > 1:
+            self._index = self._build_index()
+        found: dict[str, set[str]] = {}
+        if self._index is not None:
+            for spelling, path in wanted.items():
+                key = self._index.get(spelling)
+                if key is not None:
+                    found.setdefault(path, set()).add(key)
+            return found
+        # 100k+ lines on a desktop system: one C-level intersection per file list
+        for key, data in self.lists:
+            for spelling in wanted.keys() & data.split(b"\n"):  # iterates the lines, no set built
+                found.setdefault(wanted[spelling], set()).add(key)
+        return found
+
+    def _build_index(self) -> dict[bytes, str]:
+        index: dict[bytes, str] = {}
+        shared: set[bytes] = set()
+        for key, data in self.lists:
+            listed = dict.fromkeys(data.split(b"\n"), key)
+            shared |= listed.keys() & index.keys()
+            index.update(listed)
+        index.update(dict.fromkeys(shared, _SHARED))
+        return index
+
+
+#: Databases of host directories read in this process, by (root, status and info stat).
+_MEMO: dict[tuple[object, ...], tuple[dict[str, DebPackage], _FileLists]] = {}
 
 
 class DpkgDatabase:
     """The installed packages of a sysroot and the files they own."""
 
     def __init__(self, root: SysRoot, packages: dict[str, DebPackage],
-                 lists: list[tuple[str, bytes]] | None = None, key: tuple[object, ...] | None = None) -> None:
+                 files: _FileLists | None = None) -> None:
         self.root = root
         self.packages = packages
-        self._lists = lists
-        self._key = key
+        self._files = files
         self.distro = _distro(root)
 
     @classmethod
@@ -127,8 +154,8 @@ class DpkgDatabase:
         """
         key = _stat_key(root)
         if key is not None and key in _MEMO:
-            packages, lists = _MEMO[key]
-            return cls(root, packages, lists, key)
+            packages, files = _MEMO[key]
+            return cls(root, packages, files)
         text = _read(root, STATUS)
         if text is None:
             return None
@@ -142,10 +169,10 @@ class DpkgDatabase:
             source = fields.get("Source", "").split(" ")[0] or name
             packages[name if arch == "all" else f"{name}:{arch}"] = DebPackage(
                 name, fields.get("Version", "").strip(), arch, source, block)
-        database = cls(root, packages, None, key)
+        database = cls(root, packages)
         if key is not None:
-            database._lists = database._read_lists()
-            _MEMO[key] = (packages, database._lists)
+            database._files = _FileLists(database._read_lists())
+            _MEMO[key] = (packages, database._files)
         return database
 
     def by_id(self, package_id: str) -> DebPackage | None:
@@ -170,28 +197,13 @@ class DpkgDatabase:
             wanted[path.encode("utf-8", "surrogateescape")] = path
             for canonical, alias in aliases:
                 if path.startswith(canonical + "/"):
-                    wanted.setdefault((alias + path[len(canonical):]).encode("utf-8", "surrogateescape"), path)
+                    spelling = alias + path[len(canonical):]
+                    wanted.setdefault(spelling.encode("utf-8", "surrogateescape"), path)
         if not wanted:
             return {}
-        if self._lists is None:
-            self._lists = self._read_lists()
-        index = _INDEXES.get(id(self._lists))
-        if index is None and self._key is not None and self._key in _QUERIED:
-            # a second image from this sysroot in this process (SCons): index every path once
-            index = _INDEXES[id(self._lists)] = _index(self._lists)
-        if self._key is not None:
-            _QUERIED.add(self._key)
-        listed_by: dict[str, set[str]] = {}
-        if index is not None:
-            for found, path in wanted.items():
-                key = index.get(found)
-                if key is not None:
-                    listed_by.setdefault(path, set()).add(key)
-        else:
-            # 100k+ lines on a desktop system: one C-level intersection per file list
-            for key, data in self._lists:
-                for found in wanted.keys() & data.split(b"\n"):  # iterates the lines, no set built
-                    listed_by.setdefault(wanted[found], set()).add(key)
+        if self._files is None:
+            self._files = _FileLists(self._read_lists())
+        listed_by = self._files.listed_by(wanted)
         return {path: self.packages[keys.pop()] for path, keys in listed_by.items()
                 if len(keys) == 1 and keys != {_SHARED}}
 
