@@ -184,15 +184,6 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
 INHERITED_ENV = ("PATH", "LD_LIBRARY_PATH")
 
 
-def image_source(spec: ImageSpec) -> ImageLocation | None:
-    """The image ``from:`` names, or ``None`` when it names a directory tree.
-
-    Raises:
-        SpecError: a malformed registry reference.
-    """
-    return locate_image(spec.from_, spec.base_dir, directory_ok=True)
-
-
 def inherit_from_image(spec: ImageSpec, image_config: dict) -> ImageSpec:
     """The spec with what a microized image inherits from its source image.
 

@@ -539,9 +539,9 @@ def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:
 
     try:
         spec = _spec_of(payload, top)
-        from .build import image_source
+        from .imagesource import locate_image
 
-        if image_source(spec) is not None:
+        if locate_image(spec.from_, spec.base_dir, directory_ok=True) is not None:
             return []  # the source image is tracked: its blobs, or its pinned reference
         if spec.packages:
             # The sysroot is the lock's packages, verified by checksum: the lock
