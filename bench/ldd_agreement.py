@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from microcontainer_tool.elf import read_elf  # noqa: E402
+from microcontainer_tool.closure.elf import read_elf  # noqa: E402
 from microcontainer_tool.errors import MicrocontainerError  # noqa: E402
-from microcontainer_tool.ldd import LibraryResolver  # noqa: E402
-from microcontainer_tool.sysroot import SysRoot  # noqa: E402
+from microcontainer_tool.closure.ldd import LibraryResolver  # noqa: E402
+from microcontainer_tool.sources.sysroot import SysRoot  # noqa: E402
 
 DIRS = ("/usr/bin", "/usr/sbin", "/usr/lib/x86_64-linux-gnu")
 

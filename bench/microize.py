@@ -34,10 +34,10 @@ from typing import Any, BinaryIO, cast
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from microcontainer_tool import oci  # noqa: E402
-from microcontainer_tool.compression import media_type_suffix, open_compressor  # noqa: E402
-from microcontainer_tool.layer import HashingWriter  # noqa: E402
-from microcontainer_tool.layout import LayoutStore  # noqa: E402
+from microcontainer_tool.oci import model as oci  # noqa: E402
+from microcontainer_tool.oci.compression import media_type_suffix, open_compressor  # noqa: E402
+from microcontainer_tool.oci.layer import HashingWriter  # noqa: E402
+from microcontainer_tool.oci.layout import LayoutStore  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from hostfiles import ldd_files, with_links  # noqa: E402  (the tests' ldd oracle)
@@ -137,7 +137,7 @@ def make_fat_image(out: str, work: str, program: str, size_mb: int) -> tuple[int
     uncompressed = 0
     for desc, _ in layers:
         with open(store.blob_path(desc.digest), "rb") as handle:
-            from microcontainer_tool.layer import open_layer_stream
+            from microcontainer_tool.oci.layer import open_layer_stream
 
             stream = open_layer_stream(handle)
             while chunk := stream.read(1 << 20):
@@ -170,9 +170,9 @@ def child(image: str, cache: str, out: str, program: str) -> None:
     """One microize: open (index), assemble (materialize), write the micro image; JSON stats on stdout."""
     start = time.perf_counter()
     from microcontainer_tool.build import config_for
-    from microcontainer_tool.imageroot import ImageRoot, assemble_from_image
-    from microcontainer_tool.layout import write_tree_image
-    from microcontainer_tool.spec import ImageSpec
+    from microcontainer_tool.sources.image.root import ImageRoot, assemble_from_image
+    from microcontainer_tool.oci.layout import write_tree_image
+    from microcontainer_tool.spec.imagespec import ImageSpec
 
     imported = time.perf_counter()
     root = ImageRoot.open(image, cache)

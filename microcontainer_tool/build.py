@@ -12,18 +12,20 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from .assemble import Assembly, assemble
-from .layer import LayerInfo
-from .layercache import LayerCache
-from .layout import format_for_path, write_tree_image
-from .oci import image_config
-from .errors import SpecError
-from .imagesource import ImageLocation, RegistryOptions, fetch_image, locate_image, platform_for
-from .provenance import add_record
-from .spec import DEFAULT_PATH, ImageSpec
+from microcontainer_tool.assembly.assemble import Assembly, assemble
+from microcontainer_tool.oci.layer import LayerInfo
+from microcontainer_tool.oci.layercache import LayerCache
+from microcontainer_tool.oci.layout import format_for_path, write_tree_image
+from microcontainer_tool.oci.model import image_config
+from microcontainer_tool.errors import SpecError
+from microcontainer_tool.sources.image.locate import (
+    ImageLocation, RegistryOptions, fetch_image, locate_image, platform_for,
+)
+from microcontainer_tool.model.provenance import add_record
+from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec
 
 if TYPE_CHECKING:
-    from .parent import ParentImage
+    from microcontainer_tool.sources.image.parent import ParentImage
 
 
 @dataclass
@@ -121,13 +123,13 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
     sysroot = None
     notes: list[str] = []
     if cache_dir is None:
-        from .rpmroot import default_cache_dir
+        from microcontainer_tool.sources.rpm.root import default_cache_dir
 
         cache_dir = default_cache_dir()
     cache = cache_dir
     source = locate_image(spec.from_, spec.base_dir, directory_ok=True)
     if source is not None:
-        from .imageroot import ImageRoot
+        from microcontainer_tool.sources.image.root import ImageRoot
 
         path, image_name = fetch_image(source, cache, registry, platform_for(spec.arch), offline)
         sysroot = ImageRoot.open(path, cache, name=image_name)
@@ -136,7 +138,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         spec = inherit_from_image(spec, sysroot.config)
     parent = None
     if spec.parent:
-        from .parent import open_parent
+        from microcontainer_tool.sources.image.parent import open_parent
 
         location = locate_image(spec.parent, spec.base_dir, directory_ok=False)
         assert location is not None
@@ -144,7 +146,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         parent = open_parent(path, parent_name, cache)
         spec = inherit_from_image(spec, parent.config)
     if spec.packages:
-        from .rpmroot import ensure_lock, lock_path, prepare_sysroot
+        from microcontainer_tool.sources.rpm.root import ensure_lock, lock_path, prepare_sysroot
 
         if offline and not os.path.exists(lock_path(spec)):
             raise SpecError(f"no {lock_path(spec)} to build offline from: run `microcontainer lock`")
@@ -154,7 +156,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         packages = prepare_sysroot(lock, spec, cache, offline=offline)
     assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot)
     if parent is not None:
-        from .parent import check_platform, drop_inherited
+        from microcontainer_tool.sources.image.parent import check_platform, drop_inherited
 
         check_platform(parent, assembly.platform, spec.where("parent"))
         shared = drop_inherited(assembly.tree, parent)

@@ -14,9 +14,9 @@ import os
 import sys
 from typing import Any, Sequence, TextIO
 
-from . import __version__
-from .errors import MicrocontainerError, SpecError
-from .layout import FORMATS
+from microcontainer_tool import __version__
+from microcontainer_tool.errors import MicrocontainerError, SpecError
+from microcontainer_tool.oci.layout import FORMATS
 
 COMPRESSIONS = ("gzip", "zstd", "none")
 SBOM_FORMATS = {"cyclonedx": ("application/vnd.cyclonedx+json", ".cdx.json"),
@@ -168,10 +168,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
 
 
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
-    from .build import build_image
-    from .layercache import LayerCache
-    from .imagesource import RegistryOptions
-    from .spec import load_spec
+    from microcontainer_tool.build import build_image
+    from microcontainer_tool.oci.layercache import LayerCache
+    from microcontainer_tool.sources.image.locate import RegistryOptions
+    from microcontainer_tool.spec.imagespec import load_spec
 
     spec = load_spec(args.config)
     epoch = source_date_epoch(env)
@@ -201,8 +201,8 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
 
 def _write_sbom(result: Any, sbom_format: str, epoch: int, stamp: bool) -> str:
     """Write the output's SBOM beside it (atomically); attach it to an OCI layout. Return what was done."""
-    from .referrer import attach
-    from .sbom import render_sbom, write_file
+    from microcontainer_tool.oci.referrers import attach
+    from microcontainer_tool.reports.sbom import render_sbom, write_file
 
     media_type, suffix = SBOM_FORMATS[sbom_format]
     data = render_sbom(result.output, sbom_format, epoch)
@@ -286,8 +286,8 @@ def _add_runtime_parsers(sub: Any) -> None:
 
 
 def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
-    from . import runtime
-    from .rpmroot import default_cache_dir
+    from microcontainer_tool.runtime import containers as runtime
+    from microcontainer_tool.sources.rpm.root import default_cache_dir
 
     state = args.state_dir or runtime.default_state_dir()
     if args.command == "run":
@@ -311,15 +311,15 @@ def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "rm":
         runtime.rm(args.name, state, force=args.force)
         return 0
-    from .debug import debug
+    from microcontainer_tool.runtime.debug import debug
 
     return debug(args.name, state, args.toolbox, args.command_args or None,
                  cache_dir=args.cache_dir or default_cache_dir())
 
 
 def _client(args: argparse.Namespace, registry: str) -> Any:
-    from .auth import load_credentials, read_password
-    from .registry import RegistryClient
+    from microcontainer_tool.registry.auth import load_credentials, read_password
+    from microcontainer_tool.registry.client import RegistryClient
 
     password = read_password(sys.stdin) if args.username else None
     creds = load_credentials(registry, username=args.username, password=password,
@@ -329,8 +329,8 @@ def _client(args: argparse.Namespace, registry: str) -> Any:
 
 
 def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .reference import Reference
-    from .transfer import push, tty_progress
+    from microcontainer_tool.registry.reference import Reference
+    from microcontainer_tool.registry.transfer import push, tty_progress
 
     ref = Reference.parse(args.ref)
     with _client(args, ref.registry) as client:
@@ -348,8 +348,8 @@ def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .reference import Reference
-    from .transfer import pull, tty_progress
+    from microcontainer_tool.registry.reference import Reference
+    from microcontainer_tool.registry.transfer import pull, tty_progress
 
     ref = Reference.parse(args.ref)
     with _client(args, ref.registry) as client:
@@ -359,9 +359,11 @@ def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _lock(args: argparse.Namespace, out: TextIO) -> int:
-    from .lock import read_lock, write_lock
-    from .rpmroot import default_cache_dir, lock_packages, lock_path, spec_inputs_digest
-    from .spec import load_spec
+    from microcontainer_tool.sources.rpm.lock import read_lock, write_lock
+    from microcontainer_tool.sources.rpm.root import (
+        default_cache_dir, lock_packages, lock_path, spec_inputs_digest,
+    )
+    from microcontainer_tool.spec.imagespec import load_spec
 
     spec = load_spec(args.config)
     if not spec.packages:
@@ -382,8 +384,8 @@ def _lock(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _deps(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .ldd import LibraryResolver
-    from .sysroot import SysRoot
+    from microcontainer_tool.closure.ldd import LibraryResolver
+    from microcontainer_tool.sources.sysroot import SysRoot
 
     root = SysRoot(args.root)
     resolver = LibraryResolver(root)
@@ -406,7 +408,7 @@ def _deps(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _print_tree(closure: object, out: TextIO) -> None:
-    from .ldd import Closure
+    from microcontainer_tool.closure.ldd import Closure
 
     assert isinstance(closure, Closure)
     children: dict[str, list[tuple[str, str | None, str]]] = {}
@@ -430,7 +432,7 @@ def _print_tree(closure: object, out: TextIO) -> None:
 
 
 def _why(args: argparse.Namespace, out: TextIO) -> int:
-    from .provenance import package_line, read_record, why
+    from microcontainer_tool.model.provenance import package_line, read_record, why
 
     record = read_record(args.image)
     for line in why(record, args.path):
@@ -440,7 +442,7 @@ def _why(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _sbom(args: argparse.Namespace, out: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
-    from .sbom import render_sbom, write_file
+    from microcontainer_tool.reports.sbom import render_sbom, write_file
 
     data = render_sbom(args.image, args.format, source_date_epoch(env))
     if args.output is not None:
@@ -455,7 +457,7 @@ def _sbom(args: argparse.Namespace, out: TextIO, env: dict[str, str] | os._Envir
 
 
 def _packages(args: argparse.Namespace, out: TextIO) -> int:
-    from .provenance import read_record
+    from microcontainer_tool.model.provenance import read_record
 
     packages = read_record(args.image)["packages"]
     rows = [(p["name"], (f"{p['epoch']}:" if p.get("epoch") and p["type"] == "rpm" else "") + p["version"]
@@ -476,7 +478,7 @@ def _packages(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _inspect(args: argparse.Namespace, out: TextIO) -> int:
-    from .image import open_image
+    from microcontainer_tool.oci.imageview import open_image
 
     if args.packages:
         return _packages(args, out)

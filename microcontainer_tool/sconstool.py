@@ -76,8 +76,8 @@ import SCons.Tool
 import SCons.Util
 import yaml
 
-from . import FORMAT_VERSION
-from .errors import MicrocontainerError
+from microcontainer_tool import FORMAT_VERSION
+from microcontainer_tool.errors import MicrocontainerError
 
 TOOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site_tools")
 
@@ -111,7 +111,7 @@ def register() -> None:
 def exists(env: Any) -> bool:
     """Whether the library imports (the tool is usable)."""
     try:
-        from . import build  # noqa: F401
+        from microcontainer_tool import build  # noqa: F401
     except ImportError:
         return False
     return True
@@ -166,7 +166,7 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     Raises:
         SCons.Errors.UserError: the spec or keywords are invalid (one line).
     """
-    from .spec import ImageSpec, check_spec, load_spec, merge_specs
+    from microcontainer_tool.spec.imagespec import ImageSpec, check_spec, load_spec, merge_specs
 
     name = str(SCons.Util.flatten([target])[0])
     sources = [s for s in env.Flatten([source]) if s is not None] if source is not None else []
@@ -234,7 +234,7 @@ def micro_push(env: Any, target: Any, image: Any = None, **keywords: Any) -> lis
     Raises:
         SCons.Errors.UserError: no or an invalid ``REF``, or not one image (one line).
     """
-    from .reference import Reference
+    from microcontainer_tool.registry.reference import Reference
 
     name = str(SCons.Util.flatten([target])[0])
     given = keywords.pop("REF", None)
@@ -309,8 +309,8 @@ def _fail_in_sconscript(message: str) -> None:
 
 def _keyword_spec(data: dict[str, Any], base_dir: str) -> Any:
     """Validate MicroImage keywords with the spec's own rules (messages without a line)."""
-    from .errors import SpecError
-    from .spec import parse_spec
+    from microcontainer_tool.errors import SpecError
+    from microcontainer_tool.spec.imagespec import parse_spec
 
     text = yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), default_flow_style=False)
     try:
@@ -357,7 +357,7 @@ def _package_inputs(env: Any, spec: Any, name: str) -> list[Any]:
     SCons builds never resolve: the lock must exist (``microcontainer lock``),
     so a no-op build never touches a repository.
     """
-    from .rpmroot import local_rpms, lock_path
+    from microcontainer_tool.sources.rpm.root import local_rpms, lock_path
 
     lock = lock_path(spec)
     if not os.path.exists(lock):
@@ -371,7 +371,7 @@ def _image_inputs(env: Any, spec: Any) -> list[Any]:
     A registry image is identified by the spec itself (a ``Value``): pin it
     by digest, since SCons cannot see a tag move.
     """
-    from .imagesource import locate_image
+    from microcontainer_tool.sources.image.locate import locate_image
 
     nodes = []
     try:
@@ -401,7 +401,7 @@ def _format_by_suffix(name: str) -> str:
 
 
 def _spec_of(payload: str, top: str) -> Any:
-    from .spec import spec_from_canonical
+    from microcontainer_tool.spec.imagespec import spec_from_canonical
 
     data = json.loads(payload)
     return spec_from_canonical(data["spec"], os.path.normpath(os.path.join(top, data["base"])),
@@ -410,9 +410,9 @@ def _spec_of(payload: str, top: str) -> Any:
 
 def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
     """Action: build the image archive with the library."""
-    from .build import build_image
-    from .imagesource import RegistryOptions
-    from .layercache import LayerCache
+    from microcontainer_tool.build import build_image
+    from microcontainer_tool.sources.image.locate import RegistryOptions
+    from microcontainer_tool.oci.layercache import LayerCache
 
     out = target[0].abspath
     try:
@@ -440,7 +440,7 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
 
 def _sync_layout(target: list[Any], source: list[Any], env: Any) -> int:
     """Action: make the layout directory hold the archive's image."""
-    from .layout import sync_layout_from_archive
+    from microcontainer_tool.oci.layout import sync_layout_from_archive
 
     try:
         sync_layout_from_archive(source[0].abspath, os.path.dirname(target[0].abspath))
@@ -467,10 +467,10 @@ def _docker_config(env: Any) -> str | None:
 
 def _push_image(target: list[Any], source: list[Any], env: Any) -> int:
     """Action: push the image, then write the stamp ``REF@DIGEST`` (atomically)."""
-    from .auth import load_credentials
-    from .reference import Reference
-    from .registry import RegistryClient
-    from .transfer import push
+    from microcontainer_tool.registry.auth import load_credentials
+    from microcontainer_tool.registry.reference import Reference
+    from microcontainer_tool.registry.client import RegistryClient
+    from microcontainer_tool.registry.transfer import push
 
     stamp = target[0].abspath
     image = _host_path(source[0])
@@ -534,12 +534,12 @@ def _scan(node: Any, env: Any, path: Any) -> list[Any]:
 
 
 def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:
-    from .assemble import assemble
-    from .tree import HostFile
+    from microcontainer_tool.assembly.assemble import assemble
+    from microcontainer_tool.model.tree import HostFile
 
     try:
         spec = _spec_of(payload, top)
-        from .imagesource import locate_image
+        from microcontainer_tool.sources.image.locate import locate_image
 
         if locate_image(spec.from_, spec.base_dir, directory_ok=True) is not None:
             return []  # the source image is tracked: its blobs, or its pinned reference

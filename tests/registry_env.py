@@ -21,9 +21,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from microcontainer_tool.auth import Credentials, normalize_scopes
-from microcontainer_tool.reference import Reference
-from microcontainer_tool.registry import RegistryClient
+from microcontainer_tool.registry.auth import Credentials, normalize_scopes
+from microcontainer_tool.registry.reference import Reference
+from microcontainer_tool.registry.client import RegistryClient
 
 USER = "alice"
 SERVICE = "mct-test-registry"

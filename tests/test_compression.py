@@ -14,13 +14,9 @@ import zlib
 import pytest
 import zstandard
 
-from microcontainer_tool import compression
-from microcontainer_tool.compression import (
-    BLOCK_SIZE,
-    COMPRESSIONS,
-    compress_bytes,
-    media_type_suffix,
-    open_compressor,
+from microcontainer_tool.oci import compression
+from microcontainer_tool.oci.compression import (
+    BLOCK_SIZE, COMPRESSIONS, compress_bytes, media_type_suffix, open_compressor,
 )
 from microcontainer_tool.errors import LayoutError
 

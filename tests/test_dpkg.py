@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_closure, have, ldd_files, run_cli
-from microcontainer_tool.dpkg import DpkgDatabase, parse_stanzas
-from microcontainer_tool.provenance import read_record
-from microcontainer_tool.sysroot import SysRoot
+from microcontainer_tool.sources.dpkg import DpkgDatabase, parse_stanzas
+from microcontainer_tool.model.provenance import read_record
+from microcontainer_tool.sources.sysroot import SysRoot
 
 STATUS = """\
 Package: libc6

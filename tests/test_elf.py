@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from microcontainer_tool.elf import ElfInfo, oci_platform, read_elf
+from microcontainer_tool.closure.elf import ElfInfo, oci_platform, read_elf
 from microcontainer_tool.errors import ElfError
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
@@ -159,7 +159,7 @@ def test_host_files_parse_fast() -> None:
 def test_common_machine_names_agree_with_pyelftools():
     from elftools.elf.enums import ENUM_E_MACHINE
 
-    from microcontainer_tool import elf
+    from microcontainer_tool.closure import elf
 
     for number, name in elf._COMMON_MACHINES.items():
         assert ENUM_E_MACHINE[name] == number

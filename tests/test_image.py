@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from microcontainer_tool import oci
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.errors import DigestMismatchError, LayoutError
-from microcontainer_tool.image import FileInfo, open_image
-from microcontainer_tool.layer import write_layer
-from microcontainer_tool.layout import ImageResult, write_image
-from microcontainer_tool.tree import EntryKind, FileTree
+from microcontainer_tool.oci.imageview import FileInfo, open_image
+from microcontainer_tool.oci.layer import write_layer
+from microcontainer_tool.oci.layout import ImageResult, write_image
+from microcontainer_tool.model.tree import EntryKind, FileTree
 
 try:
     from test_layer import LONG_NAME, UNICODE_NAME

@@ -21,23 +21,19 @@ from typing import Iterable
 import pytest
 
 from conftest import ldd_files, runc_run, with_links
-from microcontainer_tool import oci
-from microcontainer_tool.assemble import assemble
+from microcontainer_tool.oci import model as oci
+from microcontainer_tool.assembly.assemble import assemble
 from microcontainer_tool.build import config_for
-from microcontainer_tool.compression import media_type_suffix, open_compressor
+from microcontainer_tool.oci.compression import media_type_suffix, open_compressor
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
-from microcontainer_tool.imageroot import (
-    IMAGE_DEV,
-    ImageRoot,
-    _copy_range,
-    assemble_from_image,
-    index_layer_tar,
+from microcontainer_tool.sources.image.root import (
+    IMAGE_DEV, ImageRoot, _copy_range, assemble_from_image, index_layer_tar,
 )
-from microcontainer_tool.layer import HashingWriter, write_layer
-from microcontainer_tool.layout import LayoutStore, write_tree_image
-from microcontainer_tool.spec import ImageSpec
-from microcontainer_tool.sysroot import LayeredRoot
-from microcontainer_tool.tree import EntryKind
+from microcontainer_tool.oci.layer import HashingWriter, write_layer
+from microcontainer_tool.oci.layout import LayoutStore, write_tree_image
+from microcontainer_tool.spec.imagespec import ImageSpec
+from microcontainer_tool.sources.sysroot import LayeredRoot
+from microcontainer_tool.model.tree import EntryKind
 
 TAG = "latest"
 Member = tuple  # ("file", name, data[, mode]) ("dir", name) ("symlink", name, target)

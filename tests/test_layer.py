@@ -16,17 +16,9 @@ from pathlib import Path
 import pytest
 
 from microcontainer_tool.errors import LayoutError, SourceError
-from microcontainer_tool.layer import LayerInfo, open_layer_stream, read_layer_members, write_layer
-from microcontainer_tool.tree import (
-    DIR_MODE,
-    EXEC_MODE,
-    FILE_MODE,
-    Entry,
-    EntryKind,
-    FileTree,
-    HostFile,
-    InlineContent,
-    Provenance,
+from microcontainer_tool.oci.layer import LayerInfo, open_layer_stream, read_layer_members, write_layer
+from microcontainer_tool.model.tree import (
+    DIR_MODE, EXEC_MODE, FILE_MODE, Entry, EntryKind, FileTree, HostFile, InlineContent, Provenance,
 )
 
 LONG_DIR = "usr/share/" + "d" * 70

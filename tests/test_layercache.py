@@ -51,7 +51,7 @@ def test_cache_output_equals_uncached(tmp_path):
 
 
 def test_tree_digest_sees_hardlinks(tmp_path):
-    from microcontainer_tool.tree import Entry, EntryKind, FileTree, HostFile
+    from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, HostFile
 
     one = tmp_path / "one"
     one.write_text("same")

@@ -19,18 +19,13 @@ from typing import Any
 
 import pytest
 
-from microcontainer_tool import oci
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, SourceError
-from microcontainer_tool.layer import LayerInfo, write_layer
-from microcontainer_tool.layout import (
-    FORMATS,
-    ImageResult,
-    LayoutStore,
-    format_for_path,
-    write_image,
-    write_tree_image,
+from microcontainer_tool.oci.layer import LayerInfo, write_layer
+from microcontainer_tool.oci.layout import (
+    FORMATS, ImageResult, LayoutStore, format_for_path, write_image, write_tree_image,
 )
-from microcontainer_tool.tree import FileTree, HostFile
+from microcontainer_tool.model.tree import FileTree, HostFile
 
 try:
     from test_layer import LONG_NAME, UNICODE_NAME, sample_tree

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from microcontainer_tool import ldcache
-from microcontainer_tool.elf import read_elf
+from microcontainer_tool.closure import ldcache
+from microcontainer_tool.closure.elf import read_elf
 from microcontainer_tool.errors import SourceError
-from microcontainer_tool.ldcache import CacheEntry
-from microcontainer_tool.sysroot import SysRoot
+from microcontainer_tool.closure.ldcache import CacheEntry
+from microcontainer_tool.sources.sysroot import SysRoot
 
 HOST_LDSO = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 HOST_LIBC = "/lib/x86_64-linux-gnu/libc.so.6"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from microcontainer_tool import ldcache
+from microcontainer_tool.closure import ldcache
 from microcontainer_tool.errors import ElfError, PathEscapeError, SourceError
-from microcontainer_tool.ldd import Closure, Dependency, LibraryResolver
-from microcontainer_tool.sysroot import SysRoot
+from microcontainer_tool.closure.ldd import Closure, Dependency, LibraryResolver
+from microcontainer_tool.sources.sysroot import SysRoot
 
 HOST_LDSO = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 HOST_LIBC = "/lib/x86_64-linux-gnu/libc.so.6"

@@ -10,11 +10,12 @@ import pytest
 
 from conftest import SHARED_RPMS, have
 from microcontainer_tool.errors import SourceError
-from microcontainer_tool.lock import (Lock, LockedPackage, dumps_lock, inputs_digest, lock_from_packages,
-                                      read_lock, write_lock)
-from microcontainer_tool.package import Checksum, PackageInfo
-from microcontainer_tool.repo import Fetcher, RepoConfig, load_repo
-from microcontainer_tool.resolve import resolve
+from microcontainer_tool.sources.rpm.lock import (
+    Lock, LockedPackage, dumps_lock, inputs_digest, lock_from_packages, read_lock, write_lock,
+)
+from microcontainer_tool.sources.rpm.package import Checksum, PackageInfo
+from microcontainer_tool.sources.rpm.repo import Fetcher, RepoConfig, load_repo
+from microcontainer_tool.sources.rpm.solver import resolve
 from repo_helpers import createrepo
 
 SHA = "ab" * 32

@@ -1,6 +1,6 @@
 """smith-compatible user parsing and nss files."""
 
-from microcontainer_tool.nss import nss_files, parse_user
+from microcontainer_tool.assembly.nss import nss_files, parse_user
 
 
 def test_parse_user():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from microcontainer_tool.pattern import covers, expand, matches
-from microcontainer_tool.sysroot import SysRoot
+from microcontainer_tool.assembly.pattern import covers, expand, matches
+from microcontainer_tool.sources.sysroot import SysRoot
 
 
 def test_matches():

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_RPMS, HttpServer, assert_one_line_error, dpkg_owner, have, make_repo, run_cli
-from microcontainer_tool.dpkg import parse_stanzas
-from microcontainer_tool.provenance import RECORD_PATH, read_record
+from microcontainer_tool.sources.dpkg import parse_stanzas
+from microcontainer_tool.model.provenance import RECORD_PATH, read_record
 
 debian_host = pytest.mark.skipif(not Path("/var/lib/dpkg/status").is_file() or not have("dpkg-query"),
                                  reason="needs a Debian host (dpkg database)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from microcontainer_tool.errors import SpecError
-from microcontainer_tool.reference import Reference
+from microcontainer_tool.registry.reference import Reference
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -20,21 +20,15 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import have, run_cli
-from microcontainer_tool import oci
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.errors import LayoutError
-from microcontainer_tool.image import open_image
-from microcontainer_tool.layout import LayoutStore, sync_layout_from_archive, write_tree_image
-from microcontainer_tool.referrer import (
-    EMPTY_DESCRIPTOR,
-    EMPTY_JSON,
-    MEDIA_TYPE_EMPTY,
-    attach,
-    referrers,
-    referrers_tag,
-    surviving_referrers,
+from microcontainer_tool.oci.imageview import open_image
+from microcontainer_tool.oci.layout import LayoutStore, sync_layout_from_archive, write_tree_image
+from microcontainer_tool.oci.referrers import (
+    EMPTY_DESCRIPTOR, EMPTY_JSON, MEDIA_TYPE_EMPTY, attach, referrers, referrers_tag, surviving_referrers,
 )
-from microcontainer_tool.transfer import pull, push
-from microcontainer_tool.tree import Entry, EntryKind, FileTree, InlineContent, Provenance
+from microcontainer_tool.registry.transfer import pull, push
+from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, InlineContent, Provenance
 
 CDX = "application/vnd.cyclonedx+json"
 SPDX = "application/spdx+json"
@@ -292,14 +286,14 @@ def _check_tools(out: Path, subject: str, work: Path, validate: bool = True) -> 
                                             "name=latest", str(out))
 
 
-# --- build --sbom (needs microcontainer_tool.sbom) ----------------------------------------------
+# --- build --sbom (needs microcontainer_tool.reports.sbom) ----------------------------------------------
 
 
 def _have_sbom() -> bool:
-    return importlib.util.find_spec("microcontainer_tool.sbom") is not None
+    return importlib.util.find_spec("microcontainer_tool.reports.sbom") is not None
 
 
-need_sbom = pytest.mark.skipif(not _have_sbom(), reason="microcontainer_tool.sbom is not there yet")
+need_sbom = pytest.mark.skipif(not _have_sbom(), reason="microcontainer_tool.reports.sbom is not there yet")
 
 
 @pytest.fixture(scope="module")
@@ -489,7 +483,7 @@ class _FakeClient:
 
 @pytest.mark.parametrize("api", [200, 404, 405, 400])
 def test_the_tag_schema_only_without_the_referrers_api(api: int, layout: tuple[Path, str]) -> None:
-    from microcontainer_tool.referrer import push_referrers
+    from microcontainer_tool.oci.referrers import push_referrers
 
     out, subject = layout
     desc = attach(str(out), subject, b"x", CDX)

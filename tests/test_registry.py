@@ -32,13 +32,13 @@ import requests
 
 from conftest import assert_one_line_error, have, run_cli
 from registry_env import SERVICE, USER, Env, free_port
-from microcontainer_tool import oci
-from microcontainer_tool.auth import Credentials, load_credentials, normalize_scopes, parse_challenge
+from microcontainer_tool.oci import model as oci
+from microcontainer_tool.registry.auth import Credentials, load_credentials, normalize_scopes, parse_challenge
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, RegistryError, SpecError
-from microcontainer_tool.image import open_image
-from microcontainer_tool.reference import Reference
-from microcontainer_tool.registry import RegistryClient
-from microcontainer_tool.transfer import pull, push, to_docker_manifest, tty_progress
+from microcontainer_tool.oci.imageview import open_image
+from microcontainer_tool.registry.reference import Reference
+from microcontainer_tool.registry.client import RegistryClient
+from microcontainer_tool.registry.transfer import pull, push, to_docker_manifest, tty_progress
 
 pytestmark = pytest.mark.skipif(not have("docker-registry", "skopeo", "htpasswd", "openssl"),
                                 reason="needs docker-registry, skopeo, htpasswd (apache2-utils) and openssl")

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import SHARED_RPMS, have
 from microcontainer_tool.errors import DigestMismatchError, MicrocontainerError, RepoError
-from microcontainer_tool.package import Checksum
-from microcontainer_tool.repo import Fetcher, RepoConfig, load_repo, new_pool, solvable_files
-from microcontainer_tool.rpm import read_rpm
+from microcontainer_tool.sources.rpm.package import Checksum
+from microcontainer_tool.sources.rpm.repo import Fetcher, RepoConfig, load_repo, new_pool, solvable_files
+from microcontainer_tool.sources.rpm.payload import read_rpm
 from repo_helpers import COMPRESS, RepoServer, createrepo, metadata_file, rewrite_metadata
 
 pytestmark = pytest.mark.skipif(not SHARED_RPMS.is_dir() or not have("createrepo_c"),

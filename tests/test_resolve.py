@@ -9,9 +9,9 @@ import pytest
 
 from conftest import SHARED_RPMS, have
 from microcontainer_tool.errors import ResolveError
-from microcontainer_tool.repo import Fetcher, Repo, RepoConfig, load_repo
-from microcontainer_tool.resolve import LOCAL_REPO, check_closure, resolve
-from microcontainer_tool.rpm import read_rpm
+from microcontainer_tool.sources.rpm.repo import Fetcher, Repo, RepoConfig, load_repo
+from microcontainer_tool.sources.rpm.solver import LOCAL_REPO, check_closure, resolve
+from microcontainer_tool.sources.rpm.payload import read_rpm
 from repo_helpers import RepoServer, createrepo, fixture_rpms
 
 pytestmark = pytest.mark.skipif(

@@ -23,19 +23,10 @@ import pytest
 import zstandard
 from rpmbuild_fixtures import build_rpm, elf_requires, have_rpmbuild
 
-from microcontainer_tool.errors import (
-    DigestMismatchError,
-    MicrocontainerError,
-    RpmError,
-)
-from microcontainer_tool.package import Checksum, Dep
-from microcontainer_tool.rpm import (
-    ExtractedEntry,
-    extract_rpm,
-    read_rpm,
-    rpm_installed_size,
-    rpm_manifest_line,
-    safe_member_path,
+from microcontainer_tool.errors import DigestMismatchError, MicrocontainerError, RpmError
+from microcontainer_tool.sources.rpm.package import Checksum, Dep
+from microcontainer_tool.sources.rpm.payload import (
+    ExtractedEntry, extract_rpm, read_rpm, rpm_installed_size, rpm_manifest_line, safe_member_path,
 )
 
 ROCKY = "/work/shared/rpms/rocky9-curl"
@@ -287,7 +278,7 @@ def test_read_rpm_deps_match_rpm(fixtures: dict[str, Path]) -> None:
 
 
 def test_manifest_line() -> None:
-    from microcontainer_tool.package import PackageInfo
+    from microcontainer_tool.sources.rpm.package import PackageInfo
 
     info = PackageInfo("curl", 0, "7.76.1", "34.el9", "x86_64", vendor="Rocky Enterprise Software Foundation",
                        buildtime=1700000000, sourcerpm="curl-7.76.1-34.el9.src.rpm")

@@ -22,8 +22,8 @@ import pytest
 from rpmbuild_fixtures import build_rpm, have_rpmbuild
 
 from microcontainer_tool.errors import MicrocontainerError, RpmError
-from microcontainer_tool.rpm import extract_rpm
-from microcontainer_tool.rpmsig import KeyRing, load_keys, parse_keys, verify_signature
+from microcontainer_tool.sources.rpm.payload import extract_rpm
+from microcontainer_tool.sources.rpm.signature import KeyRing, load_keys, parse_keys, verify_signature
 
 ROCKY = "/work/shared/rpms/rocky9-curl"
 ROCKY_KEY_ID = "702d426d350d275d"  # "Rocky Enterprise Software Foundation - Release key 2022"

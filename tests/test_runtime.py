@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, have, run_cli
 
-from microcontainer_tool import debug as dbg
-from microcontainer_tool import runtime as rt
+from microcontainer_tool.runtime import debug as dbg
+from microcontainer_tool.runtime import containers as rt
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, RunError
 
 # --------------------------------------------------------------------------- image helpers

@@ -25,22 +25,16 @@ from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from conftest import SHARED_RPMS, assert_one_line_error, dpkg_owner, have, make_repo, run_cli
-from microcontainer_tool import oci
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.cli import main
 from microcontainer_tool.errors import DigestMismatchError, LayoutError
-from microcontainer_tool.image import open_image
-from microcontainer_tool.layout import write_tree_image
-from microcontainer_tool.provenance import RECORD_PATH, add_record, read_record, rpm_facts
-from microcontainer_tool.sbom import (
-    CYCLONEDX_MEDIA_TYPE,
-    FORMATS,
-    SPDX_MEDIA_TYPE,
-    _normalize,
-    read_image_facts,
-    render_sbom,
-    spdx_license,
+from microcontainer_tool.oci.imageview import open_image
+from microcontainer_tool.oci.layout import write_tree_image
+from microcontainer_tool.model.provenance import RECORD_PATH, add_record, read_record, rpm_facts
+from microcontainer_tool.reports.sbom import (
+    CYCLONEDX_MEDIA_TYPE, FORMATS, SPDX_MEDIA_TYPE, _normalize, read_image_facts, render_sbom, spdx_license,
 )
-from microcontainer_tool.tree import Entry, EntryKind, FileTree, HostFile, InlineContent, Provenance
+from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, HostFile, InlineContent, Provenance
 
 EPOCH = 1700000000
 ELF = b"\x7fELF fake content "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from microcontainer_tool.errors import SpecError, UnsupportedError
-from microcontainer_tool.spec import load_spec, parse_spec, spec_from_canonical
+from microcontainer_tool.spec.imagespec import load_spec, parse_spec, spec_from_canonical
 
 
 def parse(text: str, tmp_path=None):

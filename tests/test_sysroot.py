@@ -7,7 +7,7 @@ import os
 import pytest
 
 from microcontainer_tool.errors import PathEscapeError
-from microcontainer_tool.sysroot import LayeredRoot, SysRoot
+from microcontainer_tool.sources.sysroot import LayeredRoot, SysRoot
 
 
 @pytest.fixture()

@@ -1,0 +1,1 @@
+"""Spec plus sources to the final file tree: path patterns, the closure, overlays, nss files."""

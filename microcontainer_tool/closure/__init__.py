@@ -1,0 +1,1 @@
+"""The ELF closure: reading ELF files, glibc ld.so's search rules, and ``/etc/ld.so.cache``."""

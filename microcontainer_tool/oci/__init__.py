@@ -1,0 +1,1 @@
+"""Writers and stores: reproducible layers, codecs, the layer cache, OCI JSON, layouts and archives."""

@@ -1,0 +1,309 @@
+"""Writing a :class:`~microcontainer_tool.model.tree.FileTree` as one reproducible layer.
+
+The layer is a POSIX (PAX) tar streamed through a pinned codec
+(:mod:`microcontainer_tool.oci.compression`). Every member is normalized: entries
+in tree order (parents before children), names relative without a leading
+``/`` (directories end in ``/``), uid/gid 0, empty uname/gname, mtime the
+build epoch, the entry's mode; no extended attributes. PAX extended headers
+appear only where tar needs them (non-ASCII or long names, huge sizes).
+Host files are streamed from disk in 1 MiB chunks; entries sharing a host
+inode become hardlinks to the first of them in tree order.
+
+The uncompressed stream is hashed (``diff_id``) and so is the compressed one
+(``digest``) while writing: a layer is written exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator, cast
+
+import zstandard
+from isal import igzip, isal_zlib
+
+from microcontainer_tool.oci.compression import media_type_suffix, open_compressor
+from microcontainer_tool.errors import LayoutError, SourceError
+from microcontainer_tool.oci.model import MEDIA_TYPE_LAYER
+from microcontainer_tool.model.tree import EntryKind, FileTree, HostFile, InlineContent
+
+CHUNK_SIZE = 1 << 20
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+_ZEROS = bytes(_RECORD)
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What names a written layer.
+
+    Attributes:
+        diff_id: ``sha256:`` digest of the uncompressed tar.
+        digest: ``sha256:`` digest of the blob as written (compressed).
+        size: size of the blob in bytes.
+        media_type: the OCI layer media type (``...tar+gzip`` etc.).
+    """
+
+    diff_id: str
+    digest: str
+    size: int
+    media_type: str
+
+
+class HashingWriter:
+    """A file-like sink that hashes and counts what passes to ``sink``."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Hash, count and forward ``data``."""
+        self._sha.update(data)
+        self.size += len(data)
+        self._sink.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Flush the underlying sink if it can."""
+        flush = getattr(self._sink, "flush", None)
+        if flush is not None:
+            flush()
+
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>`` of everything written so far."""
+        return "sha256:" + self._sha.hexdigest()
+
+
+class TarStreamWriter:
+    """Writes normalized tar members to a binary sink, streaming contents.
+
+    Used for layers and for the archive output formats.
+    """
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self.offset = 0
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._sink.write(data)
+        self.offset += len(data)
+
+    def add(self, info: tarfile.TarInfo, data: bytes = b"") -> None:
+        """Write a member header and, for regular files, ``data`` (its size)."""
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if data:
+            self._write(data)
+            self._pad(len(data))
+
+    def add_stream(self, info: tarfile.TarInfo, stream: BinaryIO, label: str) -> None:
+        """Write a member whose ``info.size`` bytes are read from ``stream``.
+
+        Raises:
+            SourceError: ``stream`` holds fewer or more than ``info.size`` bytes.
+        """
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        remaining = info.size
+        while remaining:
+            chunk = stream.read(min(remaining, CHUNK_SIZE))
+            if not chunk:
+                raise SourceError(
+                    f"{label}: file shrank while being read ({info.size - remaining} of {info.size} bytes)"
+                )
+            self._write(chunk)
+            remaining -= len(chunk)
+        if stream.read(1):
+            raise SourceError(f"{label}: file grew while being read (expected {info.size} bytes)")
+        self._pad(info.size)
+
+    def _pad(self, size: int) -> None:
+        rest = size % _BLOCK
+        if rest:
+            self._write(_ZEROS[: _BLOCK - rest])
+
+    def finish(self) -> None:
+        """Write the end-of-archive marker and pad to a full record."""
+        self._write(_ZEROS[: 2 * _BLOCK])
+        rest = self.offset % _RECORD
+        if rest:
+            self._write(_ZEROS[: _RECORD - rest])
+
+
+def normalized_info(name: str, kind: bytes, mode: int, mtime: int, size: int = 0,
+                    linkname: str = "", uid: int = 0, gid: int = 0) -> tarfile.TarInfo:
+    """Return a :class:`tarfile.TarInfo` with every field normalized."""
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.uid = uid
+    info.gid = gid
+    info.uname = ""
+    info.gname = ""
+    info.mtime = mtime
+    info.size = size
+    info.linkname = linkname
+    return info
+
+
+class _DiffWriter:
+    """Hash the uncompressed stream, then pass it to the compressor."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.sha.update(data)
+        return self._sink.write(data)
+
+
+def write_layer(tree: FileTree, sink: BinaryIO, compression: str, mtime: int,
+                uid: int = 0, gid: int = 0) -> LayerInfo:
+    """Stream ``tree`` as a normalized tar layer into ``sink``.
+
+    Args:
+        tree: the image content; iterated in canonical order.
+        sink: where the (compressed) blob goes; left open.
+        compression: ``"gzip"``, ``"zstd"`` or ``"none"``.
+        mtime: the build epoch (``SOURCE_DATE_EPOCH``) stamped on every member.
+        uid: owner of every member.
+        gid: group of every member.
+
+    Returns:
+        The layer's digests, size and media type.
+
+    Raises:
+        SourceError: a host file is unreadable or changed size while read.
+        LayoutError: ``compression`` or ``mtime`` is invalid.
+    """
+    if mtime < 0:
+        raise LayoutError(f"invalid layer mtime {mtime}")
+    media_type = MEDIA_TYPE_LAYER + media_type_suffix(compression)
+    blob = HashingWriter(sink)
+    compressor = open_compressor(compression, blob)  # type: ignore[arg-type]
+    diff = _DiffWriter(compressor)  # type: ignore[arg-type]
+    tar = TarStreamWriter(diff)  # type: ignore[arg-type]
+    first_link: dict[tuple[int, int], str] = {}
+    for entry in tree:
+        name = entry.path.lstrip("/")
+        if entry.kind is EntryKind.DIR:
+            tar.add(normalized_info(name, tarfile.DIRTYPE, entry.mode, mtime, uid=uid, gid=gid))
+        elif entry.kind is EntryKind.SYMLINK:
+            tar.add(normalized_info(name, tarfile.SYMTYPE, entry.mode, mtime,
+                                    linkname=entry.linkname, uid=uid, gid=gid))
+        elif isinstance(entry.content, HostFile):
+            identity = entry.content.identity
+            if identity is not None:
+                target = first_link.get(identity)
+                if target is not None:
+                    tar.add(normalized_info(name, tarfile.LNKTYPE, entry.mode, mtime,
+                                            linkname=target, uid=uid, gid=gid))
+                    continue
+                first_link[identity] = name
+            _add_host_file(tar, name, entry.mode, mtime, entry.content, uid, gid)
+        else:
+            data = entry.content.data if isinstance(entry.content, InlineContent) else b""
+            tar.add(normalized_info(name, tarfile.REGTYPE, entry.mode, mtime, size=len(data),
+                                    uid=uid, gid=gid), data)
+    tar.finish()
+    compressor.close()
+    return LayerInfo(
+        diff_id="sha256:" + diff.sha.hexdigest(), digest=blob.digest, size=blob.size, media_type=media_type
+    )
+
+
+def _add_host_file(tar: TarStreamWriter, name: str, mode: int, mtime: int, content: HostFile,
+                   uid: int, gid: int) -> None:
+    try:
+        handle = open(content.path, "rb", buffering=0)
+    except OSError as error:
+        raise SourceError(f"{content.path}: cannot read: {error.strerror or error}") from None
+    with handle:
+        try:
+            actual = os.fstat(handle.fileno()).st_size
+            if actual != content.size:
+                raise SourceError(f"{content.path}: size changed from {content.size} to {actual} bytes"
+                                  " since it was selected")
+            info = normalized_info(name, tarfile.REGTYPE, mode, mtime, size=content.size, uid=uid, gid=gid)
+            tar.add_stream(info, handle, content.path)
+        except OSError as error:
+            raise SourceError(f"{content.path}: cannot read: {error.strerror or error}") from None
+
+
+class _PrefixedReader(io.RawIOBase):
+    """A reader that returns ``prefix`` and then the rest of ``stream``."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._prefix:
+            count = min(len(view), len(self._prefix))
+            view[:count] = self._prefix[:count]
+            self._prefix = self._prefix[count:]
+            return count
+        data = self._stream.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def detect_compression(head: bytes) -> str:
+    """Return ``"gzip"``, ``"zstd"`` or ``"none"`` from a blob's first bytes."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+def open_layer_stream(fileobj: BinaryIO) -> BinaryIO:
+    """Return a reader of the uncompressed tar in a layer blob (codec by magic)."""
+    head = fileobj.read(4)
+    kind = detect_compression(head)
+    raw = io.BufferedReader(_PrefixedReader(head, fileobj), CHUNK_SIZE)
+    if kind == "gzip":
+        return cast(BinaryIO, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
+    if kind == "zstd":
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+    return cast(BinaryIO, raw)
+
+
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError,
+    cast(type[Exception], isal_zlib.error),
+)
+"""Exceptions a corrupt blob can raise while decoding (OSError covers BadGzipFile)."""
+
+
+def read_layer_members(fileobj: BinaryIO) -> Iterator[tarfile.TarInfo]:
+    """Yield the members of a layer blob without extracting anything.
+
+    Args:
+        fileobj: the blob (gzip, zstd or plain tar, told by magic).
+
+    Raises:
+        LayoutError: the blob is not a readable (compressed) tar.
+    """
+    try:
+        stream = open_layer_stream(fileobj)
+        with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
+            for member in tar:
+                yield member
+    except LayoutError:
+        raise
+    except DECODE_ERRORS as error:
+        raise LayoutError(f"corrupt layer: {error}") from None

@@ -1,0 +1,1 @@
+"""Registries: references, credentials, the distribution API client, push and pull."""

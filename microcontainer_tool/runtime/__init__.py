@@ -1,0 +1,1 @@
+"""Running images: OCI bundles, the runtime config, runc, and the debug toolbox."""

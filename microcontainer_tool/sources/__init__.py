@@ -1,0 +1,1 @@
+"""Inputs: directory trees (sysroots), Debian package facts, RPM packages and repositories, images."""

@@ -1,0 +1,1 @@
+"""Existing images as inputs: locating (and pulling) them, reading them as a sysroot, parents."""

@@ -1,0 +1,1 @@
+"""The image spec: ``microimage.yaml`` and smith's ``smith.yaml``, loaded and validated."""
