@@ -107,7 +107,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         allow_missing: warn instead of failing on missing libraries.
         layer_cache: reuse compressed layers of identical trees from there.
         cache_dir: downloads, repository metadata, extracted packages, pulled
-            images and indexed image layers (default: :func:`~.rpmroot.default_cache_dir`).
+            images and indexed image layers (default: :func:`~microcontainer_tool.hostfs.cachedir.default_cache_dir`).
         offline: never download: RPM specs use only the lock and the cache,
             registry images only what the cache holds (pinned by digest).
         registry: how to reach registries for ``from:``/``parent:`` images.
@@ -123,7 +123,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
     sysroot = None
     notes: list[str] = []
     if cache_dir is None:
-        from microcontainer_tool.sources.rpm.root import default_cache_dir
+        from microcontainer_tool.hostfs.cachedir import default_cache_dir
 
         cache_dir = default_cache_dir()
     cache = cache_dir

@@ -287,7 +287,7 @@ def _add_runtime_parsers(sub: Any) -> None:
 
 def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.runtime import containers as runtime
-    from microcontainer_tool.sources.rpm.root import default_cache_dir
+    from microcontainer_tool.hostfs.cachedir import default_cache_dir
 
     state = args.state_dir or runtime.default_state_dir()
     if args.command == "run":
@@ -360,9 +360,8 @@ def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _lock(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.sources.rpm.lock import read_lock, write_lock
-    from microcontainer_tool.sources.rpm.root import (
-        default_cache_dir, lock_packages, lock_path, spec_inputs_digest,
-    )
+    from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    from microcontainer_tool.sources.rpm.root import lock_packages, lock_path, spec_inputs_digest
     from microcontainer_tool.spec.imagespec import load_spec
 
     spec = load_spec(args.config)

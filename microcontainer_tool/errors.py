@@ -48,6 +48,10 @@ class LayoutError(MicrocontainerError):
     """An image (OCI layout, archive) is malformed or cannot be written."""
 
 
+class OutputError(MicrocontainerError):
+    """An output file or directory cannot be written, renamed or replaced."""
+
+
 class DigestMismatchError(LayoutError):
     """Content does not match the digest that names it."""
 

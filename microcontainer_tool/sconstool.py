@@ -64,7 +64,6 @@ import json
 import os
 import re
 import sys
-import uuid
 from typing import Any
 
 import SCons.Action
@@ -482,28 +481,11 @@ def _push_image(target: list[Any], source: list[Any], env: Any) -> int:
         with RegistryClient(ref.registry, auth=creds, plain_http=_flag(env, "MCT_PUSH_PLAIN_HTTP"),
                             insecure=_flag(env, "MCT_PUSH_INSECURE")) as client:
             result = push(image, ref, client, docker_media_types=_flag(env, "MCT_DOCKER_MEDIA_TYPES"))
-        _write_atomically(stamp, f"{result.reference}\n")
+        from microcontainer_tool.hostfs.atomic import write_atomic
+        write_atomic(stamp, f"{result.reference}\n".encode(), 0o666)
     except MicrocontainerError as error:  # SCons prefixes "[TARGET]"
         raise SCons.Errors.UserError(f"pushing {ref}: {error}") from None
     return 0
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Write ``path`` through a temporary sibling and a rename (mode 0666 less the umask)."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException as error:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(error, OSError):
-            raise MicrocontainerError(f"cannot write: {error.strerror or error}") from None
-        raise
 
 
 _SCAN_MEMO: dict[tuple[Any, ...], list[str]] = {}

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import tarfile
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.layer import CHUNK_SIZE, LayerInfo, TarStreamWriter, normalized_info, write_layer
 from microcontainer_tool.oci.model import Descriptor, canonical_json
 from microcontainer_tool.model.tree import FileTree
+from microcontainer_tool.hostfs.atomic import fsync_dir, make_temp_dir, replace_dir, temp_file, unlink_quietly, write_atomic
 
 FORMATS = ("oci", "oci-archive", "smith", "docker-archive")
 """Output format names accepted by :func:`write_image`."""
@@ -50,19 +50,6 @@ _NAME_RE = re.compile(
     rf"^(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
     rf"(?::[0-9]+)?)/)?{_COMPONENT}(?:/{_COMPONENT})*$"
 )
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _hex(digest: str) -> str:
@@ -89,7 +76,7 @@ class LayoutStore:
             os.makedirs(self._blobs, exist_ok=True)
             layout = os.path.join(root, OCI_LAYOUT_FILE)
             if not os.path.exists(layout):
-                self._write_atomic(layout, canonical_json(OCI_LAYOUT))
+                write_atomic(layout, canonical_json(OCI_LAYOUT))
         except OSError as error:
             raise LayoutError(f"{root}: cannot write OCI layout: {error.strerror or error}") from None
 
@@ -199,57 +186,16 @@ class LayoutStore:
         """Atomically write ``index.json`` listing ``descs``; return the index."""
         index = oci.index(descs)
         try:
-            self._write_atomic(os.path.join(self.root, INDEX_FILE), canonical_json(index))
+            write_atomic(os.path.join(self.root, INDEX_FILE), canonical_json(index))
         except OSError as error:
             raise LayoutError(f"{self.root}: cannot write index.json: {error.strerror or error}") from None
         return index
 
     def sync(self) -> None:
         """fsync the layout's directories (after all writes)."""
-        _fsync_dir(self._blobs)
-        _fsync_dir(os.path.dirname(self._blobs))
-        _fsync_dir(self.root)
-
-    @staticmethod
-    def _write_atomic(path: str, data: bytes) -> None:
-        write_atomic(path, data)
-
-
-def temp_file(directory: str, prefix: str, mode: int = 0o644) -> tuple[int, str]:
-    """Create ``directory/PREFIX.tmp-XXXXXXXX`` exclusively; return ``(fd, path)``.
-
-    Raises:
-        LayoutError: no free name after 100 tries.
-    """
-    for _ in range(100):
-        path = os.path.join(directory, f"{prefix}.tmp-{secrets.token_hex(4)}")
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), path
-        except FileExistsError:
-            continue
-    raise LayoutError(f"{directory}: cannot create a temporary file")
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file beside it, fsynced, renamed."""
-    fd, tmp = temp_file(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-
-
-def unlink_quietly(path: str) -> None:
-    """Remove ``path`` if it exists; ignore errors (cleanup paths)."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        fsync_dir(self._blobs)
+        fsync_dir(os.path.dirname(self._blobs))
+        fsync_dir(self.root)
 
 
 @dataclass(frozen=True)
@@ -317,7 +263,7 @@ def check_name(name: str) -> None:
                           " (lowercase letters, digits, separators '.', '_', '-', '/')")
 
 
-def _check_target(out: str, fmt: str) -> None:
+def check_target(out: str, fmt: str) -> None:
     if fmt == "oci":
         if os.path.lexists(out) and not os.path.isdir(out):
             raise LayoutError(f"{out}: exists and is not a directory; not overwriting it with an OCI layout")
@@ -397,7 +343,7 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise LayoutError(f"{out}: parent directory {parent} does not exist")
-    _check_target(target, fmt)
+    check_target(target, fmt)
     if not move_layer:
         _verify_file(layer_blob_path, layer.digest, layer.size)
 
@@ -434,7 +380,7 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
             "Layers": [f"{BLOBS_DIR}/{d.hex}" for d in layer_descs],
         }])
         members["repositories"] = canonical_json({name: {tag: layer_desc.hex}})
-    _write_archive_file(target, members, gzip=fmt == "smith")
+    write_archive_file(target, members, gzip=fmt == "smith")
     return result
 
 
@@ -472,7 +418,7 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
     parent, base = os.path.split(target)
     if not os.path.isdir(parent):
         raise LayoutError(f"{out}: parent directory {parent} does not exist")
-    _check_target(target, fmt)
+    check_target(target, fmt)
     if layer_cache is not None:
         blob, layer, _hit = layer_cache.layer(tree, compression, epoch)
         return write_image(out, fmt, blob, layer, make_config(layer), tag, name, base_layers=base_layers)
@@ -514,7 +460,7 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
         return
     parent, base = os.path.split(target)
     try:
-        tmp = _mkdtemp(parent, f".{base}.tmp-")
+        tmp = make_temp_dir(parent, f".{base}.tmp-")
     except OSError as error:
         raise LayoutError(
             f"{parent}: cannot create a temporary directory: {error.strerror or error}") from None
@@ -522,7 +468,7 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
         store = LayoutStore(tmp)
         _fill_layout(store, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
                      move_layer, base_layers)
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -542,38 +488,7 @@ def _fill_layout(store: LayoutStore, layer_blob_path: str, layer_desc: Descripto
     store.put_blob(manifest_bytes, oci.MEDIA_TYPE_MANIFEST)
     store.sync()
     store.write_index([manifest_desc, *referrers])
-    _fsync_dir(store.root)
-
-
-def _mkdtemp(parent: str, prefix: str) -> str:
-    for _ in range(100):
-        path = os.path.join(parent, prefix + secrets.token_hex(4))
-        try:
-            os.mkdir(path, 0o777)  # the umask applies, as for any output directory
-            return path
-        except FileExistsError:
-            continue
-    raise LayoutError(f"{parent}: cannot create a temporary directory")
-
-
-def _replace_dir(new: str, target: str) -> None:
-    parent, base = os.path.split(target)
-    try:
-        if not os.path.isdir(target):
-            os.rename(new, target)
-            _fsync_dir(parent)
-            return
-        old = os.path.join(parent, f".{base}.old-{secrets.token_hex(4)}")
-        os.rename(target, old)
-        try:
-            os.rename(new, target)
-        except BaseException:
-            os.rename(old, target)
-            raise
-        _fsync_dir(parent)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as error:
-        raise LayoutError(f"{target}: cannot replace: {error.strerror or error}") from None
+    fsync_dir(store.root)
 
 
 def _dirs_of(names: Sequence[str]) -> list[str]:
@@ -608,7 +523,7 @@ def write_layout_tar(sink: BinaryIO, members: Mapping[str, bytes | str]) -> None
     tar.finish()
 
 
-def _write_archive_file(target: str, members: Mapping[str, bytes | str], gzip: bool) -> None:
+def write_archive_file(target: str, members: Mapping[str, bytes | str], gzip: bool) -> None:
     parent, base = os.path.split(target)
     fd, tmp = temp_file(parent, f".{base}")
     try:
@@ -621,7 +536,7 @@ def _write_archive_file(target: str, members: Mapping[str, bytes | str], gzip: b
             out.flush()
             os.fsync(out.fileno())
         os.rename(tmp, target)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except OSError as error:
         unlink_quietly(tmp)
         raise LayoutError(f"{target}: cannot write: {error.strerror or error}") from None
@@ -652,7 +567,7 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
         DigestMismatchError: a blob does not match its name.
     """
     target = os.path.abspath(out)
-    _check_target(target, "oci")
+    check_target(target, "oci")
     try:
         tar = tarfile.open(archive, "r:")
     except (OSError, tarfile.TarError) as error:
@@ -670,7 +585,7 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
             raise LayoutError(f"{archive}: invalid index.json ({error})") from None
         blobs = sorted(n for n in members if n.startswith(BLOBS_DIR + "/"))
         existing = os.path.isfile(os.path.join(target, OCI_LAYOUT_FILE))
-        root = target if existing else _mkdtemp(os.path.dirname(target), f".{os.path.basename(target)}.tmp-")
+        root = target if existing else make_temp_dir(os.path.dirname(target), f".{os.path.basename(target)}.tmp-")
         try:
             store = LayoutStore(root)
             for name in blobs:
@@ -694,7 +609,7 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
             if existing:
                 store.collect_garbage(["sha256:" + n[len(BLOBS_DIR) + 1:] for n in blobs] + kept_blobs)
             else:
-                _replace_dir(root, target)
+                replace_dir(root, target)
         except BaseException:
             if not existing:
                 shutil.rmtree(root, ignore_errors=True)

@@ -41,6 +41,7 @@ from microcontainer_tool.oci import layout, model as oci
 from microcontainer_tool.errors import LayoutError, RegistryError
 from microcontainer_tool.oci.imageview import MAX_JSON_BLOB, open_image
 from microcontainer_tool.oci.layout import LayoutStore, format_for_path
+from microcontainer_tool.hostfs.atomic import make_temp_dir, replace_dir
 from microcontainer_tool.oci.model import Descriptor, canonical_json
 from microcontainer_tool.registry.reference import Reference, normalize_registry
 from microcontainer_tool.registry.client import Progress, RegistryClient
@@ -367,7 +368,7 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
     parent, base = os.path.split(target)
     if not os.path.isdir(parent):
         raise LayoutError(f"{out}: parent directory {parent} does not exist")
-    layout._check_target(target, fmt)  # the same rules as build's outputs
+    layout.check_target(target, fmt)  # the same rules as build's outputs
 
     data, media_type, digest = _resolve(ref, client, wanted)
     if media_type not in oci.MANIFEST_TYPES:
@@ -381,7 +382,7 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
     layers = [Descriptor.from_dict(d) if isinstance(d, dict) else Descriptor.from_dict({})
               for d in manifest["layers"]]
 
-    tmp = layout._mkdtemp(parent, f".{base}.tmp-")
+    tmp = make_temp_dir(parent, f".{base}.tmp-")
     try:
         store = LayoutStore(tmp)
         store.put_blob(data, media_type, expected_digest=digest)
@@ -399,7 +400,7 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
         store.write_index([Descriptor(media_type, digest, len(data), annotations, oci.platform_of(config)),
                            *referrers])
         if fmt == "oci":
-            layout._replace_dir(tmp, target)
+            replace_dir(tmp, target)
             tmp = ""
         else:
             members: dict[str, bytes | str] = {layout.OCI_LAYOUT_FILE: canonical_json(layout.OCI_LAYOUT)}
@@ -410,7 +411,7 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
             for name in sorted(os.listdir(os.path.join(tmp, layout.BLOBS_DIR))):  # the referrers' blobs
                 if not name.startswith("."):
                     members.setdefault(f"{layout.BLOBS_DIR}/{name}", os.path.join(tmp, layout.BLOBS_DIR, name))
-            layout._write_archive_file(target, members, gzip=fmt == "smith")
+            layout.write_archive_file(target, members, gzip=fmt == "smith")
     except OSError as error:
         raise LayoutError(f"{out}: cannot write: {error.strerror or error}") from None
     finally:

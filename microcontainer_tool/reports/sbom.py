@@ -130,7 +130,7 @@ def render_sbom(image: str, fmt: str = "cyclonedx", epoch: int = 0) -> bytes:
 
 def write_file(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (a temporary file beside it, fsynced, renamed)."""
-    from microcontainer_tool.oci.layout import write_atomic
+    from microcontainer_tool.hostfs.atomic import write_atomic
 
     write_atomic(path, data)
 

@@ -98,13 +98,6 @@ def default_state_dir() -> str:
     return "/run/microcontainer"
 
 
-def default_cache_dir() -> str:
-    """The tool's cache (as :func:`microcontainer_tool.sources.rpm.root.default_cache_dir`)."""
-    from microcontainer_tool.sources.rpm.root import default_cache_dir as _default
-
-    return _default()
-
-
 # --------------------------------------------------------------------------- linux calls
 
 _CLONE_NEWNS = 0x00020000

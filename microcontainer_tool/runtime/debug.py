@@ -41,8 +41,9 @@ from typing import Any
 
 from microcontainer_tool.closure.elf import read_elf
 from microcontainer_tool.errors import ElfError, MicrocontainerError, RunError
+from microcontainer_tool.hostfs.cachedir import default_cache_dir
 from microcontainer_tool.runtime.containers import (
-    CRASHCART, attach_tree, clone_for_container, default_cache_dir, detach_mount, enter_namespaces,
+    CRASHCART, attach_tree, clone_for_container, detach_mount, enter_namespaces,
     fork_call, host_id_map, load_record, make_bundle, runtime_state,
 )
 

@@ -49,7 +49,7 @@ from microcontainer_tool.assembly.assemble import Assembly, assemble
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
 from microcontainer_tool.oci.imageview import HashingReader, ImageView, open_image
 from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, open_layer_stream
-from microcontainer_tool.oci.layout import temp_file, unlink_quietly
+from microcontainer_tool.hostfs.atomic import temp_file, unlink_quietly
 from microcontainer_tool.spec.imagespec import ImageSpec
 from microcontainer_tool.sources.sysroot import SysRoot
 

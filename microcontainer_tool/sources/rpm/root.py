@@ -35,15 +35,6 @@ from microcontainer_tool.spec.imagespec import ImageSpec
 LOCK_NAME = "microimage.lock"
 
 
-def default_cache_dir() -> str:
-    """``$MCT_CACHE_DIR``, else ``$XDG_CACHE_HOME/microcontainer-tool``, else ``~/.cache/...``."""
-    explicit = os.environ.get("MCT_CACHE_DIR")
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "microcontainer-tool")
-
-
 def lock_path(spec: ImageSpec) -> str:
     """Where a spec's lock file lives: ``microimage.lock`` beside the spec."""
     return os.path.join(spec.base_dir, LOCK_NAME)
