@@ -22,15 +22,18 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, have, run_cli
 
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, RunError
+from microcontainer_tool.runtime import bundle as bundle_module
 from microcontainer_tool.runtime import containers as rt
 from microcontainer_tool.runtime import debug as dbg
 from microcontainer_tool.runtime.bundle import Bundle, make_bundle
 from microcontainer_tool.runtime.config import runtime_config
+from microcontainer_tool.runtime.extractor import extract_image
 from microcontainer_tool.runtime.namespaces import host_id_map, userns_supported
 from microcontainer_tool.runtime.toolbox import _static_busybox
 
@@ -169,6 +172,22 @@ def test_wrong_diff_id_leaves_no_bundle(tmp_path: Path) -> None:
     assert list((tmp_path / "cache" / "bundles").iterdir()) == []
     with pytest.raises(LayoutError):
         make_bundle(str(tmp_path / "nothing"), str(tmp_path / "cache"))
+
+
+def test_concurrent_bundle_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = write_layout(tmp_path / "img", [tar_layer([("f", "file", 0o644, "ours")])])
+    cache = tmp_path / "cache"
+
+    def racing_extract(view: Any, dest: str) -> None:
+        extract_image(view, dest)
+        theirs = cache / "bundles" / view.manifest_digest / "rootfs"
+        theirs.mkdir(parents=True)
+        (theirs / "f").write_text("theirs")
+
+    monkeypatch.setattr(bundle_module, "extract_image", racing_extract)
+    bundle = make_bundle(layout, str(cache))
+    assert (Path(bundle.rootfs) / "f").read_text() == "theirs"  # the first one in place wins
+    assert [p.name for p in (cache / "bundles").iterdir()] == [bundle.digest]  # ours is removed
 
 
 # --------------------------------------------------------------------------- config.json

@@ -7,15 +7,14 @@ and renamed into place, so concurrent runs share it.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from microcontainer_tool.errors import RunError
+from microcontainer_tool.hostfs.atomic import make_temp_dir, publish_dir
 from microcontainer_tool.oci.imageview import open_image
 from microcontainer_tool.runtime.extractor import extract_image
 
@@ -48,7 +47,8 @@ def make_bundle(image: str, cache_dir: str, tag: str | None = None) -> Bundle:
 
     Raises:
         LayoutError: the image cannot be read or a blob does not match its digest.
-        RunError: a layer holds an unsafe member, or the cache is not writable.
+        RunError: a layer holds an unsafe member, or ``cache_dir/bundles`` cannot be created.
+        OutputError: the cache is not writable (no temporary directory, or the rename failed).
     """
     with open_image(image, tag) as view:
         digest = view.manifest_digest
@@ -58,20 +58,16 @@ def make_bundle(image: str, cache_dir: str, tag: str | None = None) -> Bundle:
         if not os.path.isdir(rootfs):
             try:
                 os.makedirs(bundles, exist_ok=True)
-                temp = tempfile.mkdtemp(prefix=".tmp-", dir=bundles)
             except OSError as error:
                 raise RunError(f"{bundles}: cannot create: {error.strerror or error}") from None
+            temp = make_temp_dir(bundles, ".tmp-")
             try:
                 os.chmod(temp, 0o755)
                 os.mkdir(os.path.join(temp, "rootfs"), 0o755)
                 extract_image(view, os.path.join(temp, "rootfs"))
                 with open(os.path.join(temp, "config.json"), "w", encoding="utf-8") as handle:
                     json.dump(view.config, handle, sort_keys=True)
-                try:
-                    os.rename(temp, final)
-                except OSError as error:
-                    if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
+                publish_dir(temp, final)  # a concurrent run that got there first keeps its copy
             except OSError as error:
                 raise RunError(f"{image}: cannot unpack into {bundles}: {error.strerror or error}") from None
             finally:

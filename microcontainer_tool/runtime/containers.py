@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from microcontainer_tool.errors import RunError
+from microcontainer_tool.hostfs.atomic import write_atomic
 from microcontainer_tool.runtime.bundle import make_bundle
 from microcontainer_tool.runtime.config import bind_mount, runtime_config
 from microcontainer_tool.runtime.namespaces import IdMap, detach_mount, host_id_map, stage_mount
@@ -128,10 +129,7 @@ def load_record(name: str, state_dir: str) -> dict[str, Any]:
 
 
 def _write_record(directory: str, record: dict[str, Any]) -> None:
-    temp = os.path.join(directory, _RECORD + ".tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2, sort_keys=True)
-    os.replace(temp, os.path.join(directory, _RECORD))
+    write_atomic(os.path.join(directory, _RECORD), json.dumps(record, indent=2, sort_keys=True).encode())
 
 
 def _runtime_command(runtime: str, state_dir: str, *args: str) -> list[str]:
@@ -245,6 +243,7 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
     Raises:
         RunError: not root, no runtime, a name in use, or the container could not start.
         LayoutError: the image cannot be read.
+        OutputError: the image cannot be unpacked into the cache, or the container's record written.
     """
     if os.geteuid() != 0:
         raise RunError("running containers needs root (the runtime runs as root)")

@@ -12,10 +12,10 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 
 from microcontainer_tool.closure.elf import read_elf
 from microcontainer_tool.errors import ElfError, RunError
+from microcontainer_tool.hostfs.atomic import make_temp_dir, publish_dir
 from microcontainer_tool.runtime.bundle import make_bundle
 
 CRASHCART = "/dev/crashcart"
@@ -47,7 +47,8 @@ def busybox_toolbox(cache_dir: str) -> str:
         ``bin/APPLET -> busybox`` link per applet.
 
     Raises:
-        RunError: no static busybox on this machine, or the cache is not writable.
+        RunError: no static busybox on this machine, or the toolbox cannot be built.
+        OutputError: the cache is not writable.
     """
     binary = _static_busybox()
     with open(binary, "rb") as handle:
@@ -62,9 +63,9 @@ def busybox_toolbox(cache_dir: str) -> str:
     applets = sorted({name for name in proc.stdout.split() if name and "/" not in name} - {"busybox"})
     try:
         os.makedirs(parent, exist_ok=True)
-        temp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     except OSError as error:
         raise RunError(f"{parent}: cannot create: {error.strerror or error}") from None
+    temp = make_temp_dir(parent, ".tmp-")
     try:
         os.chmod(temp, 0o755)
         bindir = os.path.join(temp, "bin")
@@ -73,16 +74,14 @@ def busybox_toolbox(cache_dir: str) -> str:
         os.chmod(os.path.join(bindir, "busybox"), 0o755)
         for applet in applets:
             os.symlink("busybox", os.path.join(bindir, applet))
-        try:
-            os.rename(temp, final)
-        except OSError:
-            if not os.path.isfile(os.path.join(final, "bin", "busybox")):
-                raise
+        publish_dir(temp, final)  # a concurrent build that got there first keeps its copy
     except OSError as error:
         raise RunError(f"cannot build the busybox toolbox in {parent}: {error.strerror or error}") from None
     finally:
         if os.path.exists(temp):
             shutil.rmtree(temp, ignore_errors=True)
+    if not os.path.isfile(os.path.join(final, "bin", "busybox")):
+        raise RunError(f"{final}: exists but holds no bin/busybox; remove it")
     return final
 
 
