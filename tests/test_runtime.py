@@ -1,4 +1,4 @@
-"""Running microcontainers (runtime.py) and debugging them (debug.py).
+"""Running microcontainers (microcontainer_tool.runtime) and debugging them (runtime.debug).
 
 The extraction and config tests run anywhere. The container tests need root and
 runc; they build real images with the CLI, run them, and always remove their
@@ -22,13 +22,20 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, have, run_cli
 
-from microcontainer_tool.runtime import debug as dbg
-from microcontainer_tool.runtime import containers as rt
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, RunError
+from microcontainer_tool.runtime import bundle as bundle_module
+from microcontainer_tool.runtime import containers as rt
+from microcontainer_tool.runtime import debug as dbg
+from microcontainer_tool.runtime.bundle import Bundle, make_bundle
+from microcontainer_tool.runtime.config import runtime_config
+from microcontainer_tool.runtime.extractor import extract_image
+from microcontainer_tool.runtime.namespaces import host_id_map, userns_supported
+from microcontainer_tool.runtime.toolbox import _static_busybox
 
 # --------------------------------------------------------------------------- image helpers
 
@@ -114,7 +121,7 @@ def test_layers_whiteouts_modes_and_cache(tmp_path: Path) -> None:
         ("fifo", "fifo", 0o600, None),
     ])
     layout = write_layout(tmp_path / "img", [lower, upper])
-    bundle = rt.make_bundle(layout, str(tmp_path / "cache"))
+    bundle = make_bundle(layout, str(tmp_path / "cache"))
     root = Path(bundle.rootfs)
     assert root == tmp_path / "cache" / "bundles" / bundle.digest / "rootfs"
     assert (root / "etc/keep").read_text() == "keep"
@@ -128,7 +135,7 @@ def test_layers_whiteouts_modes_and_cache(tmp_path: Path) -> None:
     assert (root / "etc/keep").stat().st_mtime == 1000
     # cached by digest: a second call does not unpack again
     (root / "marker").write_text("")
-    assert rt.make_bundle(layout, str(tmp_path / "cache")).rootfs == bundle.rootfs
+    assert make_bundle(layout, str(tmp_path / "cache")).rootfs == bundle.rootfs
     assert (root / "marker").exists()
     assert [p.name for p in (tmp_path / "cache" / "bundles").iterdir()] == [bundle.digest]
 
@@ -147,7 +154,7 @@ def test_unsafe_members_are_refused(tmp_path: Path, entries: list[tuple], words:
     outside.write_text("host file")
     layout = write_layout(tmp_path / "img", [tar_layer(entries)])
     with pytest.raises(RunError) as error:
-        rt.make_bundle(layout, str(tmp_path / "cache"))
+        make_bundle(layout, str(tmp_path / "cache"))
     message = str(error.value)
     assert "\n" not in message
     for word in words:
@@ -161,21 +168,37 @@ def test_wrong_diff_id_leaves_no_bundle(tmp_path: Path) -> None:
     layer = tar_layer([("f", "file", 0o644, "x")])
     layout = write_layout(tmp_path / "img", [layer], diff_ids=["sha256:" + "0" * 64])
     with pytest.raises(DigestMismatchError):
-        rt.make_bundle(layout, str(tmp_path / "cache"))
+        make_bundle(layout, str(tmp_path / "cache"))
     assert list((tmp_path / "cache" / "bundles").iterdir()) == []
     with pytest.raises(LayoutError):
-        rt.make_bundle(str(tmp_path / "nothing"), str(tmp_path / "cache"))
+        make_bundle(str(tmp_path / "nothing"), str(tmp_path / "cache"))
+
+
+def test_concurrent_bundle_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = write_layout(tmp_path / "img", [tar_layer([("f", "file", 0o644, "ours")])])
+    cache = tmp_path / "cache"
+
+    def racing_extract(view: Any, dest: str) -> None:
+        extract_image(view, dest)
+        theirs = cache / "bundles" / view.manifest_digest / "rootfs"
+        theirs.mkdir(parents=True)
+        (theirs / "f").write_text("theirs")
+
+    monkeypatch.setattr(bundle_module, "extract_image", racing_extract)
+    bundle = make_bundle(layout, str(cache))
+    assert (Path(bundle.rootfs) / "f").read_text() == "theirs"  # the first one in place wins
+    assert [p.name for p in (cache / "bundles").iterdir()] == [bundle.digest]  # ours is removed
 
 
 # --------------------------------------------------------------------------- config.json
 
 
-def _bundle_with_etc(tmp_path: Path, config: dict) -> rt.Bundle:
+def _bundle_with_etc(tmp_path: Path, config: dict) -> Bundle:
     layer = tar_layer([
         ("etc/passwd", "file", 0o644, "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"),
         ("etc/group", "file", 0o644, "root:x:0:\napp:x:1000:\nwheel:x:10:app,other\naudio:x:29:app\n"),
     ])
-    return rt.make_bundle(write_layout(tmp_path / "img", [layer], config), str(tmp_path / "cache"))
+    return make_bundle(write_layout(tmp_path / "img", [layer], config), str(tmp_path / "cache"))
 
 
 def test_runtime_config(tmp_path: Path) -> None:
@@ -184,7 +207,7 @@ def test_runtime_config(tmp_path: Path) -> None:
     bundle = _bundle_with_etc(tmp_path, image)
     (tmp_path / "w").mkdir()
     (tmp_path / "r").mkdir()
-    config = rt.runtime_config(bundle.image_config, bundle, args=["--flag"], env=["MODE=cli", "NEW=1"],
+    config = runtime_config(bundle.image_config, bundle, args=["--flag"], env=["MODE=cli", "NEW=1"],
                                write_dir=str(tmp_path / "w"), read_dir=str(tmp_path / "r"))
     assert config["root"] == {"path": bundle.rootfs, "readonly": True}
     process = config["process"]
@@ -203,11 +226,11 @@ def test_runtime_config(tmp_path: Path) -> None:
     assert mounts["/run"]["type"] == mounts["/tmp"]["type"] == "tmpfs"
     kinds = {ns["type"] for ns in config["linux"]["namespaces"]}
     assert {"pid", "ipc", "uts", "mount", "network"} <= kinds
-    if rt.userns_supported():
-        idmap = rt.host_id_map()
+    if userns_supported():
+        idmap = host_id_map()
         assert "user" in kinds
         assert config["linux"]["uidMappings"] == [{"containerID": 0, "hostID": idmap.uid, "size": idmap.size}]
-    host = rt.runtime_config(bundle.image_config, bundle, user="0:29", net="host", userns=False)
+    host = runtime_config(bundle.image_config, bundle, user="0:29", net="host", userns=False)
     assert host["process"]["user"] == {"uid": 0, "gid": 29}
     assert host["process"]["args"] == ["/bin/app", "--default"]
     assert {ns["type"] for ns in host["linux"]["namespaces"]} == {"pid", "ipc", "uts", "mount"}
@@ -224,7 +247,7 @@ def test_runtime_config(tmp_path: Path) -> None:
 def test_runtime_config_errors(tmp_path: Path, kwargs: dict, words: list[str]) -> None:
     bundle = _bundle_with_etc(tmp_path, {"Cmd": ["/bin/app"]})
     with pytest.raises(RunError) as error:
-        rt.runtime_config(bundle.image_config, bundle, **kwargs)
+        runtime_config(bundle.image_config, bundle, **kwargs)
     for word in words:
         assert word in str(error.value)
 
@@ -232,9 +255,9 @@ def test_runtime_config_errors(tmp_path: Path, kwargs: dict, words: list[str]) -
 def test_passwd_symlink_is_not_followed(tmp_path: Path) -> None:
     layout = write_layout(tmp_path / "img", [tar_layer([("etc/passwd", "sym", 0o777, "/etc/passwd")])],
                           {"Cmd": ["/x"], "User": "root"})
-    bundle = rt.make_bundle(layout, str(tmp_path / "cache"))
+    bundle = make_bundle(layout, str(tmp_path / "cache"))
     with pytest.raises(RunError, match="not in the image's /etc/passwd"):
-        rt.runtime_config(bundle.image_config, bundle)
+        runtime_config(bundle.image_config, bundle)
 
 
 # --------------------------------------------------------------------------- containers
@@ -257,7 +280,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "from: /\npaths: [/usr/bin/touch, /usr/bin/id, /usr/bin/cat, /usr/bin/sleep]\ncmd: [/usr/bin/id]\n")
     result = {"cat": _build(REPO / "examples" / "cat", base / "cat"), "core": _build(core, base / "core")}
     try:
-        dbg._static_busybox()
+        _static_busybox()
     except RunError:
         return result
     busybox = base / "busybox-spec"
@@ -342,7 +365,7 @@ def test_read_only_root_write_volume_user_and_caps(images: dict[str, str], dirs:
     assert "'/made': Read-only file system" in capfd.readouterr().err
     assert (write / "made").exists()
     assert (write / "made").stat().st_uid == 10  # as in the container, with or without userns
-    assert not (Path(rt.make_bundle(images["core"], dirs[1]).rootfs) / "made").exists()
+    assert not (Path(make_bundle(images["core"], dirs[1]).rootfs) / "made").exists()
 
     # the non-root user writes its scratch files to the tmpfs on /tmp and /run (1777 in the image)
     assert _run(dirs, images["core"], args=["/usr/bin/touch", "/tmp/scratch", "/run/app.pid"],
@@ -367,9 +390,9 @@ def test_detached_ps_stop_rm(images: dict[str, str], dirs: tuple[str, str],
     name = detached(images["core"], args=["/usr/bin/sleep", "300"])
     info = {i.name: i for i in rt.ps(state)}[name]
     assert info.status == "running" and info.pid is not None
-    assert info.digest == rt.make_bundle(images["core"], dirs[1]).digest
+    assert info.digest == make_bundle(images["core"], dirs[1]).digest
     host_uid = Path(f"/proc/{info.pid}/status").read_text().split("Uid:")[1].split()[0]
-    expected = rt.host_id_map().uid + 10 if rt.userns_supported() else 10
+    expected = host_id_map().uid + 10 if userns_supported() else 10
     assert int(host_uid) == expected
     with pytest.raises(RunError, match="exists"):
         rt.run(images["core"], name=name, detach=True, state_dir=state, cache_dir=dirs[1])

@@ -8,6 +8,7 @@ with ``.`` and contain ``.tmp-``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -131,6 +132,29 @@ def replace_dir(new: str, target: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     except OSError as error:
         raise OutputError(f"{target}: cannot replace: {error.strerror or error}") from None
+
+
+def publish_dir(new: str, target: str) -> bool:
+    """Rename directory ``new`` to ``target`` unless ``target`` exists (content-addressed caches).
+
+    When a concurrent writer got there first, ``target`` is theirs and is kept
+    (both hold the same content) and ``new`` is removed.
+
+    Returns:
+        Whether ``new`` is now ``target`` (``False``: an existing ``target`` was kept).
+
+    Raises:
+        OutputError: the rename failed for another reason (``new`` is removed).
+    """
+    try:
+        os.rename(new, target)
+    except OSError as error:
+        shutil.rmtree(new, ignore_errors=True)
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            return False
+        raise OutputError(f"{target}: cannot rename into place: {error.strerror or error}") from None
+    fsync_dir(os.path.dirname(target))
+    return True
 
 
 def unlink_quietly(path: str) -> None:

@@ -1,10 +1,10 @@
 """Debugging running microcontainers, crashcart-style.
 
 A microcontainer has no shell and no tools. :func:`debug` side-loads a
-read-only *toolbox* of static binaries into a running container at
-``/dev/crashcart`` and runs a command (default: an interactive ``sh``) inside the
-container's namespaces, with ``PATH`` extended by the toolbox. The image, and the
-container's read-only root, are never touched.
+read-only *toolbox* of static binaries (:mod:`microcontainer_tool.runtime.toolbox`)
+into a running container at ``/dev/crashcart`` and runs a command (default: an
+interactive ``sh``) inside the container's namespaces, with ``PATH`` extended by
+the toolbox. The image, and the container's read-only root, are never touched.
 
 How the toolbox gets in: a bind mount cannot name a host path from inside the
 container's mount namespace (the host tree is not there after ``pivot_root``),
@@ -28,111 +28,30 @@ confined to the container's namespaces without one, as crashcart did).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from microcontainer_tool.closure.elf import read_elf
-from microcontainer_tool.errors import ElfError, MicrocontainerError, RunError
+from microcontainer_tool.errors import MicrocontainerError, RunError
 from microcontainer_tool.hostfs.cachedir import default_cache_dir
-from microcontainer_tool.runtime.containers import (
-    CRASHCART, attach_tree, clone_for_container, detach_mount, enter_namespaces,
-    fork_call, host_id_map, load_record, make_bundle, runtime_state,
+from microcontainer_tool.runtime.containers import container_dir, load_record, runtime_state
+from microcontainer_tool.runtime.namespaces import (
+    attach_tree,
+    clone_for_container,
+    detach_mount,
+    enter_namespaces,
+    fork_call,
+    host_id_map,
 )
-
-BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-"""Where Debian's ``busybox-static`` puts its binary."""
+from microcontainer_tool.runtime.toolbox import CRASHCART, toolbox_dir
 
 TOOLBOX_PATH = [f"{CRASHCART}/{sub}" for sub in ("bin", "sbin", "usr/bin", "usr/sbin")]
 """Toolbox directories put first in the debug command's ``PATH``."""
 
 _NAMESPACES = ("user", "mnt", "uts", "ipc", "net", "pid")
-
-
-def _static_busybox() -> str:
-    for path in BUSYBOX_CANDIDATES:
-        if not os.path.isfile(path):
-            continue
-        try:
-            info = read_elf(path)
-        except ElfError:
-            continue
-        if info is not None and info.interpreter is None:
-            return path
-    raise RunError("no static busybox found (/bin/busybox); install Debian's busybox-static"
-                   " (apt-get install busybox-static) or pass --toolbox DIR|IMAGE")
-
-
-def busybox_toolbox(cache_dir: str) -> str:
-    """The default toolbox: the host's static busybox and its applet links, built once in the cache.
-
-    Returns:
-        ``cache_dir/toolbox/busybox-<sha256 prefix>``, holding ``bin/busybox`` and a
-        ``bin/APPLET -> busybox`` link per applet.
-
-    Raises:
-        RunError: no static busybox on this machine, or the cache is not writable.
-    """
-    binary = _static_busybox()
-    with open(binary, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    parent = os.path.join(os.path.abspath(cache_dir), "toolbox")
-    final = os.path.join(parent, f"busybox-{digest[:16]}")
-    if os.path.isfile(os.path.join(final, "bin", "busybox")):
-        return final
-    proc = subprocess.run([binary, "--list"], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
-    if proc.returncode != 0:
-        raise RunError(f"{binary} --list failed: {' '.join(proc.stderr.split())}")
-    applets = sorted({name for name in proc.stdout.split() if name and "/" not in name} - {"busybox"})
-    try:
-        os.makedirs(parent, exist_ok=True)
-        temp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    except OSError as error:
-        raise RunError(f"{parent}: cannot create: {error.strerror or error}") from None
-    try:
-        os.chmod(temp, 0o755)
-        bindir = os.path.join(temp, "bin")
-        os.mkdir(bindir, 0o755)
-        shutil.copyfile(binary, os.path.join(bindir, "busybox"))
-        os.chmod(os.path.join(bindir, "busybox"), 0o755)
-        for applet in applets:
-            os.symlink("busybox", os.path.join(bindir, applet))
-        try:
-            os.rename(temp, final)
-        except OSError:
-            if not os.path.isfile(os.path.join(final, "bin", "busybox")):
-                raise
-    except OSError as error:
-        raise RunError(f"cannot build the busybox toolbox in {parent}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(temp):
-            shutil.rmtree(temp, ignore_errors=True)
-    return final
-
-
-def toolbox_dir(toolbox: str | None, cache_dir: str) -> str:
-    """Resolve ``--toolbox``: None -> :func:`busybox_toolbox`; a directory as is; else an image.
-
-    An image toolbox (OCI layout, archive) is unpacked like a container image
-    (:func:`~microcontainer_tool.runtime.containers.make_bundle`) and its root is the toolbox:
-    its tools must be static, since the container's loader and libraries are not theirs.
-
-    Raises:
-        RunError: the toolbox cannot be built or unpacked.
-        LayoutError: an image toolbox cannot be read.
-    """
-    if toolbox is None:
-        return busybox_toolbox(cache_dir)
-    if os.path.isdir(toolbox) and not os.path.isfile(os.path.join(toolbox, "oci-layout")):
-        return os.path.realpath(toolbox)
-    return make_bundle(toolbox, cache_dir).rootfs
 
 
 def toolbox_mounted(pid: int) -> bool:
@@ -300,8 +219,7 @@ def debug(name: str, state_dir: str, toolbox: str | None = None, command: Sequen
         attach_toolbox(pid, toolbox_dir(toolbox, cache_dir or default_cache_dir()))
         mounted_here = True
     try:
-        directory = os.path.join(os.path.abspath(state_dir), "containers", name)
-        return exec_in_container(pid, argv, _debug_env(_container_env(directory)))
+        return exec_in_container(pid, argv, _debug_env(_container_env(container_dir(state_dir, name))))
     finally:
         if mounted_here:
             try:
