@@ -18,9 +18,8 @@ from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.layout import format_for_path, write_tree_image
 from microcontainer_tool.oci.model import image_config
 from microcontainer_tool.errors import SpecError
-from microcontainer_tool.sources.image.locate import (
-    ImageLocation, RegistryOptions, fetch_image, locate_image, platform_for,
-)
+from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image, platform_for
+from microcontainer_tool.sources.image.locate import ImageLocation, locate_image
 from microcontainer_tool.model.provenance import add_record
 from microcontainer_tool.model.tree import HostFile
 from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec

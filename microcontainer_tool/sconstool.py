@@ -395,7 +395,7 @@ def _spec_of(payload: str, top: str) -> Any:
 def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
     """Action: build the image archive with the library."""
     from microcontainer_tool.build import build_image
-    from microcontainer_tool.sources.image.locate import RegistryOptions
+    from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.oci.layercache import LayerCache
 
     out = target[0].abspath
