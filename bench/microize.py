@@ -170,7 +170,8 @@ def child(image: str, cache: str, out: str, program: str) -> None:
     """One microize: open (index), assemble (materialize), write the micro image; JSON stats on stdout."""
     start = time.perf_counter()
     from microcontainer_tool.build import config_for
-    from microcontainer_tool.sources.image.root import ImageRoot, assemble_from_image
+    from microcontainer_tool.assembly.assemble import assemble
+    from microcontainer_tool.sources.image.root import ImageRoot
     from microcontainer_tool.oci.layout import write_tree_image
     from microcontainer_tool.spec.imagespec import ImageSpec
 
@@ -178,7 +179,7 @@ def child(image: str, cache: str, out: str, program: str) -> None:
     root = ImageRoot.open(image, cache)
     opened = time.perf_counter()
     spec = ImageSpec(base_dir=os.path.dirname(out), paths=(program,), entrypoint=(program,))
-    assembly = assemble_from_image(spec, root)
+    assembly = assemble(spec, sysroot=root)
     assembled = time.perf_counter()
     result = write_tree_image(out, "oci", assembly.tree, "gzip", 0,
                               lambda layer: config_for(spec, assembly, layer, 0), "latest", "micro")

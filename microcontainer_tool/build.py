@@ -18,10 +18,10 @@ from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.layout import format_for_path, write_tree_image
 from microcontainer_tool.oci.model import image_config
 from microcontainer_tool.errors import SpecError
-from microcontainer_tool.sources.image.locate import (
-    ImageLocation, RegistryOptions, fetch_image, locate_image, platform_for,
-)
+from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image, platform_for
+from microcontainer_tool.sources.image.locate import ImageLocation, locate_image
 from microcontainer_tool.model.provenance import add_record
+from microcontainer_tool.model.tree import HostFile
 from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec
 
 if TYPE_CHECKING:
@@ -179,6 +179,28 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
     )
     return BuildResult(output, fmt, result.manifest_digest, result.config_digest, result.layer,
                        len(assembly.tree), assembly, notes + list(assembly.warnings))
+
+
+def sysroot_inputs(spec: ImageSpec) -> list[str]:
+    """The sysroot's host files a build of ``spec`` takes (``paths`` and the ELF closure), sorted.
+
+    For dependency tracking: the spec is assembled as the build assembles it,
+    missing libraries allowed (the build reports them).
+
+    Returns:
+        The host paths; none when ``from:`` names an image (the image is the
+        input) or the spec lists packages (the lock and the local ``.rpm``
+        files, verified by checksum, say all there is).
+
+    Raises:
+        MicrocontainerError: the spec names a malformed image, or cannot be assembled.
+    """
+    if locate_image(spec.from_, spec.base_dir, directory_ok=True) is not None:
+        return []
+    if spec.packages:
+        return []
+    assembly = assemble(spec, allow_missing=True, package_facts=False)
+    return sorted({entry.content.path for entry in assembly.tree if isinstance(entry.content, HostFile)})
 
 
 #: Environment variables a microized image takes from its source image when

@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from microcontainer_tool.build import build_image
     from microcontainer_tool.oci.layercache import LayerCache
-    from microcontainer_tool.sources.image.locate import RegistryOptions
+    from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.spec.imagespec import load_spec
 
     spec = load_spec(args.config)

@@ -336,18 +336,9 @@ def _plain(value: Any) -> Any:
 
 def _spec_inputs(env: Any, spec: Any, overridden: dict[str, Any]) -> list[Any]:
     """Project files the spec reads: its ``files`` entries and the rootfs/ overlay."""
-    nodes = []
-    for image_path, local in spec.files:
-        if image_path not in overridden:
-            path = os.path.normpath(os.path.join(spec.base_dir, local))
-            if os.path.isfile(path):
-                nodes.append(env.File(path))
-    overlay = spec.overlay_dir
-    for dirpath, dirnames, filenames in os.walk(overlay):
-        dirnames.sort()
-        for filename in sorted(filenames):
-            nodes.append(env.File(os.path.join(dirpath, filename)))
-    return nodes
+    from microcontainer_tool.spec.imagespec import project_files
+
+    return [env.File(path) for path in project_files(spec, skip=overridden)]
 
 
 def _package_inputs(env: Any, spec: Any, name: str) -> list[Any]:
@@ -370,6 +361,7 @@ def _image_inputs(env: Any, spec: Any) -> list[Any]:
     A registry image is identified by the spec itself (a ``Value``): pin it
     by digest, since SCons cannot see a tag move.
     """
+    from microcontainer_tool.oci.imageview import image_files
     from microcontainer_tool.sources.image.locate import locate_image
 
     nodes = []
@@ -380,15 +372,8 @@ def _image_inputs(env: Any, spec: Any) -> list[Any]:
     except MicrocontainerError as error:
         _fail_in_sconscript(f"{spec.source}: {error}")
     for location in locations:
-        if location is None or location.local is None:
-            continue
-        path = location.local if os.path.exists(location.local) else location.local.rsplit(":", 1)[0]
-        if os.path.isfile(path):
-            nodes.append(env.File(path))
-            continue
-        blobs = os.path.join(path, "blobs", "sha256")
-        names = sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []
-        nodes += [env.File(os.path.join(path, "index.json"))] + [env.File(os.path.join(blobs, n)) for n in names]
+        if location is not None and location.local is not None:
+            nodes += [env.File(path) for path in image_files(location.local)]
     return nodes
 
 
@@ -410,7 +395,7 @@ def _spec_of(payload: str, top: str) -> Any:
 def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
     """Action: build the image archive with the library."""
     from microcontainer_tool.build import build_image
-    from microcontainer_tool.sources.image.locate import RegistryOptions
+    from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.oci.layercache import LayerCache
 
     out = target[0].abspath
@@ -469,7 +454,7 @@ def _push_image(target: list[Any], source: list[Any], env: Any) -> int:
     from microcontainer_tool.registry.auth import load_credentials
     from microcontainer_tool.registry.reference import Reference
     from microcontainer_tool.registry.client import RegistryClient
-    from microcontainer_tool.registry.transfer import push
+    from microcontainer_tool.registry.transfer import push_and_record
 
     stamp = target[0].abspath
     image = _host_path(source[0])
@@ -480,9 +465,7 @@ def _push_image(target: list[Any], source: list[Any], env: Any) -> int:
         creds = load_credentials(ref.registry, docker_config=_docker_config(env))
         with RegistryClient(ref.registry, auth=creds, plain_http=_flag(env, "MCT_PUSH_PLAIN_HTTP"),
                             insecure=_flag(env, "MCT_PUSH_INSECURE")) as client:
-            result = push(image, ref, client, docker_media_types=_flag(env, "MCT_DOCKER_MEDIA_TYPES"))
-        from microcontainer_tool.hostfs.atomic import write_atomic
-        write_atomic(stamp, f"{result.reference}\n".encode(), 0o666)
+            push_and_record(image, ref, client, stamp, docker_media_types=_flag(env, "MCT_DOCKER_MEDIA_TYPES"))
     except MicrocontainerError as error:  # SCons prefixes "[TARGET]"
         raise SCons.Errors.UserError(f"pushing {ref}: {error}") from None
     return 0
@@ -516,22 +499,15 @@ def _scan(node: Any, env: Any, path: Any) -> list[Any]:
 
 
 def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:
-    from microcontainer_tool.assembly.assemble import assemble
-    from microcontainer_tool.model.tree import HostFile
+    """The sysroot files the image takes that are not explicit sources already.
+
+    An image ``from:`` is tracked by its files or its pinned reference, an RPM
+    spec by its lock and local ``.rpm`` files: those give nothing here.
+    """
+    from microcontainer_tool.build import sysroot_inputs
 
     try:
-        spec = _spec_of(payload, top)
-        from microcontainer_tool.sources.image.locate import locate_image
-
-        if locate_image(spec.from_, spec.base_dir, directory_ok=True) is not None:
-            return []  # the source image is tracked: its blobs, or its pinned reference
-        if spec.packages:
-            # The sysroot is the lock's packages, verified by checksum: the lock
-            # file and local .rpm files (explicit sources) say all there is.
-            return []
-        assembly = assemble(spec, allow_missing=True, package_facts=False)
+        paths = sysroot_inputs(_spec_of(payload, top))
     except MicrocontainerError:
         return []  # the build reports it
-    paths = {entry.content.path for entry in assembly.tree
-             if isinstance(entry.content, HostFile) and entry.content.path not in project}
-    return sorted(paths)
+    return [path for path in paths if path not in project]

@@ -27,7 +27,7 @@ from microcontainer_tool.build import config_for
 from microcontainer_tool.oci.compression import media_type_suffix, open_compressor
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
 from microcontainer_tool.sources.image.root import (
-    IMAGE_DEV, ImageRoot, _copy_range, assemble_from_image, index_layer_tar,
+    IMAGE_DEV, ImageRoot, _copy_range, index_layer_tar,
 )
 from microcontainer_tool.oci.layer import HashingWriter, write_layer
 from microcontainer_tool.oci.layout import LayoutStore, write_tree_image
@@ -227,7 +227,7 @@ def test_device_node_kept_as_special(fat, tmp_path: Path) -> None:
     assert root.specials == ["/dev/null"]
     spec = ImageSpec(base_dir=str(tmp_path), paths=("/dev/null",), arch="amd64")
     with pytest.raises(SourceError, match="device node cannot go in a microcontainer"):
-        assemble_from_image(spec, root)
+        assemble(spec, sysroot=root)
 
 
 def test_project_files_laid_over_an_image(fat, tmp_path: Path) -> None:
@@ -531,7 +531,7 @@ def test_microize_curl_matches_a_build_from_root(host_image, tmp_path: Path) -> 
     image, blob_bytes = host_image
     spec = ImageSpec(base_dir=str(tmp_path), **CURL_SPEC)
     root = ImageRoot.open(str(image), str(tmp_path / "cache"))
-    from_image = assemble_from_image(spec, root)
+    from_image = assemble(spec, sysroot=root)
     from_host = assemble(spec)
     # the host's dpkg database says which packages contributed (status.d entries); this
     # fat image has no dpkg database, so there is nothing of the kind to carry over
@@ -554,7 +554,7 @@ def test_microized_curl_runs_with_runc(host_image, tmp_path: Path) -> None:
     image, _ = host_image
     spec = ImageSpec(base_dir=str(tmp_path), **CURL_SPEC)
     root = ImageRoot.open(str(image), str(tmp_path / "cache"))
-    assembly = assemble_from_image(spec, root)
+    assembly = assemble(spec, sysroot=root)
     out = tmp_path / "curl-image"
     write_tree_image(str(out), "oci", assembly.tree, "gzip", 0,
                      lambda layer: config_for(spec, assembly, layer, 0), TAG, "curl")

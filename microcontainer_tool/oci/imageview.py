@@ -541,3 +541,22 @@ def open_image(path: str, tag: str | None = None) -> ImageView:
     except BaseException:
         source.close()
         raise
+
+
+def image_files(path: str) -> list[str]:
+    """The local files an image consists of, for dependency tracking (nothing is read or verified).
+
+    Args:
+        path: what :func:`open_image` accepts: an archive file, or an OCI
+            layout directory (or ``DIR:TAG``).
+
+    Returns:
+        An archive: the file itself. A layout: its ``index.json``, then every
+        file in ``blobs/sha256`` sorted by name (none if that is missing).
+    """
+    path, _tag = _split_ref(path, None)
+    if os.path.isfile(path):
+        return [path]
+    blobs = os.path.join(path, "blobs", "sha256")
+    names = sorted(os.listdir(blobs)) if os.path.isdir(blobs) else []
+    return [os.path.join(path, "index.json")] + [os.path.join(blobs, name) for name in names]

@@ -41,7 +41,7 @@ from microcontainer_tool.oci import layout, model as oci
 from microcontainer_tool.errors import LayoutError, RegistryError
 from microcontainer_tool.oci.imageview import MAX_JSON_BLOB, open_image
 from microcontainer_tool.oci.layout import LayoutStore, format_for_path
-from microcontainer_tool.hostfs.atomic import make_temp_dir, replace_dir
+from microcontainer_tool.hostfs.atomic import make_temp_dir, replace_dir, write_atomic
 from microcontainer_tool.oci.model import Descriptor, canonical_json
 from microcontainer_tool.registry.reference import Reference, normalize_registry
 from microcontainer_tool.registry.client import Progress, RegistryClient
@@ -240,6 +240,35 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
         referrers = push_referrers(client, ref.repository, view.path, pushed, send_blob).pushed
     return PushResult(pushed, ref.with_digest(pushed), media_type, counts["uploaded"], counts["skipped"],
                       counts["mounted"], counts["sent"], referrers)
+
+
+def push_and_record(image_path: str, ref: Reference, client: RegistryClient, stamp: str, *,
+                    docker_media_types: bool = False) -> PushResult:
+    """Push an image with :func:`push`, then record where it went in the file ``stamp``.
+
+    The stamp is written atomically, and only after a successful push: exactly
+    ``REF@sha256:<manifest digest>`` (``REF`` as :class:`.Reference` prints it)
+    and a newline, mode ``0o666`` before the umask.
+
+    Args:
+        image_path: anything :func:`~.image.open_image` reads.
+        ref: the target.
+        client: a client for ``ref.registry``.
+        stamp: the file to write.
+        docker_media_types: see :func:`push`.
+
+    Returns:
+        What :func:`push` returned.
+
+    Raises:
+        LayoutError: the image is unreadable or malformed.
+        DigestMismatchError: a local blob does not match its digest.
+        RegistryError: the registry refuses or fails.
+        OutputError: the stamp cannot be written.
+    """
+    result = push(image_path, ref, client, docker_media_types=docker_media_types)
+    write_atomic(stamp, f"{result.reference}\n".encode(), 0o666)
+    return result
 
 
 # --- pull ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
@@ -505,6 +506,30 @@ def check_spec(spec: ImageSpec) -> None:
         raise SpecError(f"{spec.where('repos')}: 'repos' without 'packages' has nothing to resolve")
     if not spec.paths and not spec.files and not spec.packages and not os.path.isdir(spec.overlay_dir):
         raise SpecError(f"{spec.source}: nothing to put in the image: give 'paths', 'files' or a rootfs/ overlay")
+
+
+def project_files(spec: ImageSpec, skip: Collection[str] = ()) -> list[str]:
+    """Host files the spec itself names, for dependency tracking.
+
+    Args:
+        spec: the spec.
+        skip: image paths whose ``files`` entries to leave out.
+
+    Returns:
+        The ``files`` entries' local files that exist (in spec order), then
+        every file under the ``rootfs/`` overlay (directories walked in sorted
+        order, files sorted by name).
+    """
+    paths = []
+    for image_path, local in spec.files:
+        if image_path not in skip:
+            path = os.path.normpath(os.path.join(spec.base_dir, local))
+            if os.path.isfile(path):
+                paths.append(path)
+    for dirpath, dirnames, filenames in os.walk(spec.overlay_dir):
+        dirnames.sort()
+        paths += [os.path.join(dirpath, filename) for filename in sorted(filenames)]
+    return paths
 
 
 #: Keys whose values a merge adds to instead of replacing.

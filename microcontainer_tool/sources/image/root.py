@@ -45,12 +45,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
 
-from microcontainer_tool.assembly.assemble import Assembly, assemble
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
 from microcontainer_tool.oci.imageview import HashingReader, ImageView, open_image
 from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, open_layer_stream
 from microcontainer_tool.hostfs.atomic import temp_file, unlink_quietly
-from microcontainer_tool.spec.imagespec import ImageSpec
 from microcontainer_tool.sources.sysroot import SysRoot
 
 INDEX_VERSION = 1
@@ -819,16 +817,3 @@ def _copy_range(src: int, dst: int, offset: int, size: int, kernel: bool = True)
         copied += done
     return copied
 
-
-def assemble_from_image(spec: ImageSpec, root: ImageRoot, allow_missing: bool = False) -> Assembly:
-    """Assemble ``spec`` taking the sysroot's files from an image instead of ``from:``.
-
-    Args:
-        spec: the validated spec (its ``from`` is not used).
-        root: the image, see :meth:`ImageRoot.open`.
-        allow_missing: report missing libraries as warnings instead of failing.
-
-    Returns:
-        The assembly, exactly as :func:`~.assemble.assemble` makes it.
-    """
-    return assemble(spec, allow_missing=allow_missing, sysroot=root)
