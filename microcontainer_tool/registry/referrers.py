@@ -159,7 +159,8 @@ def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutSt
     taken; each manifest and blob is verified. Nothing listed: ``[]``.
 
     Returns:
-        Their index entries (:class:`ArtifactDescriptor`), sorted as :func:`attach` sorts them.
+        Their index entries (:class:`~microcontainer_tool.oci.referrers.ArtifactDescriptor`), sorted as
+        :func:`~microcontainer_tool.oci.referrers.attach` sorts them.
 
     Raises:
         DigestMismatchError: a manifest or blob does not match its digest.

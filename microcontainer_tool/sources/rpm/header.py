@@ -371,7 +371,7 @@ def rpm_installed_size(path: str) -> int:
     Reads and verifies the headers only.
 
     Raises:
-        RpmError: as :func:`read_rpm` (payload not checked).
+        RpmError: as :func:`~microcontainer_tool.sources.rpm.payload.read_rpm` (payload not checked).
     """
     with open_package(path) as handle:
         pkg = read_headers(handle, path)
