@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 from microcontainer_tool.oci import model as oci  # noqa: E402
 from microcontainer_tool.oci.compression import media_type_suffix, open_compressor  # noqa: E402
 from microcontainer_tool.oci.layer import HashingWriter  # noqa: E402
-from microcontainer_tool.oci.layout import LayoutStore  # noqa: E402
+from microcontainer_tool.oci.store import LayoutStore  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
 from hostfiles import ldd_files, with_links  # noqa: E402  (the tests' ldd oracle)

@@ -33,7 +33,7 @@ sys.path.insert(0, REPO)
 
 import rpm_rs
 
-from microcontainer_tool.sources.rpm.payload import extract_rpm
+from microcontainer_tool.sources.rpm.cpio import extract_rpm
 
 PAYLOADSIZE, LONGARCHIVESIZE = 1007, 271
 

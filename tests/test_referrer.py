@@ -23,10 +23,11 @@ from conftest import have, run_cli
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.errors import LayoutError
 from microcontainer_tool.oci.imageview import open_image
-from microcontainer_tool.oci.layout import LayoutStore, sync_layout_from_archive, write_tree_image
+from microcontainer_tool.oci.layout import sync_layout_from_archive, write_tree_image
 from microcontainer_tool.oci.referrers import (
     EMPTY_DESCRIPTOR, EMPTY_JSON, MEDIA_TYPE_EMPTY, attach, referrers, referrers_tag, surviving_referrers,
 )
+from microcontainer_tool.oci.store import LayoutStore
 from microcontainer_tool.registry.transfer import pull, push
 from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, InlineContent, Provenance
 
@@ -483,7 +484,7 @@ class _FakeClient:
 
 @pytest.mark.parametrize("api", [200, 404, 405, 400])
 def test_the_tag_schema_only_without_the_referrers_api(api: int, layout: tuple[Path, str]) -> None:
-    from microcontainer_tool.oci.referrers import push_referrers
+    from microcontainer_tool.registry.referrers import push_referrers
 
     out, subject = layout
     desc = attach(str(out), subject, b"x", CDX)

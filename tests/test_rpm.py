@@ -24,10 +24,10 @@ import zstandard
 from rpmbuild_fixtures import build_rpm, elf_requires, have_rpmbuild
 
 from microcontainer_tool.errors import DigestMismatchError, MicrocontainerError, RpmError
+from microcontainer_tool.sources.rpm.cpio import ExtractedEntry, extract_rpm, safe_member_path
+from microcontainer_tool.sources.rpm.header import rpm_installed_size, rpm_manifest_line
 from microcontainer_tool.sources.rpm.package import Checksum, Dep
-from microcontainer_tool.sources.rpm.payload import (
-    ExtractedEntry, extract_rpm, read_rpm, rpm_installed_size, rpm_manifest_line, safe_member_path,
-)
+from microcontainer_tool.sources.rpm.payload import read_rpm
 
 ROCKY = "/work/shared/rpms/rocky9-curl"
 PAYLOADS = ["zstd", "xz", "gzip", "bzip2", "none"]

@@ -172,7 +172,7 @@ def test_truncated_local_rpm_is_one_line(tmp_path):
 
 def rocky_key(tmp_path: Path) -> Path:
     """Rocky's public key, taken from its own rocky-gpg-keys package."""
-    from microcontainer_tool.sources.rpm.payload import extract_rpm
+    from microcontainer_tool.sources.rpm.cpio import extract_rpm
 
     package = next(SHARED_RPMS.glob("rocky-gpg-keys-*.rpm"))
     dest = tmp_path / "keys"

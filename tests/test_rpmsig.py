@@ -22,7 +22,7 @@ import pytest
 from rpmbuild_fixtures import build_rpm, have_rpmbuild
 
 from microcontainer_tool.errors import MicrocontainerError, RpmError
-from microcontainer_tool.sources.rpm.payload import extract_rpm
+from microcontainer_tool.sources.rpm.cpio import extract_rpm
 from microcontainer_tool.sources.rpm.signature import KeyRing, load_keys, parse_keys, verify_signature
 
 ROCKY = "/work/shared/rpms/rocky9-curl"

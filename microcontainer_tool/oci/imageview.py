@@ -19,15 +19,14 @@ import posixpath
 import shutil
 import tarfile
 import tempfile
-from typing import Any, BinaryIO, Iterator, NamedTuple, Protocol
+from collections.abc import Iterator
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
-from microcontainer_tool.oci import model as oci
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, MicrocontainerError
+from microcontainer_tool.oci import model as oci
+from microcontainer_tool.oci.blobs import MAX_JSON_BLOB, read_json_blob
 from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, detect_compression, open_layer_stream
 from microcontainer_tool.oci.model import Descriptor
-
-MAX_JSON_BLOB = 16 << 20
-"""Largest manifest/config/index accepted (bytes)."""
 
 _TYPES = {
     tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file",
@@ -327,17 +326,14 @@ def _file_info(member: tarfile.TarInfo) -> FileInfo | None:
     return FileInfo("/" + name, kind, member.mode & 0o7777, member.size if kind == "file" else 0, link)
 
 
-def _read_json(source: _Source, name: str, label: str, digest: str | None = None,
-               size: int | None = None) -> Any:
+def _read_json(source: _Source, name: str, label: str) -> Any:
+    """Parse a JSON file of the image that no digest names (``index.json``, ``manifest.json``)."""
     if not source.exists(name):
         raise LayoutError(f"{label}: {name} is missing")
     with source.open(name) as handle:
         data = handle.read(MAX_JSON_BLOB + 1)
     if len(data) > MAX_JSON_BLOB:
         raise LayoutError(f"{label}: {name} is too large")
-    if digest is not None:
-        if oci.sha256_digest(data) != digest or (size is not None and len(data) != size):
-            raise DigestMismatchError(f"{label}: blob {digest} does not match its content")
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
@@ -345,10 +341,12 @@ def _read_json(source: _Source, name: str, label: str, digest: str | None = None
 
 
 def _json_blob(source: _Source, desc: Descriptor, label: str) -> dict[str, Any]:
-    obj = _read_json(source, _blob_name(desc.digest), label, desc.digest, desc.size)
-    if not isinstance(obj, dict):
-        raise LayoutError(f"{label}: blob {desc.digest} is not a JSON object")
-    return obj
+    """A JSON-object blob of the image, verified against ``desc``."""
+    name = _blob_name(desc.digest)
+    if not source.exists(name):
+        raise LayoutError(f"{label}: {name} is missing")
+    with source.open(name) as handle:
+        return read_json_blob(handle, desc, label)
 
 
 def _split_ref(path: str, tag: str | None) -> tuple[str, str | None]:

@@ -19,15 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 
 from microcontainer_tool import FORMAT_VERSION
-from microcontainer_tool.errors import LayoutError
-from microcontainer_tool.oci.layer import LayerInfo, write_layer
+from microcontainer_tool.errors import LayoutError, OutputError
+from microcontainer_tool.hostfs.atomic import atomic_file
 from microcontainer_tool.model.tree import FileTree
+from microcontainer_tool.oci.layer import LayerInfo, write_layer
 
-
-#: Entries are readable by everyone who shares the cache (mkstemp makes 0600).
+#: Entries are readable by everyone who shares the cache (whatever the umask).
 SHARED_MODE = 0o644
 
 
@@ -63,25 +62,16 @@ class LayerCache:
             return blob, info, True
         try:
             os.makedirs(self._dir, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".blob-", dir=self._dir)
-        except OSError as error:
-            raise LayoutError(f"{self.root}: cannot write the layer cache: {error.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as sink:
+            with atomic_file(blob, SHARED_MODE, fsync=False) as sink:
+                os.fchmod(sink.fileno(), SHARED_MODE)
                 info = write_layer(tree, sink, compression, epoch)
-            os.chmod(tmp, SHARED_MODE)
-            os.replace(tmp, blob)
-            data = json.dumps(info.__dict__, sort_keys=True).encode()
-            fd, tmp_meta = tempfile.mkstemp(prefix=".json-", dir=self._dir)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp_meta, SHARED_MODE)
-            os.replace(tmp_meta, meta)
+            with atomic_file(meta, SHARED_MODE, fsync=False) as handle:
+                os.fchmod(handle.fileno(), SHARED_MODE)
+                handle.write(json.dumps(info.__dict__, sort_keys=True).encode())
         except OSError as error:
             raise LayoutError(f"{self.root}: cannot write the layer cache: {error.strerror}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        except OutputError as error:
+            raise LayoutError(f"{self.root}: cannot write the layer cache: {error}") from None
         return blob, info, False
 
     @staticmethod

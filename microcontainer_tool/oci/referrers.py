@@ -1,4 +1,4 @@
-"""Artifacts that refer to an image (OCI 1.1 ``subject``): in layouts and in registries.
+"""Artifacts that refer to an image (OCI 1.1 ``subject``), kept in an OCI image layout.
 
 An artifact (an SBOM, a signature...) is stored as an OCI image manifest
 with ``artifactType``, the *empty* config (``application/vnd.oci.empty.v1+json``,
@@ -19,11 +19,8 @@ referrer). Rebuilding an image into its layout with the same bytes keeps its
 artifacts; a changed image drops the artifacts of the old one, and their
 blobs go with the garbage (see :func:`surviving_referrers`).
 
-In a registry, referrer manifests are pushed by digest. Registries without
-the referrers API (distribution 2.8, Debian's ``docker-registry``) get the
-*referrers tag schema*: the tag ``sha256-<hex of the subject digest>`` names
-an image index listing the referrers, fetched, merged and put again
-(:func:`push_referrers`); :func:`fetch_referrers` reads either.
+Pushing referrers to a registry and fetching them from one is
+:mod:`microcontainer_tool.registry.referrers`.
 """
 
 from __future__ import annotations
@@ -31,14 +28,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
+from microcontainer_tool.errors import LayoutError
 from microcontainer_tool.oci import model as oci
-from microcontainer_tool.registry.auth import pull_scope, push_scope
-from microcontainer_tool.errors import DigestMismatchError, LayoutError, RegistryError
-from microcontainer_tool.oci.layout import INDEX_FILE, OCI_LAYOUT_FILE, LayoutStore
 from microcontainer_tool.oci.model import Descriptor, canonical_json
+from microcontainer_tool.oci.store import INDEX_FILE, OCI_LAYOUT_FILE, LayoutStore
 
 MEDIA_TYPE_EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
@@ -101,8 +98,15 @@ def artifact_manifest(subject: Descriptor, layer: Descriptor, artifact_type: str
 
 
 @dataclass(frozen=True)
-class _Entry:
-    """An index entry and, for a referrer, what it refers to and the blobs it needs."""
+class IndexEntry:
+    """An index entry and, for a referrer, what it refers to and the blobs it needs.
+
+    Attributes:
+        desc: the entry's descriptor.
+        subject: the digest of the manifest it refers to; ``None``: not a referrer.
+        artifact_type: its artifact type (``artifactType``, else the config's media type).
+        blobs: the manifest's own digest and those of its config and layers.
+    """
 
     desc: Descriptor
     subject: str | None = None
@@ -113,25 +117,6 @@ class _Entry:
 def _check_layout(layout_dir: str) -> None:
     if not os.path.isfile(os.path.join(layout_dir, OCI_LAYOUT_FILE)):
         raise LayoutError(f"{layout_dir}: not an OCI image layout (no oci-layout file)")
-
-
-def _read_blob_json(store: LayoutStore, desc: Descriptor, label: str) -> dict[str, Any]:
-    if desc.size > MAX_MANIFEST:
-        raise LayoutError(f"{label}: blob {desc.digest} is too large for a manifest")
-    try:
-        with open(store.blob_path(desc.digest), "rb") as handle:
-            data = handle.read(MAX_MANIFEST + 1)
-    except OSError as error:
-        raise LayoutError(f"{label}: cannot read blob {desc.digest}: {error.strerror or error}") from None
-    if oci.sha256_digest(data) != desc.digest or len(data) != desc.size:
-        raise DigestMismatchError(f"{label}: blob {desc.digest} does not match its content")
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise LayoutError(f"{label}: blob {desc.digest} is not JSON") from None
-    if not isinstance(obj, dict):
-        raise LayoutError(f"{label}: blob {desc.digest} is not a JSON object")
-    return obj
 
 
 def _read_index(layout_dir: str) -> list[Descriptor]:
@@ -148,14 +133,19 @@ def _read_index(layout_dir: str) -> list[Descriptor]:
     return [_descriptor(e) for e in entries]
 
 
-def _entry(store: LayoutStore, desc: Descriptor, label: str) -> _Entry:
-    """Classify an index entry: a referrer (a manifest with ``subject``) or anything else."""
+def read_index_entry(store: LayoutStore, desc: Descriptor, label: str) -> IndexEntry:
+    """Classify an index entry: a referrer (a manifest with ``subject``) or anything else.
+
+    Raises:
+        DigestMismatchError: the manifest blob does not match ``desc``.
+        LayoutError: the manifest blob is missing, unreadable or malformed.
+    """
     if desc.media_type != oci.MEDIA_TYPE_MANIFEST:
-        return _Entry(desc)
-    manifest = _read_blob_json(store, desc, label)
+        return IndexEntry(desc)
+    manifest = store.read_json(desc, label, MAX_MANIFEST)
     subject = manifest.get("subject")
     if not isinstance(subject, dict):
-        return _Entry(desc)
+        return IndexEntry(desc)
     subject_digest = oci.check_digest(subject.get("digest"))
     artifact_type = manifest.get("artifactType")
     if not isinstance(artifact_type, str) or not artifact_type:
@@ -168,10 +158,10 @@ def _entry(store: LayoutStore, desc: Descriptor, label: str) -> _Entry:
     if not isinstance(desc, ArtifactDescriptor) and artifact_type:
         desc = ArtifactDescriptor(desc.media_type, desc.digest, desc.size, desc.annotations, desc.platform,
                                   artifact_type)
-    return _Entry(desc, subject_digest, artifact_type, tuple(blobs))
+    return IndexEntry(desc, subject_digest, artifact_type, tuple(blobs))
 
 
-def _ordered(entries: Sequence[_Entry]) -> list[Descriptor]:
+def order_entries(entries: Sequence[IndexEntry]) -> list[Descriptor]:
     """Images first, in their order; then referrers by (subject, artifact type, digest)."""
     images = [e.desc for e in entries if e.subject is None]
     refs = sorted((e for e in entries if e.subject is not None),
@@ -187,7 +177,7 @@ def _subject_descriptor(store: LayoutStore, descs: Sequence[Descriptor], digest:
     if not store.has_blob(digest):
         raise LayoutError(f"{label}: no manifest {digest} in the layout")
     size = os.path.getsize(store.blob_path(digest))
-    manifest = _read_blob_json(store, Descriptor(oci.MEDIA_TYPE_MANIFEST, digest, size), label)
+    manifest = store.read_json(Descriptor(oci.MEDIA_TYPE_MANIFEST, digest, size), label, MAX_MANIFEST)
     media_type = manifest.get("mediaType")
     if not isinstance(media_type, str) or not media_type:
         media_type = oci.MEDIA_TYPE_INDEX if "manifests" in manifest else oci.MEDIA_TYPE_MANIFEST
@@ -239,12 +229,12 @@ def attach(layout_dir: str, subject_digest: str, data: bytes, artifact_type: str
     desc = ArtifactDescriptor(oci.MEDIA_TYPE_MANIFEST, stored.digest, stored.size, notes or None, None,
                               artifact_type)
 
-    entries = [_entry(store, d, layout_dir) for d in descs]
+    entries = [read_index_entry(store, d, layout_dir) for d in descs]
     replaced = [e for e in entries if e.subject == subject.digest and e.artifact_type == artifact_type]
     kept = [e for e in entries if e not in replaced]
-    kept.append(_Entry(desc, subject.digest, artifact_type, ()))
+    kept.append(IndexEntry(desc, subject.digest, artifact_type, ()))
     store.sync()
-    store.write_index(_ordered(kept))
+    store.write_index(order_entries(kept))
     _remove_unused(store, kept, [b for e in replaced for b in e.blobs], layout_dir)
     return desc
 
@@ -259,13 +249,14 @@ def _reachable(store: LayoutStore, descs: Sequence[Descriptor], label: str) -> s
             continue
         seen.add(desc.digest)
         if desc.media_type in oci.MANIFEST_TYPES or desc.media_type in oci.INDEX_TYPES:
-            obj = _read_blob_json(store, desc, label)
+            obj = store.read_json(desc, label, MAX_MANIFEST)
             items = [obj.get("config")] + list(obj.get("layers") or []) + list(obj.get("manifests") or [])
             todo += [Descriptor.from_dict(i) for i in items if isinstance(i, dict)]
     return seen
 
 
-def _remove_unused(store: LayoutStore, kept: Sequence[_Entry], candidates: Sequence[str], label: str) -> None:
+def _remove_unused(store: LayoutStore, kept: Sequence[IndexEntry], candidates: Sequence[str],
+                   label: str) -> None:
     """Remove the ``candidates`` blobs that nothing in the index reaches any more."""
     if not candidates:
         return
@@ -291,7 +282,7 @@ def referrers(layout_dir: str, subject_digest: str) -> list[Descriptor]:
     _check_layout(layout_dir)
     oci.check_digest(subject_digest)
     store = LayoutStore(layout_dir)
-    entries = [_entry(store, d, layout_dir) for d in _read_index(layout_dir)]
+    entries = [read_index_entry(store, d, layout_dir) for d in _read_index(layout_dir)]
     return [e.desc for e in entries if e.subject == subject_digest]
 
 
@@ -313,16 +304,16 @@ def surviving_referrers(layout_dir: str, subjects: Sequence[str]) -> tuple[list[
         descs = _read_index(layout_dir)
     except LayoutError:
         return [], []
-    candidates: list[_Entry] = []
+    candidates: list[IndexEntry] = []
     for desc in descs:
         try:
-            entry = _entry(store, desc, layout_dir)
+            entry = read_index_entry(store, desc, layout_dir)
         except LayoutError:
             continue
         if entry.subject is not None and all(store.has_blob(b) for b in entry.blobs):
             candidates.append(entry)
     present = set(subjects)
-    kept: list[_Entry] = []
+    kept: list[IndexEntry] = []
     changed = True
     while changed:
         changed = False
@@ -331,179 +322,4 @@ def surviving_referrers(layout_dir: str, subjects: Sequence[str]) -> tuple[list[
                 kept.append(entry)
                 present.add(entry.desc.digest)
                 changed = True
-    return _ordered(kept), sorted({b for e in kept for b in e.blobs})
-
-
-# --- registries ---------------------------------------------------------------------------------
-
-
-def _scope(repo: str, push: bool) -> list[str]:
-    return [push_scope(repo) if push else pull_scope(repo)]
-
-
-def _get_index(client: Any, url: str, repo: str, push: bool, what: str,
-               probe: bool = False) -> dict[str, Any] | None:
-    """GET an image index; ``None`` for 404 (no such tag).
-
-    With ``probe`` (the referrers API), any answer but an image index means
-    the registry does not have the API: ``None``, never an error.
-    """
-    # RegistryClient has no public call for an arbitrary GET; _send adds auth and retries.
-    response = client._send("GET", url, _scope(repo, push), headers={"Accept": oci.MEDIA_TYPE_INDEX})
-    with response:
-        if response.status_code == 404 or (probe and response.status_code != 200):
-            _ = response.content
-            return None
-        if response.status_code != 200:
-            _ = response.content  # read the error body for the message
-            raise client._fail(what, response)
-        data = response.content
-    try:
-        if len(data) > MAX_MANIFEST:
-            raise RegistryError(f"{client.registry}: {what}: larger than {MAX_MANIFEST} bytes")
-        try:
-            index = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise RegistryError(f"{client.registry}: {what}: not JSON") from None
-        if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
-            raise RegistryError(f"{client.registry}: {what}: not an image index")
-    except RegistryError:
-        if probe:
-            return None
-        raise
-    return index
-
-
-def _api_url(client: Any, repo: str, subject_digest: str) -> str:
-    return f"{client.base_url}/v2/{repo}/referrers/{subject_digest}"
-
-
-def _tag_url(client: Any, repo: str, subject_digest: str) -> str:
-    return f"{client.base_url}/v2/{repo}/manifests/{referrers_tag(subject_digest)}"
-
-
-def registry_descriptor(manifest: Mapping[str, Any], desc: Descriptor) -> dict[str, Any]:
-    """A referrers-list entry: the manifest's descriptor with its ``artifactType`` and annotations."""
-    out: dict[str, Any] = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
-    artifact_type = manifest.get("artifactType")
-    if not artifact_type and isinstance(manifest.get("config"), dict):
-        artifact_type = manifest["config"].get("mediaType")
-    if isinstance(artifact_type, str) and artifact_type:
-        out["artifactType"] = artifact_type
-    if isinstance(manifest.get("annotations"), dict) and manifest["annotations"]:
-        out["annotations"] = dict(manifest["annotations"])
-    return out
-
-
-@dataclass
-class ReferrerPush:
-    """What :func:`push_referrers` did.
-
-    Attributes:
-        pushed: referrer manifests put.
-        tag_updated: whether the referrers tag's index was (re)written.
-        api: whether the registry has the referrers API (no tag needed then).
-    """
-
-    pushed: int = 0
-    tag_updated: bool = False
-    api: bool = False
-
-
-def push_referrers(client: Any, repo: str, layout_dir: str, subject_digest: str,
-                   send_blob: Callable[[Descriptor, str], None]) -> ReferrerPush:
-    """Push the layout's referrers of ``subject_digest`` (already pushed) to ``repo``.
-
-    For each referrer: its blobs through ``send_blob(desc, path)`` (which
-    skips those the registry has), then its manifest by digest. A registry
-    without the referrers API gets the referrers tag: the index it names is
-    fetched (if any), the new referrers are added, and it is put back only if
-    it changed.
-
-    Raises:
-        LayoutError: the layout is unreadable.
-        RegistryError: the registry refuses or fails.
-    """
-    store = LayoutStore(layout_dir)
-    result = ReferrerPush()
-    entries: list[dict[str, Any]] = []
-    for desc in referrers(layout_dir, subject_digest):
-        manifest = _read_blob_json(store, desc, layout_dir)
-        for item in [manifest.get("config")] + list(manifest.get("layers") or []):
-            if isinstance(item, dict):
-                blob = Descriptor.from_dict(item)
-                send_blob(blob, store.blob_path(blob.digest))
-        with open(store.blob_path(desc.digest), "rb") as handle:
-            data = handle.read()
-        client.put_manifest(repo, desc.digest, data, desc.media_type)
-        result.pushed += 1
-        entries.append(registry_descriptor(manifest, desc))
-    if not entries:
-        return result
-    if _get_index(client, _api_url(client, repo, subject_digest), repo, True,
-                  f"referrers of {subject_digest} in {repo}", probe=True) is not None:
-        result.api = True
-        return result
-    tag = referrers_tag(subject_digest)
-    current = _get_index(client, _tag_url(client, repo, subject_digest), repo, True,
-                         f"get manifest {repo}:{tag}")
-    listed = list(current["manifests"]) if current is not None else []
-    have = {e.get("digest") for e in listed if isinstance(e, dict)}
-    added = [e for e in entries if e["digest"] not in have]
-    if added or current is None:
-        index = {"schemaVersion": 2, "mediaType": oci.MEDIA_TYPE_INDEX, "manifests": listed + added}
-        client.put_manifest(repo, tag, canonical_json(index), oci.MEDIA_TYPE_INDEX)
-        result.tag_updated = True
-    return result
-
-
-def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutStore,
-                    progress: Any = None) -> list[Descriptor]:
-    """Download the referrers of ``subject_digest`` into ``store`` (referrers API, else the tag).
-
-    Only OCI manifests whose ``subject`` really is ``subject_digest`` are
-    taken; each manifest and blob is verified. Nothing listed: ``[]``.
-
-    Returns:
-        Their index entries (:class:`ArtifactDescriptor`), sorted as :func:`attach` sorts them.
-
-    Raises:
-        DigestMismatchError: a manifest or blob does not match its digest.
-        RegistryError: the registry refuses or fails.
-    """
-    index = _get_index(client, _api_url(client, repo, subject_digest), repo, False,
-                       f"referrers of {subject_digest} in {repo}", probe=True)
-    if index is None:
-        index = _get_index(client, _tag_url(client, repo, subject_digest), repo, False,
-                           f"get manifest {repo}:{referrers_tag(subject_digest)}")
-    if index is None:
-        return []
-    entries: list[_Entry] = []
-    seen: set[str] = set()
-    for raw in index["manifests"]:
-        if not isinstance(raw, dict) or raw.get("mediaType") != oci.MEDIA_TYPE_MANIFEST:
-            continue
-        listed = _descriptor(raw)
-        if listed.digest in seen:
-            continue
-        seen.add(listed.digest)
-        data, media_type, digest = client.get_manifest(repo, listed.digest, accept=(oci.MEDIA_TYPE_MANIFEST,))
-        try:
-            manifest = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise LayoutError(f"{client.registry}: referrer {digest} in {repo} is not JSON") from None
-        subject = manifest.get("subject") if isinstance(manifest, dict) else None
-        if not isinstance(subject, dict) or subject.get("digest") != subject_digest:
-            continue
-        blobs = [Descriptor.from_dict(i) for i in [manifest.get("config")] + list(manifest.get("layers") or [])
-                 if isinstance(i, dict)]
-        for blob in blobs:
-            if not store.has_blob(blob.digest):
-                client.get_blob(repo, blob.digest, store.blob_path(blob.digest), blob.size, progress)
-        stored = store.put_blob(data, media_type, expected_digest=digest)
-        entry = _entry(store, stored, repo)
-        notes = manifest.get("annotations") if isinstance(manifest.get("annotations"), dict) else None
-        desc = ArtifactDescriptor(stored.media_type, stored.digest, stored.size, notes or None, None,
-                                  entry.artifact_type)
-        entries.append(_Entry(desc, entry.subject, entry.artifact_type, entry.blobs))
-    return _ordered(entries)
+    return order_entries(kept), sorted({b for e in kept for b in e.blobs})

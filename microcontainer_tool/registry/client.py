@@ -25,20 +25,20 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 import warnings
-from typing import Any, BinaryIO, Callable, Mapping, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
 
+from microcontainer_tool.errors import DigestMismatchError, LayoutError, OutputError, RegistryError
+from microcontainer_tool.hostfs.atomic import atomic_file
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.registry.auth import ANONYMOUS, Authenticator, Credentials, pull_scope, push_scope
-from microcontainer_tool.errors import DigestMismatchError, LayoutError, RegistryError
 from microcontainer_tool.registry.reference import normalize_registry
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ USER_AGENT = "microcontainer-tool"
 Progress = Callable[[str, int, int], None]
 """``progress(label, done_bytes, total_bytes)``."""
 
-BlobSource = Union[str, bytes, Callable[[], BinaryIO]]
+BlobSource = str | bytes | Callable[[], BinaryIO]
 """A file path, the bytes, or a function opening a fresh stream (called once per attempt)."""
 
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
@@ -511,21 +511,15 @@ class RegistryClient:
             RegistryError: the blob is missing or the transfer keeps failing.
         """
         oci.check_digest(digest)
-        directory = os.path.dirname(os.path.abspath(dest_path))
         attempt = 0
         while True:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest_path)}.tmp-")
             try:
-                with os.fdopen(fd, "wb") as out:
+                with atomic_file(dest_path, 0o600) as out:
                     count, actual = self._download(repo, digest, out, size, progress)
-                    out.flush()
-                    os.fsync(out.fileno())
-                if actual != digest or (size is not None and count != size):
-                    raise DigestMismatchError(
-                        f"{self.registry}: blob {digest} from {repo} is {actual} ({count} bytes)"
-                        + (f", expected {size} bytes" if size is not None else ""))
-                os.rename(tmp, dest_path)
-                tmp = ""
+                    if actual != digest or (size is not None and count != size):
+                        raise DigestMismatchError(
+                            f"{self.registry}: blob {digest} from {repo} is {actual} ({count} bytes)"
+                            + (f", expected {size} bytes" if size is not None else ""))
                 return count
             except _Interrupted as error:
                 if attempt >= self.retries:
@@ -536,12 +530,8 @@ class RegistryClient:
                 attempt += 1
             except OSError as error:
                 raise LayoutError(f"{dest_path}: cannot write: {error.strerror or error}") from None
-            finally:
-                if tmp:
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
+            except OutputError as error:
+                raise LayoutError(str(error)) from None
 
     def _download(self, repo: str, digest: str, out: BinaryIO, size: int | None,
                   progress: Progress | None) -> tuple[int, str]:

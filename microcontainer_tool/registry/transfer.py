@@ -15,7 +15,7 @@ does its digest: the digest returned (and printed) is the pushed one.
 From an OCI layout, the artifacts that refer to the image (OCI 1.1
 ``subject``: an SBOM attached by ``build --sbom``) follow it: their blobs, their
 manifests by digest, and for registries without the referrers API the
-referrers tag ``sha256-<hex>`` (:mod:`.referrer`). :func:`pull` brings them back.
+referrers tag ``sha256-<hex>`` (:mod:`microcontainer_tool.registry.referrers`). :func:`pull` brings them back.
 
 :func:`pull` reads OCI manifests, Docker schema 2 manifests, OCI indexes and
 Docker manifest lists (choosing a platform, by default this machine's) and
@@ -34,17 +34,22 @@ import platform as _platform
 import shutil
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Mapping, TextIO
+from typing import Any, BinaryIO, TextIO
 
-from microcontainer_tool.oci import layout, model as oci
 from microcontainer_tool.errors import LayoutError, RegistryError
-from microcontainer_tool.oci.imageview import MAX_JSON_BLOB, open_image
-from microcontainer_tool.oci.layout import LayoutStore, format_for_path
 from microcontainer_tool.hostfs.atomic import make_temp_dir, replace_dir, write_atomic
+from microcontainer_tool.oci import layout
+from microcontainer_tool.oci import model as oci
+from microcontainer_tool.oci.blobs import MAX_JSON_BLOB
+from microcontainer_tool.oci.imageview import open_image
+from microcontainer_tool.oci.layout import format_for_path
 from microcontainer_tool.oci.model import Descriptor, canonical_json
-from microcontainer_tool.registry.reference import Reference, normalize_registry
+from microcontainer_tool.oci.store import BLOBS_DIR, INDEX_FILE, OCI_LAYOUT, OCI_LAYOUT_FILE, LayoutStore
 from microcontainer_tool.registry.client import Progress, RegistryClient
+from microcontainer_tool.registry.reference import Reference, normalize_registry
+from microcontainer_tool.registry.referrers import fetch_referrers, push_referrers
 
 PROGRESS_MIN_SIZE = 16 << 20
 """Transfers smaller than this show no progress."""
@@ -185,7 +190,7 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
     Returns:
         The pushed digest, the blob counts (uploaded, skipped, mounted) and
         the number of referrers pushed: an OCI layout's artifacts whose
-        ``subject`` is the pushed manifest (see :func:`.referrer.push_referrers`).
+        ``subject`` is the pushed manifest (see :func:`microcontainer_tool.registry.referrers.push_referrers`).
 
     Raises:
         LayoutError: the image is unreadable or malformed.
@@ -235,8 +240,6 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
     pushed = client.put_manifest(ref.repository, ref.tag or digest, manifest_bytes, media_type)
     referrers = 0
     if os.path.isdir(view.path) and pushed == view.manifest_digest:  # a layout's artifacts of this image
-        from microcontainer_tool.oci.referrers import push_referrers
-
         referrers = push_referrers(client, ref.repository, view.path, pushed, send_blob).pushed
     return PushResult(pushed, ref.with_digest(pushed), media_type, counts["uploaded"], counts["skipped"],
                       counts["mounted"], counts["sent"], referrers)
@@ -419,11 +422,8 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
             if not store.has_blob(desc.digest):
                 client.get_blob(ref.repository, desc.digest, store.blob_path(desc.digest), desc.size,
                                 progress)
-        with open(store.blob_path(config_desc.digest), "rb") as handle:
-            config = _json(handle.read(), f"{ref}: config {config_desc.digest}")
+        config = store.read_json(config_desc, f"{ref}: config")
         annotations = {oci.ANNOTATION_REF_NAME: ref.tag} if ref.tag else None
-        from microcontainer_tool.oci.referrers import fetch_referrers
-
         referrers = fetch_referrers(client, ref.repository, digest, store, progress)  # SBOMs and the like
         store.sync()
         store.write_index([Descriptor(media_type, digest, len(data), annotations, oci.platform_of(config)),
@@ -432,14 +432,14 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
             replace_dir(tmp, target)
             tmp = ""
         else:
-            members: dict[str, bytes | str] = {layout.OCI_LAYOUT_FILE: canonical_json(layout.OCI_LAYOUT)}
-            with open(os.path.join(tmp, layout.INDEX_FILE), "rb") as handle:
-                members[layout.INDEX_FILE] = handle.read()
+            members: dict[str, bytes | str] = {OCI_LAYOUT_FILE: canonical_json(OCI_LAYOUT)}
+            with open(os.path.join(tmp, INDEX_FILE), "rb") as handle:
+                members[INDEX_FILE] = handle.read()
             for desc in [Descriptor(media_type, digest, len(data)), config_desc, *layers]:
-                members[f"{layout.BLOBS_DIR}/{desc.hex}"] = store.blob_path(desc.digest)
-            for name in sorted(os.listdir(os.path.join(tmp, layout.BLOBS_DIR))):  # the referrers' blobs
+                members[f"{BLOBS_DIR}/{desc.hex}"] = store.blob_path(desc.digest)
+            for name in sorted(os.listdir(os.path.join(tmp, BLOBS_DIR))):  # the referrers' blobs
                 if not name.startswith("."):
-                    members.setdefault(f"{layout.BLOBS_DIR}/{name}", os.path.join(tmp, layout.BLOBS_DIR, name))
+                    members.setdefault(f"{BLOBS_DIR}/{name}", os.path.join(tmp, BLOBS_DIR, name))
             layout.write_archive_file(target, members, gzip=fmt == "smith")
     except OSError as error:
         raise LayoutError(f"{out}: cannot write: {error.strerror or error}") from None

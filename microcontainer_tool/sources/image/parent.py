@@ -17,13 +17,14 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from microcontainer_tool.oci import model as oci
 from microcontainer_tool.errors import SpecError
-from microcontainer_tool.oci.imageview import open_image
-from microcontainer_tool.sources.image.root import ImageRoot
-from microcontainer_tool.oci.layout import BaseLayer, LayoutStore
-from microcontainer_tool.oci.model import Descriptor
 from microcontainer_tool.model.tree import EntryKind, FileTree, HostFile, InlineContent, content_hash
+from microcontainer_tool.oci import model as oci
+from microcontainer_tool.oci.imageview import open_image
+from microcontainer_tool.oci.layout import BaseLayer
+from microcontainer_tool.oci.model import Descriptor
+from microcontainer_tool.oci.store import LayoutStore
+from microcontainer_tool.sources.image.root import ImageRoot
 
 #: Cache subdirectory holding verified copies of parent layer blobs.
 BLOBS_DIR = "parent-blobs"

@@ -21,12 +21,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from microcontainer_tool.errors import SourceError
+from microcontainer_tool.errors import OutputError, SourceError
+from microcontainer_tool.hostfs.atomic import atomic_file
 from microcontainer_tool.sources.rpm.package import Checksum, PackageInfo
 
 LOCK_VERSION = 1
@@ -173,22 +173,14 @@ def write_lock(path: str, lock: Lock) -> None:
         SourceError: the file cannot be written.
     """
     text = dumps_lock(lock).encode("utf-8")
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".microimage.lock.", suffix=".tmp")
-    except OSError as exc:
-        raise SourceError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_file(path) as out:
+            os.fchmod(out.fileno(), 0o644)  # whatever the umask: the file is shared (version control)
             out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise SourceError(f"cannot write {path}: {exc.strerror}") from None
+    except OutputError as exc:
+        raise SourceError(f"cannot write {path}: {exc}") from None
 
 
 _FIELD_TYPES = {f.name: (int if f.name == "epoch" else str) for f in fields(LockedPackage)}

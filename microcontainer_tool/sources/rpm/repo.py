@@ -47,6 +47,7 @@ import solv
 import zstandard
 
 from microcontainer_tool.errors import DigestMismatchError, RepoError
+from microcontainer_tool.hostfs.atomic import atomic_file, temp_file, unlink_quietly
 from microcontainer_tool.sources.rpm.package import Checksum, Dep, PackageInfo, split_evr
 
 REPO_NS = "http://linux.duke.edu/metadata/repo"
@@ -277,25 +278,22 @@ class Fetcher:
 
     def _fetch_into_cache(self, url: str, checksum: Checksum, size: int | None, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                state = {"digest": _hasher(checksum, url), "size": 0}
+        with atomic_file(path) as out:
+            os.fchmod(out.fileno(), 0o644)  # whatever the umask: the cache may be shared
+            state = {"digest": _hasher(checksum, url), "size": 0}
 
-                def sink(chunk: bytes) -> None:
-                    out.write(chunk)
-                    state["digest"].update(chunk)  # type: ignore[attr-defined]
-                    state["size"] += len(chunk)  # type: ignore[operator]
+            def sink(chunk: bytes) -> None:
+                out.write(chunk)
+                state["digest"].update(chunk)  # type: ignore[attr-defined]
+                state["size"] += len(chunk)  # type: ignore[operator]
 
-                def restart() -> None:
-                    out.seek(0)
-                    out.truncate()
-                    state["digest"] = _hasher(checksum, url)
-                    state["size"] = 0
+            def restart() -> None:
+                out.seek(0)
+                out.truncate()
+                state["digest"] = _hasher(checksum, url)
+                state["size"] = 0
 
-                self._stream(url, sink, restart)
-                out.flush()
-                os.fsync(out.fileno())
+            self._stream(url, sink, restart)
             got = state["digest"].hexdigest()  # type: ignore[attr-defined]
             if size is not None and state["size"] != size:
                 raise DigestMismatchError(f"{url}: {state['size']} bytes downloaded, "
@@ -303,12 +301,6 @@ class Fetcher:
             if got != checksum.value.lower():
                 raise DigestMismatchError(f"{url}: {checksum.kind} is {got}, repository metadata "
                                           f"says {checksum.value}")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         st = os.stat(path)
         self._verified.add((path, st.st_size, st.st_mtime_ns, st.st_ino))
 
@@ -317,14 +309,19 @@ def _place(src: str, dest: str) -> None:
     """Put a copy of ``src`` at ``dest`` atomically (hard link when on one file system)."""
     directory = os.path.dirname(os.path.abspath(dest))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(dest)}")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
+    fd, tmp = temp_file(directory, "." + os.path.basename(dest))  # a fresh name for the link
+    os.close(fd)
     try:
+        os.unlink(tmp)
         os.link(src, tmp)
+        os.replace(tmp, dest)
+        return
     except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+        pass  # another file system: copy
+    finally:
+        unlink_quietly(tmp)  # left behind when dest already was a link to src (rename does nothing)
+    with open(src, "rb") as source, atomic_file(dest, 0o666, fsync=False) as out:
+        shutil.copyfileobj(source, out)
 
 
 # --------------------------------------------------------------------------- metadata files
@@ -467,22 +464,13 @@ def new_pool(arch: str = "x86_64") -> solv.Pool:
 def _write_solv(path: str, write: Callable[[solv.xfile], bool]) -> None:
     """Write a ``.solv`` file atomically (temp + rename)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".solv")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            fp = solv.xfopen_fd(None, out.fileno(), "w")
-            ok = write(fp)
-            fp.close()
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_file(path) as out:
+        os.fchmod(out.fileno(), 0o644)  # whatever the umask: the cache may be shared
+        fp = solv.xfopen_fd(None, out.fileno(), "w")
+        ok = write(fp)
+        fp.close()
         if not ok:
             raise RepoError(f"cannot write {path}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _add_solv(repo: solv.Repo, path: str, flags: int = 0) -> bool:

@@ -78,9 +78,9 @@ def lock_packages(spec: ImageSpec, cache_dir: str, fetcher: object | None = None
     Raises:
         RepoError, ResolveError, RpmError: with one-line messages.
     """
+    from microcontainer_tool.sources.rpm.payload import read_rpm
     from microcontainer_tool.sources.rpm.repo import Fetcher, RepoConfig, load_repo
     from microcontainer_tool.sources.rpm.solver import resolve
-    from microcontainer_tool.sources.rpm.payload import read_rpm
 
     fetch: Any = fetcher if fetcher is not None else Fetcher(cache_dir=cache_dir)
     repos = [load_repo(RepoConfig(r.id, r.baseurl, name=r.id, priority=r.priority, gpgkey=r.gpgkey),
@@ -204,9 +204,9 @@ def _package_file(package: LockedPackage, spec: ImageSpec, fetch: Any) -> str:
 
 
 def _extract_all(lock: Lock, files: list[str], sysroots: str, root: str, meta: str) -> PackageRoot:
-    from microcontainer_tool.sources.rpm.payload import (
-        extract_rpm, read_rpm, rpm_installed_size, rpm_manifest_line,
-    )
+    from microcontainer_tool.sources.rpm.cpio import extract_rpm
+    from microcontainer_tool.sources.rpm.header import rpm_installed_size, rpm_manifest_line
+    from microcontainer_tool.sources.rpm.payload import read_rpm
 
     os.makedirs(sysroots, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".extract-", dir=sysroots)

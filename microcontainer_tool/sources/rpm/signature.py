@@ -9,7 +9,7 @@ against it and returns the id of the key that signed it.
 What is checked, and how:
 
 * the header digests (``SHA256HEADER``/``SHA1HEADER``) and the header's
-  structure, by :func:`microcontainer_tool.sources.rpm.payload._read_headers` (the same guard
+  structure, by :func:`microcontainer_tool.sources.rpm.header.read_headers` (the same guard
   that keeps corrupt headers away from ``rpm_rs``);
 * the *header-only* OpenPGP signature (``RSAHEADER``/``DSAHEADER``, or v6
   ``OPENPGP``), which is what ``rpmsign`` has written since rpm 4.14 (RSA,
@@ -22,7 +22,7 @@ Packages built by rpm < 4.14 have no ``PAYLOADDIGEST``: their payload is only
 covered by the legacy header+payload signature (``SIGPGP``/``SIGGPG``), which
 ``rpm_rs`` does not verify. They are refused unless ``header_only_ok=True``, in
 which case the caller must check every file against the (signed) header's file
-digests, as :func:`~microcontainer_tool.sources.rpm.payload.extract_rpm` does by default for
+digests, as :func:`~microcontainer_tool.sources.rpm.cpio.extract_rpm` does by default for
 exactly such packages.
 
 Keys are parsed here too (ASCII armor with its CRC, or binary packets), so that
@@ -51,7 +51,8 @@ from urllib.parse import unquote, urlparse
 import rpm_rs  # type: ignore[import-untyped]
 
 from microcontainer_tool.errors import RpmError
-from microcontainer_tool.sources.rpm.payload import CHUNK, _open, _read_headers
+from microcontainer_tool.sources.rpm.header import open_package, read_headers
+from microcontainer_tool.sources.rpm.payload import CHUNK
 
 __all__ = ["KeyRing", "PublicKey", "load_keys", "parse_keys", "verify_signature"]
 
@@ -405,8 +406,8 @@ def verify_signature(path: str, keys: KeyRing, *, header_only_ok: bool = False) 
             0x...``, ``PATH: bad signature ...`` (the header or the payload is
             not what was signed), or the package is corrupt or unreadable.
     """
-    with _open(path) as handle:
-        pkg = _read_headers(handle, path)  # structure + header digests
+    with open_package(path) as handle:
+        pkg = read_headers(handle, path)  # structure + header digests
         if not any(pkg.signature.has(t) for t in (_SIG_RSAHEADER, _SIG_DSAHEADER, _SIG_OPENPGP)):
             if any(pkg.signature.has(t) for t in (_SIG_PGP, _SIG_GPG)):
                 raise RpmError(f"{path}: only has a legacy header+payload signature, "

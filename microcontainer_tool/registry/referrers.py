@@ -1,0 +1,204 @@
+"""Referrers (OCI 1.1 ``subject`` artifacts) in registries: pushed with an image, fetched with a pull.
+
+Referrer manifests are pushed by digest. Registries without the referrers API
+(distribution 2.8, Debian's ``docker-registry``) get the *referrers tag
+schema*: the tag ``sha256-<hex of the subject digest>`` names an image index
+listing the referrers, fetched, merged and put again (:func:`push_referrers`);
+:func:`fetch_referrers` reads either. How referrers are kept in an OCI layout
+is :mod:`microcontainer_tool.oci.referrers`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from microcontainer_tool.errors import LayoutError, RegistryError
+from microcontainer_tool.oci import model as oci
+from microcontainer_tool.oci.model import Descriptor, canonical_json
+from microcontainer_tool.oci.referrers import (
+    MAX_MANIFEST,
+    ArtifactDescriptor,
+    IndexEntry,
+    order_entries,
+    read_index_entry,
+    referrers,
+    referrers_tag,
+)
+from microcontainer_tool.oci.store import LayoutStore
+from microcontainer_tool.registry.auth import pull_scope, push_scope
+
+
+def _scope(repo: str, push: bool) -> list[str]:
+    return [push_scope(repo) if push else pull_scope(repo)]
+
+
+def _get_index(client: Any, url: str, repo: str, push: bool, what: str,
+               probe: bool = False) -> dict[str, Any] | None:
+    """GET an image index; ``None`` for 404 (no such tag).
+
+    With ``probe`` (the referrers API), any answer but an image index means
+    the registry does not have the API: ``None``, never an error.
+    """
+    # RegistryClient has no public call for an arbitrary GET; _send adds auth and retries.
+    response = client._send("GET", url, _scope(repo, push), headers={"Accept": oci.MEDIA_TYPE_INDEX})
+    with response:
+        if response.status_code == 404 or (probe and response.status_code != 200):
+            _ = response.content
+            return None
+        if response.status_code != 200:
+            _ = response.content  # read the error body for the message
+            raise client._fail(what, response)
+        data = response.content
+    try:
+        if len(data) > MAX_MANIFEST:
+            raise RegistryError(f"{client.registry}: {what}: larger than {MAX_MANIFEST} bytes")
+        try:
+            index = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise RegistryError(f"{client.registry}: {what}: not JSON") from None
+        if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+            raise RegistryError(f"{client.registry}: {what}: not an image index")
+    except RegistryError:
+        if probe:
+            return None
+        raise
+    return index
+
+
+def _api_url(client: Any, repo: str, subject_digest: str) -> str:
+    return f"{client.base_url}/v2/{repo}/referrers/{subject_digest}"
+
+
+def _tag_url(client: Any, repo: str, subject_digest: str) -> str:
+    return f"{client.base_url}/v2/{repo}/manifests/{referrers_tag(subject_digest)}"
+
+
+def registry_descriptor(manifest: Mapping[str, Any], desc: Descriptor) -> dict[str, Any]:
+    """A referrers-list entry: the manifest's descriptor with its ``artifactType`` and annotations."""
+    out: dict[str, Any] = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
+    artifact_type = manifest.get("artifactType")
+    if not artifact_type and isinstance(manifest.get("config"), dict):
+        artifact_type = manifest["config"].get("mediaType")
+    if isinstance(artifact_type, str) and artifact_type:
+        out["artifactType"] = artifact_type
+    if isinstance(manifest.get("annotations"), dict) and manifest["annotations"]:
+        out["annotations"] = dict(manifest["annotations"])
+    return out
+
+
+@dataclass
+class ReferrerPush:
+    """What :func:`push_referrers` did.
+
+    Attributes:
+        pushed: referrer manifests put.
+        tag_updated: whether the referrers tag's index was (re)written.
+        api: whether the registry has the referrers API (no tag needed then).
+    """
+
+    pushed: int = 0
+    tag_updated: bool = False
+    api: bool = False
+
+
+def push_referrers(client: Any, repo: str, layout_dir: str, subject_digest: str,
+                   send_blob: Callable[[Descriptor, str], None]) -> ReferrerPush:
+    """Push the layout's referrers of ``subject_digest`` (already pushed) to ``repo``.
+
+    For each referrer: its blobs through ``send_blob(desc, path)`` (which
+    skips those the registry has), then its manifest by digest. A registry
+    without the referrers API gets the referrers tag: the index it names is
+    fetched (if any), the new referrers are added, and it is put back only if
+    it changed.
+
+    Raises:
+        LayoutError: the layout is unreadable.
+        RegistryError: the registry refuses or fails.
+    """
+    store = LayoutStore(layout_dir)
+    result = ReferrerPush()
+    entries: list[dict[str, Any]] = []
+    for desc in referrers(layout_dir, subject_digest):
+        manifest = store.read_json(desc, layout_dir, MAX_MANIFEST)
+        for item in [manifest.get("config")] + list(manifest.get("layers") or []):
+            if isinstance(item, dict):
+                blob = Descriptor.from_dict(item)
+                send_blob(blob, store.blob_path(blob.digest))
+        with open(store.blob_path(desc.digest), "rb") as handle:
+            data = handle.read()
+        client.put_manifest(repo, desc.digest, data, desc.media_type)
+        result.pushed += 1
+        entries.append(registry_descriptor(manifest, desc))
+    if not entries:
+        return result
+    if _get_index(client, _api_url(client, repo, subject_digest), repo, True,
+                  f"referrers of {subject_digest} in {repo}", probe=True) is not None:
+        result.api = True
+        return result
+    tag = referrers_tag(subject_digest)
+    current = _get_index(client, _tag_url(client, repo, subject_digest), repo, True,
+                         f"get manifest {repo}:{tag}")
+    listed = list(current["manifests"]) if current is not None else []
+    have = {e.get("digest") for e in listed if isinstance(e, dict)}
+    added = [e for e in entries if e["digest"] not in have]
+    if added or current is None:
+        index = {"schemaVersion": 2, "mediaType": oci.MEDIA_TYPE_INDEX, "manifests": listed + added}
+        client.put_manifest(repo, tag, canonical_json(index), oci.MEDIA_TYPE_INDEX)
+        result.tag_updated = True
+    return result
+
+
+def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutStore,
+                    progress: Any = None) -> list[Descriptor]:
+    """Download the referrers of ``subject_digest`` into ``store`` (referrers API, else the tag).
+
+    Only OCI manifests whose ``subject`` really is ``subject_digest`` are
+    taken; each manifest and blob is verified. Nothing listed: ``[]``.
+
+    Returns:
+        Their index entries (:class:`~microcontainer_tool.oci.referrers.ArtifactDescriptor`), sorted as
+        :func:`~microcontainer_tool.oci.referrers.attach` sorts them.
+
+    Raises:
+        DigestMismatchError: a manifest or blob does not match its digest.
+        RegistryError: the registry refuses or fails.
+    """
+    index = _get_index(client, _api_url(client, repo, subject_digest), repo, False,
+                       f"referrers of {subject_digest} in {repo}", probe=True)
+    if index is None:
+        index = _get_index(client, _tag_url(client, repo, subject_digest), repo, False,
+                           f"get manifest {repo}:{referrers_tag(subject_digest)}")
+    if index is None:
+        return []
+    entries: list[IndexEntry] = []
+    seen: set[str] = set()
+    for raw in index["manifests"]:
+        if not isinstance(raw, dict) or raw.get("mediaType") != oci.MEDIA_TYPE_MANIFEST:
+            continue
+        listed = Descriptor.from_dict(raw)
+        if listed.digest in seen:
+            continue
+        seen.add(listed.digest)
+        data, media_type, digest = client.get_manifest(repo, listed.digest, accept=(oci.MEDIA_TYPE_MANIFEST,))
+        try:
+            manifest = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise LayoutError(f"{client.registry}: referrer {digest} in {repo} is not JSON") from None
+        subject = manifest.get("subject") if isinstance(manifest, dict) else None
+        if not isinstance(subject, dict) or subject.get("digest") != subject_digest:
+            continue
+        items = [manifest.get("config")] + list(manifest.get("layers") or [])
+        blobs = [Descriptor.from_dict(i) for i in items if isinstance(i, dict)]
+        for blob in blobs:
+            if not store.has_blob(blob.digest):
+                client.get_blob(repo, blob.digest, store.blob_path(blob.digest), blob.size, progress)
+        stored = store.put_blob(data, media_type, expected_digest=digest)
+        entry = read_index_entry(store, stored, repo)
+        notes = manifest.get("annotations") if isinstance(manifest.get("annotations"), dict) else None
+        desc = ArtifactDescriptor(stored.media_type, stored.digest, stored.size, notes or None, None,
+                                  entry.artifact_type)
+        entries.append(IndexEntry(desc, entry.subject, entry.artifact_type, entry.blobs))
+    return order_entries(entries)
