@@ -133,8 +133,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         build_lib(top, f"/opt/{platform}/libplat.so.1", "libplat.so.1", symbol=platform)
     build_lib(top, "/opt/haswell/libfb.so.1", "libfb.so.1", symbol="haswell")
     build_lib(top, "/opt/fallback/libfb.so.1", "libfb.so.1")
-    build_prog(top, "/opt/bin/prog_dst", ("/opt/lib/x86_64-linux-gnu/liblibtok.so.1", "/opt/x86_64/libplat.so.1",
-                                          "/opt/fallback/libfb.so.1"),
+    build_prog(top, "/opt/bin/prog_dst", ("/opt/lib/x86_64-linux-gnu/liblibtok.so.1",
+                                          "/opt/x86_64/libplat.so.1", "/opt/fallback/libfb.so.1"),
                (rnp, "-Wl,-rpath,/opt/$LIB:/opt/${PLATFORM}:/opt/fallback"))
     # A missing library deep in the chain.
     build_lib(top, "/opt/gone/libgone.so.1", "libgone.so.1")
