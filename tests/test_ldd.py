@@ -22,6 +22,8 @@ from microcontainer_tool.sources.sysroot import SysRoot
 HOST_LDSO = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 HOST_LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 MULTIARCH = "/usr/lib/x86_64-linux-gnu"
+QEMU = shutil.which("qemu-x86_64-static")
+PLATFORM_DIRS = ("x86_64", "haswell", "xeon_phi")
 
 pytestmark = pytest.mark.skipif(
     shutil.which("gcc") is None or not os.path.exists(HOST_LDSO), reason="needs gcc and an x86-64 glibc host"
@@ -123,11 +125,17 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (top / "opt/notelf").mkdir()
     (top / "opt/notelf/libb.so.1").write_text("/* GNU ld script */\n")
     build_prog(top, "/opt/bin/prog_notelf", ("/opt/a/libb.so.1",), (rp, "-Wl,-rpath,/opt/notelf:/opt/a"))
-    # $LIB and $PLATFORM.
+    # $LIB and $PLATFORM: libplat in each platform dir ld.so may pick (x86_64 on
+    # AMD and older Intel, haswell on AVX2 Intel, xeon_phi), libfb only for
+    # haswell and in a fallback dir that every other CPU reaches.
     build_lib(top, "/opt/lib/x86_64-linux-gnu/liblibtok.so.1", "liblibtok.so.1")
-    build_lib(top, "/opt/x86_64/libplat.so.1", "libplat.so.1")
-    build_prog(top, "/opt/bin/prog_dst", ("/opt/lib/x86_64-linux-gnu/liblibtok.so.1", "/opt/x86_64/libplat.so.1"),
-               (rnp, "-Wl,-rpath,/opt/$LIB:/opt/${PLATFORM}"))
+    for platform in PLATFORM_DIRS:
+        build_lib(top, f"/opt/{platform}/libplat.so.1", "libplat.so.1", symbol=platform)
+    build_lib(top, "/opt/haswell/libfb.so.1", "libfb.so.1", symbol="haswell")
+    build_lib(top, "/opt/fallback/libfb.so.1", "libfb.so.1")
+    build_prog(top, "/opt/bin/prog_dst", ("/opt/lib/x86_64-linux-gnu/liblibtok.so.1",
+                                          "/opt/x86_64/libplat.so.1", "/opt/fallback/libfb.so.1"),
+               (rnp, "-Wl,-rpath,/opt/$LIB:/opt/${PLATFORM}:/opt/fallback"))
     # A missing library deep in the chain.
     build_lib(top, "/opt/gone/libgone.so.1", "libgone.so.1")
     build_lib(top, "/opt/lib/libneedsgone.so.1", "libneedsgone.so.1", needs=("/opt/gone/libgone.so.1",))
@@ -155,14 +163,30 @@ def image_set(resolver: LibraryResolver, path: str) -> set[str]:
     return set(closure.libraries()) | {f"missing:{d.name}" for d in closure.missing()}
 
 
-def real_ldso(root: Path, prog: str, env: dict[str, str] | None = None) -> set[str]:
-    """What the real glibc loader lists for ``prog`` inside ``root`` (needs root)."""
+def real_ldso(root: Path, prog: str, env: dict[str, str] | None = None, cpu: str | None = None) -> set[str]:
+    """What the real glibc loader lists for ``prog`` inside ``root`` (needs root).
+
+    Args:
+        cpu: a QEMU CPU model: run the loader under ``qemu-x86_64-static -cpu
+            CPU`` (copied into ``root`` for the run), so it answers as on that
+            CPU; ``None``: natively, on this host's CPU.
+    """
     if os.geteuid() != 0:
         pytest.skip("the real-ld.so oracle needs root (chroot)")
+    command = ["/lib64/ld-linux-x86-64.so.2", prog]
+    qemu = root / "qemu-x86_64-static"
+    if cpu is not None:
+        if QEMU is None:
+            pytest.skip("needs qemu-x86_64-static (apt-get install qemu-user-static)")
+        shutil.copy(QEMU, qemu)
+        command = ["/qemu-x86_64-static", "-cpu", cpu, *command]
     # What ldd does (LD_TRACE_LOADED_OBJECTS=1 ld.so PROG), inside the root.
-    proc = subprocess.run(["/lib64/ld-linux-x86-64.so.2", prog], capture_output=True, text=True, timeout=30,
-                          env={"LD_TRACE_LOADED_OBJECTS": "1", **(env or {})},
-                          preexec_fn=lambda: (os.chroot(str(root)), os.chdir("/")))
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              env={"LD_TRACE_LOADED_OBJECTS": "1", **(env or {})},
+                              preexec_fn=lambda: (os.chroot(str(root)), os.chdir("/")))
+    finally:
+        qemu.unlink(missing_ok=True)
     sysroot = SysRoot(str(root))
     result: set[str] = set()
     for line in proc.stdout.splitlines():
@@ -193,7 +217,8 @@ def edge(closure: Closure, name: str) -> Dependency:
 # prog_conf is left out: without an ld.so.cache ld.so ignores ld.so.conf, while
 # the resolver reads the conf dirs (what ldconfig would cache; the image gets a
 # generated cache). test_ld_so_conf_... compares it once the cache exists.
-PROGS = ["prog_rpath", "prog_runpath", "prog_origin", "prog_multi", "prog_dst",
+# prog_dst is left out too: its $PLATFORM closure is every CPU's (test_platform_...).
+PROGS = ["prog_rpath", "prog_runpath", "prog_origin", "prog_multi",
          "prog_missing", "prog_nodeflib", "prog_deflib", "prog_direct", "prog_chain"]
 
 
@@ -269,6 +294,51 @@ def test_lib_and_platform_tokens(root: Path) -> None:
     closure = LibraryResolver(SysRoot(str(root))).closure(["/opt/bin/prog_dst"])
     assert edge(closure, "liblibtok.so.1").path == "/opt/lib/x86_64-linux-gnu/liblibtok.so.1"
     assert edge(closure, "libplat.so.1").path == "/opt/x86_64/libplat.so.1"
+    # Every platform dir that has the library is in the closure, each edge
+    # recording the $PLATFORM value it was found with.
+    assert [(d.path, d.rule, d.search_dir) for d in closure.edges if d.name == "libplat.so.1"] == [
+        (f"/opt/{p}/libplat.so.1", f"RUNPATH ($PLATFORM={p})", f"/opt/{p}") for p in PLATFORM_DIRS]
+    assert [(d.path, d.rule, d.search_dir) for d in closure.edges if d.name == "libfb.so.1"] == [
+        ("/opt/fallback/libfb.so.1", "RUNPATH ($PLATFORM=x86_64)", "/opt/fallback"),
+        ("/opt/haswell/libfb.so.1", "RUNPATH ($PLATFORM=haswell)", "/opt/haswell")]
+    # A name that finds the same file for every value has no $PLATFORM tag.
+    assert edge(closure, "liblibtok.so.1").rule == "RUNPATH"
+
+
+def test_platform_values_follow_the_machine(tmp_path: Path) -> None:
+    """An aarch64 object's $PLATFORM is ``aarch64`` only: x86-64 platform dirs are not its."""
+    top = tmp_path / "root"
+    platforms = ("aarch64", "x86_64", "haswell")
+    for platform in platforms:
+        build_lib(top, f"/opt/{platform}/libp.so.1", "libp.so.1", symbol=platform)
+    build_lib(top, "/opt/lib/libroot.so.1", "libroot.so.1", needs=("/opt/aarch64/libp.so.1",),
+              flags=("-Wl,--enable-new-dtags", "-Wl,-rpath,/opt/$PLATFORM"))
+    for path in ["lib/libroot.so.1", *(f"{platform}/libp.so.1" for platform in platforms)]:
+        patch_machine(top / "opt" / path, 183)  # EM_AARCH64
+    closure = LibraryResolver(SysRoot(str(top))).closure(["/opt/lib/libroot.so.1"])
+    assert [(d.path, d.rule) for d in closure.edges if d.name == "libp.so.1"] == [
+        ("/opt/aarch64/libp.so.1", "RUNPATH")]
+
+
+@pytest.mark.parametrize("cpu", [None, "Nehalem", "Haswell-v4"])
+def test_platform_closure_holds_what_each_cpu_loads(root: Path, cpu: str | None) -> None:
+    """glibc 2.36 expands $PLATFORM to haswell on AVX2 Intel CPUs, x86_64 elsewhere.
+
+    The real loader runs natively (this host's answer) and under QEMU as an
+    Intel Haswell (``haswell``) and an Intel Nehalem (``x86_64``), so both
+    branches are exercised whatever CPU runs the tests.
+    """
+    real = real_ldso(root, "/opt/bin/prog_dst", cpu=cpu)
+    ours = image_set(LibraryResolver(SysRoot(str(root))), "/opt/bin/prog_dst")
+    assert real <= ours
+    if cpu == "Haswell-v4":
+        assert {"/opt/haswell/libplat.so.1", "/opt/haswell/libfb.so.1"} <= real
+    elif cpu == "Nehalem":
+        assert {"/opt/x86_64/libplat.so.1", "/opt/fallback/libfb.so.1"} <= real
+    # Nothing else: the libraries every CPU would load, from every platform dir.
+    platform_libs = {f"/opt/{p}/libplat.so.1" for p in PLATFORM_DIRS} | {
+        "/opt/haswell/libfb.so.1", "/opt/fallback/libfb.so.1"}
+    assert ours == (real - {l for l in real if "libplat" in l or "libfb" in l}) | platform_libs
 
 
 def test_hwcaps_variants_all_included(root: Path) -> None:

@@ -31,9 +31,20 @@ Rules (glibc 2.36 ``elf/dl-load.c`` ``_dl_map_object``, ``elf/dl-deps.c``):
   root it is the directory of its canonical path (``/proc/self/exe``).
   ``$LIB`` is the first default dir without its leading ``/``
   (``lib/x86_64-linux-gnu`` on Debian, ``lib64`` on Fedora: glibc's
-  ``slibdir``); ``$PLATFORM`` is the kernel's ``AT_PLATFORM`` for the machine
-  (``x86_64``, ``aarch64``, ``i686``...). An element with a token that cannot
-  be expanded is dropped, as ld.so does.
+  ``slibdir``). An element with a token that cannot be expanded is dropped, as
+  ld.so does.
+* ``$PLATFORM`` depends on the CPU the image runs on, not on the build host:
+  the kernel's ``AT_PLATFORM`` (``x86_64``, ``aarch64``, ``v7l``, ``power9``,
+  ``z13``...), which glibc 2.36 replaces on x86-64 Intel CPUs by ``haswell``
+  (AVX2, FMA, BMI1/2, LZCNT, MOVBE, POPCNT) or ``xeon_phi`` (AVX512ER/PF),
+  and on i386 by ``i686``/``i586`` (``sysdeps/x86/cpu-features.c``). When a
+  needed name or a searched path has the token, the search is made once per
+  value the machine can have (:data:`_PLATFORMS`) and every library found is
+  part of the closure, so the image holds what each CPU's loader would load
+  from every platform directory that exists. Those edges carry the suffix
+  ``" ($PLATFORM=<value>)"`` (after any hwcaps suffix) when the values do not
+  all find the same file; the first value that finds a library gives the main
+  edge. A library found for some values only is not reported missing.
 * The cache is the sysroot's ``/etc/ld.so.cache``; if the sysroot has none,
   the ``ld.so.conf`` directories are searched instead (what ldconfig would
   have put in the cache). Entries must carry the flags of the program's
@@ -82,6 +93,7 @@ RULE_DEFAULT = "default dirs"
 RULE_MISSING = "not found"
 SUFFIX_HWCAPS = " (glibc-hwcaps)"
 SUFFIX_LEGACY = " (hwcaps)"
+SUFFIX_PLATFORM = " ($PLATFORM={})"
 
 _DST = re.compile(r"\$(?:\{(ORIGIN|LIB|PLATFORM)\}|(ORIGIN|LIB|PLATFORM)(?![A-Za-z0-9_]))")
 _SYSTEM_DIRS = re.compile(rb"(?:/[A-Za-z0-9_.+\-/]*lib[A-Za-z0-9_.+\-/]*/\x00){2,}")
@@ -111,15 +123,28 @@ _MULTIARCH = {
     ("EM_RISCV", 64): "riscv64-linux-gnu",
     ("EM_LOONGARCH", 64): "loongarch64-linux-gnu",
 }
-_AT_PLATFORM = {
-    "EM_X86_64": "x86_64",
-    "EM_386": "i686",
-    "EM_AARCH64": "aarch64",
-    "EM_ARM": "v7l",
-    "EM_PPC64": "power9",
-    "EM_S390": "z13",
-    "EM_LOONGARCH": "loongarch",
+#: Every value ``$PLATFORM`` can take for (machine, little endian): the
+#: kernel's ``AT_PLATFORM`` on the CPUs the machine covers, and what glibc puts
+#: in its place. The first is the usual one; the order is the edges' order.
+#: x86-64: glibc 2.36 ``dl_platform`` on Intel (``haswell``, ``xeon_phi``);
+#: i386: the kernel's ``i386``..``i686``, glibc's ``i586``/``i686``; arm: the
+#: kernel's ``v<arch><endian>``; powerpc/s390: the kernel's CPU names;
+#: RISC-V has no ``AT_PLATFORM`` (the token cannot be expanded).
+_PLATFORMS: dict[tuple[str, bool], tuple[str, ...]] = {
+    ("EM_X86_64", True): ("x86_64", "haswell", "xeon_phi"),
+    ("EM_386", True): ("i686", "i586", "i486", "i386"),
+    ("EM_AARCH64", True): ("aarch64",),
+    ("EM_AARCH64", False): ("aarch64_be",),
+    ("EM_ARM", True): ("v7l", "v8l", "v6l", "v5l", "v4l"),
+    ("EM_ARM", False): ("v7b", "v8b", "v6b", "v5b", "v4b"),
+    ("EM_PPC64", True): ("power9", "power8", "power10", "power11"),
+    ("EM_PPC64", False): ("power9", "power8", "power10", "power11", "power7", "power7+", "power6",
+                          "power6x", "power5+", "power5", "ppc970", "power4", "ppc-cell-be"),
+    ("EM_S390", False): ("z13", "z14", "z15", "z16", "zEC12", "z196", "z10", "z9-109", "z990", "z900"),
+    ("EM_LOONGARCH", True): ("loongarch",),
 }
+#: Subdirectory names of glibc 2.36's legacy hwcaps search (any machine's).
+_LEGACY_PLATFORMS = tuple(sorted({name for names in _PLATFORMS.values() for name in names}))
 
 
 @dataclass(frozen=True)
@@ -201,6 +226,17 @@ class _Found:
     info: ElfInfo
     search_dir: str | None
     suffix: str = ""
+
+
+@dataclass(frozen=True)
+class _Hit:
+    """What one ``$PLATFORM`` value's search found for a needed name."""
+
+    platform: str | None
+    name: str
+    rule: str
+    found: _Found
+    variants: list[_Found]
 
 
 @dataclass
@@ -384,64 +420,98 @@ class LibraryResolver:
         known = space.match(raw_name)
         if known is not None:
             return [_reuse(needer.path, raw_name, known)], []
-        name = self._expand(raw_name, needer, space)
-        if name is None:
-            return [Dependency(needer.path, raw_name, None, RULE_MISSING)], []
-        if "/" in name:
-            found = self._direct(name, space.want)
-            rule = RULE_DIRECT
+        platforms = _platform_values(space.want)
+        if len(platforms) > 1 and not self._uses_platform(space, needer, raw_name):
+            platforms = platforms[:1]
+        hits: list[_Hit] = []
+        for platform in platforms:
+            name = self._expand(raw_name, needer, space, platform)
+            if name is None:
+                continue
             variants: list[_Found] = []
-        else:
-            rule, found, variants = self._search(space, needer, name)
-        if found is None:
+            if "/" in name:
+                rule, found = RULE_DIRECT, self._direct(name, space.want)
+            else:
+                rule, found, variants = self._search(space, needer, name, platform)
+            if found is not None:
+                hits.append(_Hit(platform, name, rule, found, variants))
+        if not hits:
             return [Dependency(needer.path, raw_name, None, RULE_MISSING)], []
+        # Tag each edge with its $PLATFORM value only when the values disagree.
+        found_sets = {(hit.found.resolved.path, *(v.resolved.path for v in hit.variants)) for hit in hits}
+        per_cpu = len(platforms) > 1 and (len(hits) < len(platforms) or len(found_sets) > 1)
+        rule, found, name = hits[0].rule, hits[0].found, hits[0].name
+        tag = SUFFIX_PLATFORM.format(hits[0].platform) if per_cpu else ""
+        extras = [(hit.rule, variant, SUFFIX_PLATFORM.format(hit.platform))
+                  for hit in hits[1:] for variant in (hit.found, *hit.variants)]
         same_file = space.by_path.get(found.resolved.path)
         if same_file is not None:
             space.by_name.setdefault(raw_name, same_file)
-            return [_reuse(needer.path, raw_name, same_file)], []
-        edge = Dependency(needer.path, raw_name, found.resolved.path, rule + found.suffix,
-                          found.resolved.links, found.search_dir)
-        loaded = _Loaded(found.resolved.path, found.loaded_as, found.info, needer, edge)
-        space.add(loaded, [raw_name, name, found.loaded_as])
-        edges, new = [edge], [loaded]
-        for variant in variants:
-            if variant.resolved.path in space.by_path or variant.resolved.path == found.resolved.path:
+            edges, new = [_reuse(needer.path, raw_name, same_file)], []
+        else:
+            edge = Dependency(needer.path, raw_name, found.resolved.path, rule + found.suffix + tag,
+                              found.resolved.links, found.search_dir)
+            loaded = _Loaded(found.resolved.path, found.loaded_as, found.info, needer, edge)
+            space.add(loaded, [raw_name, name, found.loaded_as])
+            edges, new = [edge], [loaded]
+            extras[:0] = [(rule, variant, tag) for variant in hits[0].variants]
+        for extra_rule, variant, variant_tag in extras:
+            if variant.resolved.path in space.by_path:
                 continue
-            extra = Dependency(needer.path, raw_name, variant.resolved.path, rule + variant.suffix,
-                               variant.resolved.links, variant.search_dir)
+            extra = Dependency(needer.path, raw_name, variant.resolved.path,
+                               extra_rule + variant.suffix + variant_tag, variant.resolved.links,
+                               variant.search_dir)
             alt = _Loaded(variant.resolved.path, variant.loaded_as, variant.info, needer, extra)
             space.by_path.setdefault(alt.path, alt)
             edges.append(extra)
             new.append(alt)
         return edges, new
 
+    def _uses_platform(self, space: _Namespace, needer: _Loaded, raw_name: str) -> bool:
+        """Whether ``$PLATFORM`` is in the name or in a path its search may read."""
+        texts = [raw_name, *self.library_path, *needer.info.runpath]
+        if not needer.info.runpath:
+            chain: _Loaded | None = needer
+            while chain is not None:
+                texts.extend(chain.info.rpath)
+                chain = chain.loader
+            texts.extend(space.main.info.rpath)
+        return any("PLATFORM" in (match.group(1) or match.group(2)) for text in texts
+                   for match in _DST.finditer(text))
+
     # -- the search -----------------------------------------------------------
 
-    def _search(self, space: _Namespace, needer: _Loaded,
-                name: str) -> tuple[str, _Found | None, list[_Found]]:
-        """ld.so's search for a name without ``/``: (rule, found, variants)."""
+    def _search(self, space: _Namespace, needer: _Loaded, name: str,
+                platform: str | None) -> tuple[str, _Found | None, list[_Found]]:
+        """ld.so's search for a name without ``/``: (rule, found, variants).
+
+        ``platform`` is the value of ``$PLATFORM`` (``None``: it cannot be expanded).
+        """
+        def search(entries: Iterable[str], owner: _Loaded) -> tuple[_Found | None, list[_Found]]:
+            return self._search_dirs(self._expand_dirs(entries, owner, space, platform), name, space.want)
+
         info = needer.info
         if not info.runpath:
             visited_main = False
             chain: _Loaded | None = needer
             while chain is not None:
                 if chain.info.rpath:
-                    hit = self._search_dirs(self._expand_dirs(chain.info.rpath, chain, space), name, space.want)
+                    hit = search(chain.info.rpath, chain)
                     if hit[0] is not None:
                         return (RULE_RPATH, *hit)
                     visited_main |= chain is space.main
                 chain = chain.loader
             main = space.main
             if not visited_main and main.info.rpath:
-                hit = self._search_dirs(self._expand_dirs(main.info.rpath, main, space), name, space.want)
+                hit = search(main.info.rpath, main)
                 if hit[0] is not None:
                     return (RULE_RPATH, *hit)
         if self.library_path:
-            hit = self._search_dirs(self._expand_dirs(self.library_path, space.main, space), name, space.want)
+            hit = search(self.library_path, space.main)
             if hit[0] is not None:
                 return (RULE_ENV, *hit)
         if info.runpath:
-            hit = self._search_dirs(self._expand_dirs(info.runpath, needer, space), name, space.want)
+            hit = search(info.runpath, needer)
             if hit[0] is not None:
                 return (RULE_RUNPATH, *hit)
         hit = self._search_cache(space, needer, name)
@@ -552,7 +622,7 @@ class LibraryResolver:
         if resolved is not None and stat.S_ISDIR(resolved.st.st_mode):
             names = sorted(self.sysroot.listdir(resolved.path), key=_natural_key, reverse=True)
             result.extend((f"{hwcaps}/{n}", SUFFIX_HWCAPS) for n in names)
-        roots = ["tls", *sorted(set(_AT_PLATFORM.values()))]
+        roots = ["tls", *_LEGACY_PLATFORMS]
         present = {r for r in roots if self._exists_dir(_join(directory, r))}
         if present:
             for platform in roots[1:]:
@@ -571,11 +641,11 @@ class LibraryResolver:
 
     # -- expansion ---------------------------------------------------------------
 
-    def _expand_dirs(self, entries: Iterable[str], owner: _Loaded,
-                     space: _Namespace) -> list[str]:
+    def _expand_dirs(self, entries: Iterable[str], owner: _Loaded, space: _Namespace,
+                     platform: str | None) -> list[str]:
         result = []
         for entry in entries:
-            expanded = self._expand(entry, owner, space)
+            expanded = self._expand(entry, owner, space, platform)
             if expanded is None:
                 continue
             directory = _absolute(expanded).rstrip("/") or "/"
@@ -583,14 +653,14 @@ class LibraryResolver:
                 result.append(directory)
         return result
 
-    def _expand(self, text: str, owner: _Loaded, space: _Namespace) -> str | None:
-        """Substitute $ORIGIN/$LIB/$PLATFORM; ``None`` if a token has no value."""
+    def _expand(self, text: str, owner: _Loaded, space: _Namespace, platform: str | None) -> str | None:
+        """Substitute $ORIGIN/$LIB/$PLATFORM (``platform``); ``None`` if a token has no value."""
         if "$" not in text:
             return text
         values = {
             "ORIGIN": posixpath.dirname(owner.loaded_as) or "/",
             "LIB": self._lib_token(space),
-            "PLATFORM": _AT_PLATFORM.get(space.want[2]),
+            "PLATFORM": platform,
         }
         missing = False
 
@@ -736,6 +806,11 @@ def _reuse(needer: str, name: str, known: _Loaded) -> Dependency:
         return Dependency(needer, name, known.path, RULE_DIRECT, (), None)
     first = known.edge
     return Dependency(needer, name, known.path, first.rule, first.links, first.search_dir)
+
+
+def _platform_values(want: tuple[int, bool, str]) -> tuple[str | None, ...]:
+    """Every value of ``$PLATFORM`` for the class/endianness/machine ``want`` (``(None,)``: none)."""
+    return _PLATFORMS.get((want[2], want[1]), (None,))
 
 
 def _accepted_flags(info: ElfInfo) -> frozenset[int]:
