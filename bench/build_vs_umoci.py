@@ -109,9 +109,11 @@ def main() -> int:
             umoci_t.append(t_umoci)
             ratios.append(t_ours / t_umoci)
             sizes = (s_ours, s_umoci)
-    print(f"workload: {args.program}, {len(files)} files, {raw / 1e6:.1f} MB uncompressed, {args.rounds} rounds")
+    print(f"workload: {args.program}, {len(files)} files, {raw / 1e6:.1f} MB uncompressed, "
+          f"{args.rounds} rounds")
     print(f"{'tool':<22}{'median wall s':>14}{'min':>8}{'max':>8}{'layer bytes':>14}")
-    for name, times, size in (("microcontainer build", ours_t, sizes[0]), ("umoci pipeline", umoci_t, sizes[1])):
+    rows = (("microcontainer build", ours_t, sizes[0]), ("umoci pipeline", umoci_t, sizes[1]))
+    for name, times, size in rows:
         print(f"{name:<22}{statistics.median(times):>14.3f}{min(times):>8.3f}{max(times):>8.3f}{size:>14}")
     print(f"{'ratio ours/umoci':<22}{statistics.median(ratios):>14.3f}{min(ratios):>8.3f}{max(ratios):>8.3f}"
           f"{sizes[0] / sizes[1]:>14.3f}")

@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from microcontainer_tool.closure.elf import read_elf  # noqa: E402
-from microcontainer_tool.errors import MicrocontainerError  # noqa: E402
 from microcontainer_tool.closure.ldd import LibraryResolver  # noqa: E402
+from microcontainer_tool.errors import MicrocontainerError  # noqa: E402
 from microcontainer_tool.sources.sysroot import SysRoot  # noqa: E402
 
 DIRS = ("/usr/bin", "/usr/sbin", "/usr/lib/x86_64-linux-gnu")
@@ -122,7 +122,7 @@ def compare(files: list[str], jobs: int = 4) -> Result:
         except MicrocontainerError as err:
             ours.append(str(err))
     result.seconds_ours = time.perf_counter() - start
-    for path, mine, other in zip(files, ours, theirs):
+    for path, mine, other in zip(files, ours, theirs, strict=True):
         if other is None:
             result.ldd_skipped.append(path)
         elif isinstance(mine, str):

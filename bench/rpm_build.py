@@ -84,7 +84,8 @@ def main() -> int:
             out = os.path.join(work, f"img{round_no}")
             times.setdefault("build, cold (fetch+extract)", []).append(
                 cli("build", "-c", spec, "-o", out, "--cache-dir", cache))
-            times.setdefault("build, warm", []).append(cli("build", "-c", spec, "-o", out, "--cache-dir", cache))
+            warm = cli("build", "-c", spec, "-o", out, "--cache-dir", cache)
+            times.setdefault("build, warm", []).append(warm)
             times.setdefault("build --offline, warm", []).append(
                 cli("build", "-c", spec, "-o", out, "--cache-dir", cache, "--offline"))
             with open(lock) as handle:

@@ -30,8 +30,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+SHARED_RPMS = os.path.join(os.path.dirname(REPO), "shared", "rpms", "rocky9-curl")  # ../shared beside REPO
 
-import rpm_rs
+import rpm_rs  # noqa: E402
 
 from microcontainer_tool.sources.rpm.cpio import extract_rpm
 
@@ -80,7 +81,7 @@ METHODS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rpms", default="/work/shared/rpms/rocky9-curl")
+    parser.add_argument("--rpms", default=SHARED_RPMS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tmpdir", default=tempfile.gettempdir())
     args = parser.parse_args()

@@ -12,9 +12,11 @@ venv=${MCT_VENV:-$top/.venv}
 # run real registries in the tests; busybox-static is the debug toolbox; debootstrap builds
 # the fat Debian+nginx image the microize test cuts a server out of; python3-venv makes
 # the virtual environment; qemu-user-static runs ld.so and the layer compressor as other
-# CPUs (qemu-x86_64-static -cpu Haswell-v4/Nehalem/max), since their answers depend on the CPU.
+# CPUs (qemu-x86_64-static -cpu Haswell-v4/Nehalem/max), since their answers depend on the CPU;
+# curl is the host program several tests image, gnupg (gpg) makes the keys the RPM signature
+# tests sign with.
 apt_packages=(runc umoci skopeo oci-image-tool gcc libc6-dev python3-venv rpm rpm2cpio cpio createrepo-c
-              docker-registry apache2-utils openssl busybox-static debootstrap qemu-user-static)
+              docker-registry apache2-utils openssl busybox-static debootstrap qemu-user-static curl gnupg)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -137,6 +137,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         sysroot.label = f"image:{image_id}"
         spec = inherit_from_image(spec, sysroot.config)
     parent = None
+    parent_id: str | None = None
     if spec.parent:
         from microcontainer_tool.sources.image.parent import open_parent
 
@@ -144,6 +145,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         assert location is not None
         path, parent_name = fetch_image(location, cache, registry, platform_for(spec.arch), offline)
         parent = open_parent(path, parent_name, cache)
+        parent_id = _image_id(location, parent.name, parent.manifest_digest, parent.config_digest)
         spec = inherit_from_image(spec, parent.config)
     if spec.packages:
         from microcontainer_tool.sources.rpm.root import ensure_lock, lock_path, prepare_sysroot
@@ -166,8 +168,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         "arch": assembly.platform[0],
         "from": "packages" if spec.packages else "image" if source is not None else "directory",
         "from_image": sysroot.label[len("image:"):] if source is not None and sysroot is not None else None,
-        "parent": (_image_id(location, parent.name, parent.manifest_digest, parent.config_digest)
-                   if parent is not None else None),
+        "parent": parent_id,
     })
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, exist_ok=True)

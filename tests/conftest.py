@@ -11,10 +11,60 @@ import uuid
 from pathlib import Path
 
 import pytest
-
+from allowed_skips import ALLOWED_SKIPS
 from hostfiles import copy_closure, ldd_files, with_links  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- strict skips (CI)
+
+_STRICT_SKIPS_ENV = "MCT_STRICT_SKIPS"
+_skips: list[tuple[str, str]] = []  # (node id, reason) of every skip this session
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The reason a skipped report gives (pytest's "Skipped: " prefix removed)."""
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def _record_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skips.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Record each skipped test (in setup, call or a fixture) with its reason."""
+    _record_skip(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """Record modules skipped at collection (``pytest.skip(..., allow_module_level=True)``)."""
+    _record_skip(report)
+
+
+def unexpected_skips() -> list[tuple[str, str]]:
+    """The skips of this session whose reason is not in :data:`allowed_skips.ALLOWED_SKIPS`."""
+    return [(nodeid, reason) for nodeid, reason in _skips if reason not in ALLOWED_SKIPS]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """With ``MCT_STRICT_SKIPS=1``, list every skip that is not on the allow-list."""
+    unexpected = unexpected_skips()
+    if os.environ.get(_STRICT_SKIPS_ENV) != "1" or not unexpected:
+        return
+    terminalreporter.section("unexpected skips (MCT_STRICT_SKIPS=1; allow-list: tests/allowed_skips.py)",
+                             sep="=", red=True, bold=True)
+    for nodeid, reason in unexpected:
+        terminalreporter.line(f"UNEXPECTED SKIP {nodeid}: {reason}", red=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With ``MCT_STRICT_SKIPS=1``, an unexpected skip fails the session (exit status 1)."""
+    if os.environ.get(_STRICT_SKIPS_ENV) == "1" and unexpected_skips() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
@@ -77,7 +127,8 @@ def runc_bundle(layout: str | os.PathLike, tag: str, workdir: Path, args: list[s
     if args is not None:
         config["process"]["args"] = args
     if host_network:
-        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"]
+        namespaces = config["linux"]["namespaces"]
+        config["linux"]["namespaces"] = [ns for ns in namespaces if ns["type"] != "network"]
     # the image has /run and /tmp 1777, and runc gives a tmpfs the mode of the directory it covers
     for target in ("/run", "/tmp"):
         config["mounts"].append({"destination": target, "type": "tmpfs", "source": "tmpfs",
@@ -136,6 +187,19 @@ class HttpServer:
 
 
 SHARED_RPMS = REPO.parent / "shared" / "rpms" / "rocky9-curl"
+"""The 67 signed Rocky Linux 9 RPMs (curl's closure) in ``../shared/rpms`` beside the repository root."""
+
+SHARED_RPMS_REASON = "needs ../shared/rpms/rocky9-curl (the shared Rocky Linux 9 RPMs beside the checkout)"
+
+needs_shared_rpms = pytest.mark.skipif(not SHARED_RPMS.is_dir(), reason=SHARED_RPMS_REASON)
+"""Marks a test that reads the shared Rocky RPMs: it skips (with that reason) where they are absent."""
+
+
+def require_shared_rpms() -> Path:
+    """The shared Rocky RPM directory; skips the calling test or fixture where it is absent."""
+    if not SHARED_RPMS.is_dir():
+        pytest.skip(SHARED_RPMS_REASON)
+    return SHARED_RPMS
 
 
 def make_repo(directory: Path, rpms: list[Path]) -> Path:

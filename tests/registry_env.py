@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from microcontainer_tool.registry.auth import Credentials, normalize_scopes
-from microcontainer_tool.registry.reference import Reference
 from microcontainer_tool.registry.client import RegistryClient
+from microcontainer_tool.registry.reference import Reference
 
 USER = "alice"
 SERVICE = "mct-test-registry"

@@ -24,7 +24,6 @@ import threading
 from pathlib import Path
 
 import zstandard
-
 from rpmbuild_fixtures import build_rpm
 
 COMPRESS = {

@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 
 
@@ -33,7 +32,8 @@ def test_unknown_key(tmp_path):
 
 
 def test_missing_path(tmp_path):
-    attempt(tmp_path, "paths: [/usr/bin/cat, /no/such/file]\n", "microimage.yaml:1", "/no/such/file", "matches nothing")
+    attempt(tmp_path, "paths: [/usr/bin/cat, /no/such/file]\n", "microimage.yaml:1", "/no/such/file",
+            "matches nothing")
 
 
 def test_missing_project_file(tmp_path):
@@ -105,7 +105,8 @@ def test_bad_source_date_epoch(tmp_path):
     spec = tmp_path / "spec"
     spec.mkdir()
     (spec / "microimage.yaml").write_text("paths: [/usr/bin/true]\n")
-    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "o"), env={"SOURCE_DATE_EPOCH": "yesterday"})
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "o"),
+                   env={"SOURCE_DATE_EPOCH": "yesterday"})
     assert_one_line_error(proc, "SOURCE_DATE_EPOCH")
 
 

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, have, ldd_files, run_cli, runc_run
 
 
@@ -30,7 +29,8 @@ def validate(layout: Path, tag: str = "latest") -> None:
     """oci-image-tool 1.0.0-rc1 validates a layout with ``--type image`` (it finds the layout)."""
     if not have("oci-image-tool"):
         pytest.skip("oci-image-tool not installed")
-    proc = subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", f"name={tag}", str(layout)],
+    proc = subprocess.run(["oci-image-tool", "validate", "--type", "image", "--ref", f"name={tag}",
+                           str(layout)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -47,7 +47,8 @@ def test_cat_example_runs_read_only(tmp_path):
     validate(out)
     info = inspect_json(out)
     paths = {f["path"] for f in info["files"]}
-    assert {"/usr/bin/cat", "/read/data", "/lib64", "/write", "/run", "/tmp", "/dev", "/proc", "/sys"} <= paths
+    assert {"/usr/bin/cat", "/read/data", "/lib64", "/write", "/run", "/tmp", "/dev", "/proc",
+            "/sys"} <= paths
     assert info["config"]["config"]["User"] == "10:10"
     assert info["config"]["created"] == "1970-01-01T00:00:00Z"
     assert info["config"]["architecture"] == "amd64"
@@ -113,7 +114,12 @@ excludes:
   - /usr/lib/python3.11/ensurepip
   - /usr/lib/python3.11/**/__pycache__
 entrypoint: [/usr/bin/python3]
-cmd: ["-c", "import ssl, sqlite3, json, ctypes, hashlib, zlib, lzma, bz2; print(ssl.OPENSSL_VERSION.split()[0], sqlite3.sqlite_version_info[0], hashlib.sha256(b'x').hexdigest()[:8])"]
+cmd:
+  - -c
+  - >-
+    import ssl, sqlite3, json, ctypes, hashlib, zlib, lzma, bz2;
+    print(ssl.OPENSSL_VERSION.split()[0], sqlite3.sqlite_version_info[0],
+    hashlib.sha256(b'x').hexdigest()[:8])
 env: [PYTHONDONTWRITEBYTECODE=1]
 """)
     out = tmp_path / "py"
@@ -145,7 +151,8 @@ def test_docker_archive_and_smith_formats(tmp_path):
     for image in (smith, archive):
         assert inspect_json(image)["manifest_digest"] == digest
     if have("skopeo"):
-        proc = subprocess.run(["skopeo", "inspect", f"docker-archive:{docker}"], capture_output=True, text=True)
+        proc = subprocess.run(["skopeo", "inspect", f"docker-archive:{docker}"], capture_output=True,
+                              text=True)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["Architecture"] == "amd64"
         proc = subprocess.run(["skopeo", "inspect", f"oci-archive:{archive}"], capture_output=True, text=True)

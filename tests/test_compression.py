@@ -19,11 +19,15 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from microcontainer_tool.errors import LayoutError
 from microcontainer_tool.oci import compression
 from microcontainer_tool.oci.compression import (
-    BLOCK_SIZE, COMPRESSIONS, compress_bytes, media_type_suffix, open_compressor,
+    BLOCK_SIZE,
+    COMPRESSIONS,
+    compress_bytes,
+    media_type_suffix,
+    open_compressor,
 )
-from microcontainer_tool.errors import LayoutError
 
 
 def _sample(size: int = 3 * BLOCK_SIZE + 12345) -> bytes:

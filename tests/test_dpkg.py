@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_closure, have, ldd_files, run_cli
-from microcontainer_tool.sources.dpkg import DpkgDatabase, parse_stanzas
+
 from microcontainer_tool.model.provenance import read_record
+from microcontainer_tool.sources.dpkg import DpkgDatabase, parse_stanzas
 from microcontainer_tool.sources.sysroot import SysRoot
 
 STATUS = """\
@@ -112,7 +112,8 @@ def test_owners_through_merged_usr_and_shared_directories(root: Path) -> None:
     assert "/usr" not in owners and "/usr/share" not in owners  # listed by several packages
     assert "/nowhere" not in owners
     # a second query in the same process uses the full index and says the same
-    assert db.owners(["/usr/bin/true", canonical, "/usr"]) == {p: owners[p] for p in ("/usr/bin/true", canonical)}
+    expected = {p: owners[p] for p in ("/usr/bin/true", canonical)}
+    assert db.owners(["/usr/bin/true", canonical, "/usr"]) == expected
 
 
 def test_build_records_packages_and_writes_status_d(root: Path, tmp_path: Path) -> None:

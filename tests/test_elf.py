@@ -7,7 +7,6 @@ import os
 import shutil
 import struct
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -33,8 +32,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (top / "main.c").write_text("int f(void); int main(void) { return f(); }\n")
     gcc("-shared", "-fPIC", "-o", str(top / "libx.so.1"), str(top / "lib.c"), "-Wl,-soname,libx.so.1",
         "-Wl,--disable-new-dtags", "-Wl,-rpath,$ORIGIN/a:/b")
-    gcc("-o", str(top / "prog_rpath"), str(top / "main.c"), "-Wl,--no-as-needed", str(top / "libx.so.1"), "-lm",
-        "-Wl,--disable-new-dtags", "-Wl,-rpath,/r1:/r2")
+    gcc("-o", str(top / "prog_rpath"), str(top / "main.c"), "-Wl,--no-as-needed", str(top / "libx.so.1"),
+        "-lm", "-Wl,--disable-new-dtags", "-Wl,-rpath,/r1:/r2")
     gcc("-o", str(top / "prog_runpath"), str(top / "main.c"), str(top / "libx.so.1"),
         "-Wl,--enable-new-dtags", "-Wl,-rpath,$ORIGIN/../lib", "-Wl,-z,nodefaultlib")
     return top
@@ -57,7 +56,8 @@ def test_runpath_and_nodeflib(built: Path) -> None:
 
 def test_library_facts(built: Path) -> None:
     info = read_elf(str(built / "libx.so.1"))
-    assert info == ElfInfo(64, True, "EM_X86_64", False, None, (), ("$ORIGIN/a", "/b"), (), "libx.so.1", False)
+    assert info == ElfInfo(64, True, "EM_X86_64", False, None, (), ("$ORIGIN/a", "/b"), (), "libx.so.1",
+                           False)
 
 
 def test_stripped_section_headers_do_not_matter(built: Path, tmp_path: Path) -> None:
@@ -84,8 +84,8 @@ def test_truncated_is_elf_error(built: Path, tmp_path: Path, cut: int) -> None:
     assert "\n" not in str(err.value) and "cut" in str(err.value)
 
 
-@pytest.mark.parametrize("offset,value", [(4, b"\x07"), (5, b"\x09"), (0x20, b"\xff" * 8), (0x36, b"\x01\x00"),
-                                          (0x38, b"\xff\x7f")])
+@pytest.mark.parametrize("offset,value", [(4, b"\x07"), (5, b"\x09"), (0x20, b"\xff" * 8),
+                                          (0x36, b"\x01\x00"), (0x38, b"\xff\x7f")])
 def test_corrupt_headers_are_elf_error(built: Path, tmp_path: Path, offset: int, value: bytes) -> None:
     data = bytearray((built / "prog_rpath").read_bytes())
     data[offset:offset + len(value)] = value
@@ -99,7 +99,8 @@ def test_corrupt_dynamic_strings_are_elf_error(built: Path, tmp_path: Path) -> N
     data = bytearray((built / "prog_rpath").read_bytes())
     phoff, phentsize, phnum = struct.unpack_from("<Q", data, 0x20)[0], *struct.unpack_from("<HH", data, 0x36)
     for index in range(phnum):
-        p_type, _flags, p_offset, _v, _p, p_filesz = struct.unpack_from("<IIQQQQ", data, phoff + index * phentsize)
+        p_type, _flags, p_offset, _v, _p, p_filesz = struct.unpack_from("<IIQQQQ", data,
+                                                                        phoff + index * phentsize)
         if p_type == 2:
             for at in range(p_offset, p_offset + p_filesz, 16):
                 if struct.unpack_from("<q", data, at)[0] == 1:
@@ -137,23 +138,22 @@ def test_oci_platform(built: Path, tmp_path: Path) -> None:
 def test_32_bit_library(tmp_path: Path) -> None:
     (tmp_path / "x.c").write_text("int g(void) { return 2; }\n")
     proc = subprocess.run(["gcc", "-m32", "-shared", "-nostdlib", "-fPIC", "-o", str(tmp_path / "lib32.so"),
-                           str(tmp_path / "x.c"), "-Wl,-soname,lib32.so"], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip("no 32-bit toolchain")
+                           str(tmp_path / "x.c"), "-Wl,-soname,lib32.so"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr  # -nostdlib: plain gcc makes it, no multilib needed
     info = read_elf(str(tmp_path / "lib32.so"))
     assert info is not None
     assert (info.elf_class, info.machine, info.soname) == (32, "EM_386", "lib32.so")
 
 
-def test_host_files_parse_fast() -> None:
+def test_host_files_parse() -> None:
+    """Every host program parses (``bench/ldd_agreement.py`` times read_elf per file)."""
     files = [f for f in sorted(glob.glob("/usr/bin/*")) if os.path.isfile(f) and not os.path.islink(f)][:300]
-    infos = [read_elf(f) for f in files]  # warm the page cache
+    infos = [read_elf(f) for f in files]
     assert any(i is not None and i.is_program for i in infos)
-    start = time.perf_counter()
-    for path in files:
-        read_elf(path)
-    per_file = (time.perf_counter() - start) / len(files)
-    assert per_file < 0.001, f"{per_file * 1000:.3f} ms per file"
+    for path, info in zip(files, infos, strict=True):
+        with open(path, "rb") as file:
+            is_elf = file.read(4) == b"\x7fELF"
+        assert (info is not None) == is_elf, path
 
 
 def test_common_machine_names_agree_with_pyelftools():
@@ -163,4 +163,4 @@ def test_common_machine_names_agree_with_pyelftools():
 
     for number, name in elf._COMMON_MACHINES.items():
         assert ENUM_E_MACHINE[name] == number
-    assert elf.machine_name(0xBEEF).startswith("EM_UNKNOWN") or elf.machine_name(0xBEEF)
+    assert elf.machine_name(0xBEEF) == "EM_UNKNOWN_0xbeef"

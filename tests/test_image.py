@@ -6,24 +6,20 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from test_layer import LONG_NAME, UNICODE_NAME
+from test_layout import EPOCH, NAME, OUTPUTS, TAG, build, make_config, need, out_dir, run, tree
 
-from microcontainer_tool.oci import model as oci
 from microcontainer_tool.errors import DigestMismatchError, LayoutError
+from microcontainer_tool.model.tree import EntryKind, FileTree
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.imageview import FileInfo, open_image
 from microcontainer_tool.oci.layer import write_layer
 from microcontainer_tool.oci.layout import ImageResult, write_image
-from microcontainer_tool.model.tree import EntryKind, FileTree
-
-try:
-    from test_layer import LONG_NAME, UNICODE_NAME
-    from test_layout import EPOCH, NAME, OUTPUTS, TAG, build, make_config, need, out_dir, run, tree
-except ImportError:  # tests/ imported as a package
-    from tests.test_layer import LONG_NAME, UNICODE_NAME
-    from tests.test_layout import EPOCH, NAME, OUTPUTS, TAG, build, make_config, need, out_dir, run, tree
 
 __all__ = ["out_dir", "tree"]  # fixtures shared with test_layout
 
@@ -193,13 +189,11 @@ def test_cli_inspect_has_no_traceback(tree: FileTree, out_dir: Path) -> None:
     """The inspect command (cli.py) reads through this module."""
     build(tree, out_dir / "img.tar.gz")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    ok = subprocess.run(["python3", "-m", "microcontainer_tool", "inspect", str(out_dir / "img.tar.gz")],
+    ok = subprocess.run([sys.executable, "-m", "microcontainer_tool", "inspect", str(out_dir / "img.tar.gz")],
                         capture_output=True, text=True, env=env, timeout=60)
-    if "No module named" in ok.stderr:
-        pytest.skip("CLI not runnable yet")
     assert ok.returncode == 0, ok.stderr
     assert "/usr/bin/two" in ok.stdout and "hardlink" in ok.stdout
     (out_dir / "bad.tar").write_bytes(b"junk" * 300)
-    bad = subprocess.run(["python3", "-m", "microcontainer_tool", "inspect", str(out_dir / "bad.tar")],
+    bad = subprocess.run([sys.executable, "-m", "microcontainer_tool", "inspect", str(out_dir / "bad.tar")],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1

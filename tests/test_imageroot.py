@@ -15,26 +15,24 @@ import os
 import stat
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pytest
-
 from conftest import ldd_files, runc_run, with_links
-from microcontainer_tool.oci import model as oci
+
 from microcontainer_tool.assembly.assemble import assemble
 from microcontainer_tool.build import config_for
-from microcontainer_tool.oci.compression import media_type_suffix, open_compressor
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
-from microcontainer_tool.sources.image.root import (
-    IMAGE_DEV, ImageRoot, _copy_range, index_layer_tar,
-)
+from microcontainer_tool.model.tree import EntryKind
+from microcontainer_tool.oci import model as oci
+from microcontainer_tool.oci.compression import media_type_suffix, open_compressor
 from microcontainer_tool.oci.layer import HashingWriter, write_layer
 from microcontainer_tool.oci.layout import write_tree_image
 from microcontainer_tool.oci.store import LayoutStore
-from microcontainer_tool.spec.imagespec import ImageSpec
+from microcontainer_tool.sources.image.root import IMAGE_DEV, ImageRoot, _copy_range, index_layer_tar
 from microcontainer_tool.sources.sysroot import LayeredRoot
-from microcontainer_tool.model.tree import EntryKind
+from microcontainer_tool.spec.imagespec import ImageSpec
 
 TAG = "latest"
 Member = tuple  # ("file", name, data[, mode]) ("dir", name) ("symlink", name, target)
@@ -90,7 +88,7 @@ def make_image(out: Path, layers: list[list[Member]], compressions: list[str] | 
                diff_ids: list[str] | None = None) -> list[oci.Descriptor]:
     store = LayoutStore(str(out))
     stored = [store_layer(store, tar_bytes(members), compression)
-              for members, compression in zip(layers, compressions or ["gzip"] * len(layers))]
+              for members, compression in zip(layers, compressions or ["gzip"] * len(layers), strict=True)]
     write_image(out, stored, store, diff_ids)
     return [d for d, _ in stored]
 

@@ -16,10 +16,18 @@ from pathlib import Path
 import pytest
 
 from microcontainer_tool.errors import LayoutError, SourceError
-from microcontainer_tool.oci.layer import LayerInfo, open_layer_stream, read_layer_members, write_layer
 from microcontainer_tool.model.tree import (
-    DIR_MODE, EXEC_MODE, FILE_MODE, Entry, EntryKind, FileTree, HostFile, InlineContent, Provenance,
+    DIR_MODE,
+    EXEC_MODE,
+    FILE_MODE,
+    Entry,
+    EntryKind,
+    FileTree,
+    HostFile,
+    InlineContent,
+    Provenance,
 )
+from microcontainer_tool.oci.layer import LayerInfo, open_layer_stream, read_layer_members, write_layer
 
 LONG_DIR = "usr/share/" + "d" * 70
 LONG_NAME = LONG_DIR + "/" + "f" * 60 + ".txt"  # > 100 characters
@@ -38,7 +46,7 @@ def make_host_files(root: Path, mtime: int = 1_600_000_000, seed: int = 7) -> di
         "/usr/bin/one": b"#!/bin/sh\necho one\n",
         "/etc/empty": b"",
         "/" + LONG_NAME: b"long path\n",
-        "/" + UNICODE_NAME: "non-ASCII name\n".encode(),
+        "/" + UNICODE_NAME: b"non-ASCII name\n",
     }
     hosts: dict[str, Path] = {}
     for number, (image_path, data) in enumerate(sorted(files.items())):
@@ -251,7 +259,8 @@ def test_bad_compression_or_epoch(tree: FileTree) -> None:
         _write(tree, "gzip", -1)
 
 
-def _real_binaries(limit: int = 19_000_000) -> FileTree | None:
+def _real_binaries(limit: int = 19_000_000) -> FileTree:
+    """Host programs and libraries of 0.1-2 MB each, largest first, up to ``limit`` bytes in all."""
     candidates = [p for p in glob.glob("/usr/bin/*") + glob.glob("/usr/lib/x86_64-linux-gnu/*.so*")
                   if os.path.isfile(p) and not os.path.islink(p) and 100_000 < os.path.getsize(p) < 2_000_000]
     tree = FileTree()
@@ -263,21 +272,24 @@ def _real_binaries(limit: int = 19_000_000) -> FileTree | None:
         total += size
         tree.add(Entry("/data/" + os.path.basename(path), EntryKind.FILE, EXEC_MODE, HostFile(path, size)))
     tree.add_parents(Provenance("parent"))
-    return tree if total > limit * 0.8 else None
+    return tree
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
-def test_throughput_on_real_binaries(tmp_path: Path, compression: str) -> None:
+def test_real_binaries_layer_is_reproducible_and_complete(tmp_path: Path, compression: str) -> None:
+    """Megabytes of real binaries: the same bytes twice, every file in the tar at its size.
+
+    ``bench/layer_write.py`` measures write_layer's throughput on the same kind of tree.
+    """
     tree = _real_binaries()
-    if tree is None:
-        pytest.skip("not enough binaries on this host")
-    with open(tmp_path / "warm", "wb") as sink:
-        write_layer(tree, sink, compression, 0)
-    best = float("inf")
-    for _ in range(2):
-        with open(tmp_path / "layer", "wb") as sink:
-            start = time.perf_counter()
-            write_layer(tree, sink, compression, 0)
-            best = min(best, time.perf_counter() - start)
-    # target is ~0.15 s; the bound only catches per-byte Python work
-    assert best < 1.5
+    sizes = {e.path.lstrip("/"): e.size for e in tree if e.kind is EntryKind.FILE}
+    assert sum(sizes.values()) > 1_000_000
+    infos = []
+    for name in ("first", "second"):
+        with open(tmp_path / name, "wb") as sink:
+            infos.append(write_layer(tree, sink, compression, 0))
+    assert infos[0] == infos[1]
+    assert (tmp_path / "first").read_bytes() == (tmp_path / "second").read_bytes()
+    with open(tmp_path / "first", "rb") as blob:
+        members = {m.name: m.size for m in read_layer_members(blob) if m.isfile()}
+    assert members == sizes

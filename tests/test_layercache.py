@@ -47,7 +47,8 @@ def test_cache_output_equals_uncached(tmp_path):
     again = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "c.tar"), "-q",
                     "--layer-cache", str(tmp_path / "cache"))
     assert plain.stdout == cached.stdout == again.stdout
-    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes() == (tmp_path / "c.tar").read_bytes()
+    a, b, c = ((tmp_path / name).read_bytes() for name in ("a.tar", "b.tar", "c.tar"))
+    assert a == b == c
 
 
 def test_tree_digest_sees_hardlinks(tmp_path):

@@ -18,18 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_layer import LONG_NAME, UNICODE_NAME, sample_tree
 
-from microcontainer_tool.oci import model as oci
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, SourceError
+from microcontainer_tool.model.tree import FileTree, HostFile
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.layer import LayerInfo, write_layer
 from microcontainer_tool.oci.layout import FORMATS, ImageResult, format_for_path, write_image, write_tree_image
 from microcontainer_tool.oci.store import LayoutStore
-from microcontainer_tool.model.tree import FileTree, HostFile
-
-try:
-    from test_layer import LONG_NAME, UNICODE_NAME, sample_tree
-except ImportError:  # tests/ imported as a package
-    from tests.test_layer import LONG_NAME, UNICODE_NAME, sample_tree
 
 TAG = "v1.2"
 NAME = "example.com/team/app"
@@ -367,9 +363,10 @@ def test_store_put_blob_is_idempotent_and_atomic(tmp_path: Path) -> None:
 
 
 def test_image_config_and_canonical_json() -> None:
-    config = oci.image_config(architecture="arm64", variant="v8", diff_ids=["sha256:" + "a" * 64], created=86400,
-                              user="1000:1000", env={"PATH": "/bin", "LANG": "C.UTF-8"}, entrypoint=["/app"],
-                              cmd=[], workdir="/srv", labels={"k": "v"}, ports=["80", "53/udp"], volumes=["/data"])
+    config = oci.image_config(architecture="arm64", variant="v8", diff_ids=["sha256:" + "a" * 64],
+                              created=86400, user="1000:1000", env={"PATH": "/bin", "LANG": "C.UTF-8"},
+                              entrypoint=["/app"], cmd=[], workdir="/srv", labels={"k": "v"},
+                              ports=["80", "53/udp"], volumes=["/data"])
     assert config == {
         "created": "1970-01-02T00:00:00Z", "architecture": "arm64", "variant": "v8", "os": "linux",
         "config": {"User": "1000:1000", "Env": ["PATH=/bin", "LANG=C.UTF-8"], "Entrypoint": ["/app"],

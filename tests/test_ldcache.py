@@ -13,8 +13,8 @@ import pytest
 
 from microcontainer_tool.closure import ldcache
 from microcontainer_tool.closure.elf import read_elf
-from microcontainer_tool.errors import SourceError
 from microcontainer_tool.closure.ldcache import CacheEntry
+from microcontainer_tool.errors import SourceError
 from microcontainer_tool.sources.sysroot import SysRoot
 
 HOST_LDSO = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
@@ -28,7 +28,8 @@ def host_ldconfig_p(cache: str | None = None) -> list[tuple[str, str]]:
         pytest.skip("needs ldconfig")
     args = [ldconfig, *(["-C", cache] if cache else []), "-p"]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    return [(line.split(" (")[0].strip(), line.split(" => ")[1]) for line in out.splitlines()[1:] if "=>" in line]
+    return [(line.split(" (")[0].strip(), line.split(" => ")[1]) for line in out.splitlines()[1:]
+            if "=>" in line]
 
 
 @pytest.mark.skipif(not os.path.exists("/etc/ld.so.cache"), reason="host has no ld.so.cache")
@@ -58,7 +59,8 @@ def test_build_is_deterministic_and_readable_by_ldconfig(tmp_path: Path) -> None
     assert data == ldcache.build_ld_cache(reversed(entries + entries))
     assert data.startswith(b"glibc-ld.so.cache1.1")
     parsed = ldcache.parse_ld_cache(data)
-    assert [e.soname for e in parsed] == ["libz.so.1", "libfoo.so.10", "libfoo.so.9", "libfoo.so.9", "libbar.so"]
+    assert [e.soname for e in parsed] == ["libz.so.1", "libfoo.so.10", "libfoo.so.9", "libfoo.so.9",
+                                          "libbar.so"]
     assert ldcache.is_hwcaps_entry(parsed[2]) and not ldcache.is_hwcaps_entry(parsed[3])
     (tmp_path / "cache").write_bytes(data)
     assert host_ldconfig_p(str(tmp_path / "cache")) == [(e.soname, e.path) for e in parsed]
@@ -156,7 +158,8 @@ def test_glibc_uses_generated_cache(tmp_path: Path) -> None:
     (tmp_path / "my.c").write_text("int answer(void) { return 42; }\n")
     (tmp_path / "main.c").write_text("int answer(void); int main(void) { return answer(); }\n")
     lib = root / "opt/mylib/libmy.so.1.0"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "my.c"), "-Wl,-soname,libmy.so.1"],
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "my.c"),
+                    "-Wl,-soname,libmy.so.1"],
                    check=True)
     (root / "opt/mylib/libmy.so.1").symlink_to("libmy.so.1.0")
     subprocess.run(["gcc", "-o", str(root / "prog"), str(tmp_path / "main.c"), str(lib)], check=True)

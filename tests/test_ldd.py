@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from microcontainer_tool.closure import ldcache
-from microcontainer_tool.errors import ElfError, PathEscapeError, SourceError
 from microcontainer_tool.closure.ldd import Closure, Dependency, LibraryResolver
+from microcontainer_tool.errors import ElfError, PathEscapeError, SourceError
 from microcontainer_tool.sources.sysroot import SysRoot
 
 HOST_LDSO = "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
@@ -391,7 +391,8 @@ def test_missing_chain_and_message(root: Path) -> None:
     closure = resolver.closure(["/opt/bin/prog_missing"])
     assert [(d.needer, d.name, d.path) for d in closure.missing()] == [
         ("/opt/lib/libneedsgone.so.1", "libgone.so.1", None)]
-    assert closure.chain("/opt/lib/libneedsgone.so.1") == ["/opt/bin/prog_missing", "/opt/lib/libneedsgone.so.1"]
+    assert closure.chain("/opt/lib/libneedsgone.so.1") == ["/opt/bin/prog_missing",
+                                                           "/opt/lib/libneedsgone.so.1"]
     message = resolver.format_missing(closure)
     assert message == "libgone.so.1 not found (needed by /opt/lib/libneedsgone.so.1 <- /opt/bin/prog_missing)"
     assert "\n" not in message

@@ -7,26 +7,32 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import have, require_shared_rpms
+from repo_helpers import createrepo
 
-from conftest import SHARED_RPMS, have
 from microcontainer_tool.errors import SourceError
 from microcontainer_tool.sources.rpm.lock import (
-    Lock, LockedPackage, dumps_lock, inputs_digest, lock_from_packages, read_lock, write_lock,
+    Lock,
+    LockedPackage,
+    dumps_lock,
+    inputs_digest,
+    lock_from_packages,
+    read_lock,
+    write_lock,
 )
 from microcontainer_tool.sources.rpm.package import Checksum, PackageInfo
 from microcontainer_tool.sources.rpm.repo import Fetcher, RepoConfig, load_repo
 from microcontainer_tool.sources.rpm.solver import resolve
-from repo_helpers import createrepo
 
 SHA = "ab" * 32
 
 
 @pytest.fixture(scope="module")
 def rocky_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if not SHARED_RPMS.is_dir() or not have("createrepo_c"):
-        pytest.skip("shared Rocky RPMs or createrepo_c missing")
-    return createrepo(tmp_path_factory.mktemp("rocky") / "repo",
-                      sorted(SHARED_RPMS.glob("*.rpm"))).as_uri()
+    rpms = require_shared_rpms()
+    if not have("createrepo_c"):
+        pytest.skip("needs createrepo_c")
+    return createrepo(tmp_path_factory.mktemp("rocky") / "repo", sorted(rpms.glob("*.rpm"))).as_uri()
 
 
 def lock_curl(url: str, cache: Path) -> Lock:

@@ -19,9 +19,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
-
 import fatimage
+import pytest
 from conftest import run_cli, runc_bundle
 
 _reason = fatimage.missing_reason("runc")
@@ -144,7 +143,7 @@ def test_nginx_micro_serves_over_loopback_read_only(micro, spec_dir, tmp_path):
             try:
                 status, body = get(f"http://127.0.0.1:{port}/")
                 break
-            except (urllib.error.URLError, ConnectionError, socket.timeout) as error:
+            except (TimeoutError, urllib.error.URLError, ConnectionError) as error:
                 if runc.poll() is not None:
                     pytest.fail(f"nginx exited ({runc.returncode}) before answering:\n{stderr.read_text()}")
                 if time.monotonic() > deadline:

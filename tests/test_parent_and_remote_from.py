@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from conftest import assert_one_line_error, have, run_cli, runc_run
 from registry_env import Registry
 

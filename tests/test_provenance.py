@@ -7,10 +7,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import (
+    SHARED_RPMS,
+    HttpServer,
+    assert_one_line_error,
+    dpkg_owner,
+    have,
+    make_repo,
+    needs_shared_rpms,
+    run_cli,
+)
 
-from conftest import SHARED_RPMS, HttpServer, assert_one_line_error, dpkg_owner, have, make_repo, run_cli
-from microcontainer_tool.sources.dpkg import parse_stanzas
 from microcontainer_tool.model.provenance import RECORD_PATH, read_record
+from microcontainer_tool.sources.dpkg import parse_stanzas
 
 debian_host = pytest.mark.skipif(not Path("/var/lib/dpkg/status").is_file() or not have("dpkg-query"),
                                  reason="needs a Debian host (dpkg database)")
@@ -143,7 +152,7 @@ def test_image_without_a_record_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("why", str(tmp_path / "nothing"), "/x"), "no such image")
 
 
-@pytest.mark.skipif(not SHARED_RPMS.is_dir(), reason="shared Rocky RPMs not present")
+@needs_shared_rpms
 def test_rpm_image_provenance(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", sorted(SHARED_RPMS.glob("*.rpm")))
     server = HttpServer(str(repo))

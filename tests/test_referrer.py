@@ -9,27 +9,33 @@ check the result with skopeo.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import have, run_cli
-from microcontainer_tool.oci import model as oci
+
 from microcontainer_tool.errors import LayoutError
+from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, InlineContent, Provenance
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.imageview import open_image
 from microcontainer_tool.oci.layout import sync_layout_from_archive, write_tree_image
 from microcontainer_tool.oci.referrers import (
-    EMPTY_DESCRIPTOR, EMPTY_JSON, MEDIA_TYPE_EMPTY, attach, referrers, referrers_tag, surviving_referrers,
+    EMPTY_DESCRIPTOR,
+    EMPTY_JSON,
+    MEDIA_TYPE_EMPTY,
+    attach,
+    referrers,
+    referrers_tag,
+    surviving_referrers,
 )
 from microcontainer_tool.oci.store import LayoutStore
 from microcontainer_tool.registry.transfer import pull, push
-from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, InlineContent, Provenance
 
 CDX = "application/vnd.cyclonedx+json"
 SPDX = "application/spdx+json"
@@ -257,7 +263,8 @@ def test_scons_sync_keeps_referrers_of_the_archived_image(tmp_path: Path) -> Non
     assert desc.digest not in _blobs(out) and oci.sha256_digest(b"sbom") not in _blobs(out)
 
 
-@pytest.mark.skipif(not have("umoci", "skopeo", "oci-image-tool"), reason="needs umoci, skopeo, oci-image-tool")
+@pytest.mark.skipif(not have("umoci", "skopeo", "oci-image-tool"),
+                    reason="needs umoci, skopeo, oci-image-tool")
 def test_external_tools_read_a_layout_with_referrers(layout: tuple[Path, str], tmp_path: Path) -> None:
     out, subject = layout
     sbom = attach(str(out), subject, b'{"bomFormat":"CycloneDX"}', CDX, epoch=0)
@@ -290,14 +297,7 @@ def _check_tools(out: Path, subject: str, work: Path, validate: bool = True) -> 
                                             "name=latest", str(out))
 
 
-# --- build --sbom (needs microcontainer_tool.reports.sbom) ----------------------------------------------
-
-
-def _have_sbom() -> bool:
-    return importlib.util.find_spec("microcontainer_tool.reports.sbom") is not None
-
-
-need_sbom = pytest.mark.skipif(not _have_sbom(), reason="microcontainer_tool.reports.sbom is not there yet")
+# --- build --sbom ----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +313,6 @@ def _cli_build(spec_dir: Path, out: Path, *extra: str, env: dict[str, str] | Non
     return proc.stdout
 
 
-@need_sbom
 def test_build_sbom_into_a_layout(spec_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "img"
     stdout = _cli_build(spec_dir, out, "--sbom", env={"SOURCE_DATE_EPOCH": "0"})
@@ -342,9 +341,9 @@ def test_build_sbom_into_a_layout(spec_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0 and subject in proc.stdout, proc.stderr
 
 
-@need_sbom
 def test_build_sbom_into_archives_writes_only_the_side_file(spec_dir: Path, tmp_path: Path) -> None:
-    for name, extra in (("img.tar", ()), ("img.tar.gz", ()), ("img-docker.tar", ("--format", "docker-archive"))):
+    archives = (("img.tar", ()), ("img.tar.gz", ()), ("img-docker.tar", ("--format", "docker-archive")))
+    for name, extra in archives:
         out = tmp_path / name
         stdout = _cli_build(spec_dir, out, "--sbom", "spdx", *extra)
         side = tmp_path / f"{name}.spdx.json"
@@ -359,7 +358,8 @@ def test_build_sbom_into_archives_writes_only_the_side_file(spec_dir: Path, tmp_
 # --- registries -----------------------------------------------------------------------------------
 
 
-need_registry = pytest.mark.skipif(not have("docker-registry", "skopeo"), reason="needs docker-registry and skopeo")
+need_registry = pytest.mark.skipif(not have("docker-registry", "skopeo"),
+                                   reason="needs docker-registry and skopeo")
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +383,8 @@ def _skopeo_raw(ref: str) -> dict[str, Any]:
 
 
 @need_registry
-def test_push_sends_referrers_with_the_tag_schema(registry: Any, layout: tuple[Path, str], tmp_path: Path) -> None:
+def test_push_sends_referrers_with_the_tag_schema(registry: Any, layout: tuple[Path, str],
+                                                  tmp_path: Path) -> None:
     out, subject = layout
     sbom = attach(str(out), subject, b'{"sbom":1}', CDX, epoch=0)
     spdx = attach(str(out), subject, b'{"spdx":1}', SPDX, epoch=0)
@@ -397,7 +398,8 @@ def test_push_sends_referrers_with_the_tag_schema(registry: Any, layout: tuple[P
         listed = {e["digest"]: e for e in fallback["manifests"]}
         assert set(listed) == {sbom.digest, spdx.digest} and sig.digest not in listed
         assert listed[sbom.digest]["artifactType"] == CDX
-        assert listed[sbom.digest]["annotations"] == {"org.opencontainers.image.created": "1970-01-01T00:00:00Z"}
+        created = {"org.opencontainers.image.created": "1970-01-01T00:00:00Z"}
+        assert listed[sbom.digest]["annotations"] == created
         artifact = _skopeo_raw(f"{registry.host}/ref/app@{sbom.digest}")
         assert artifact["subject"] == {"mediaType": oci.MEDIA_TYPE_MANIFEST, "digest": subject,
                                        "size": _index(out)[0]["size"]}
@@ -423,7 +425,8 @@ def test_push_sends_referrers_with_the_tag_schema(registry: Any, layout: tuple[P
         assert pull(registry.ref("ref/app:v1"), str(tmp_path / "pulled.tar"), client) == subject
         with tarfile.open(tmp_path / "pulled.tar") as tar:
             names = tar.getnames()
-        assert f"blobs/sha256/{sbom.hex}" in names and f"blobs/sha256/{oci.sha256_digest(b'other')[7:]}" in names
+        assert f"blobs/sha256/{sbom.hex}" in names
+        assert f"blobs/sha256/{oci.sha256_digest(b'other')[7:]}" in names
 
 
 @need_registry

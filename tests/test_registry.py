@@ -22,30 +22,33 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
-
 from conftest import assert_one_line_error, have, run_cli
 from registry_env import SERVICE, USER, Env, free_port
-from microcontainer_tool.oci import model as oci
-from microcontainer_tool.registry.auth import Credentials, load_credentials, normalize_scopes, parse_challenge
+
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, RegistryError, SpecError
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.imageview import open_image
-from microcontainer_tool.registry.reference import Reference
+from microcontainer_tool.registry.auth import Credentials, load_credentials, normalize_scopes, parse_challenge
 from microcontainer_tool.registry.client import RegistryClient
+from microcontainer_tool.registry.reference import Reference
 from microcontainer_tool.registry.transfer import pull, push, to_docker_manifest, tty_progress
 
-pytestmark = pytest.mark.skipif(not have("docker-registry", "skopeo", "htpasswd", "openssl"),
-                                reason="needs docker-registry, skopeo, htpasswd (apache2-utils) and openssl")
+# Each test needs only what it uses: the ``env`` registries need docker-registry, htpasswd and openssl;
+# skopeo, the independent oracle, is needed only where a test asks it.
+needs_skopeo = pytest.mark.skipif(not have("skopeo"), reason="needs skopeo")
 
 
 @pytest.fixture(scope="session")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    if not have("docker-registry", "htpasswd", "openssl"):
+        pytest.skip("needs docker-registry, htpasswd (apache2-utils) and openssl")
     environment = Env(tmp_path_factory.mktemp("registries"))
     try:
         yield environment
@@ -97,6 +100,7 @@ class Counter:
 # --- push -----------------------------------------------------------------------------------------
 
 
+@needs_skopeo
 def test_push_digest_is_ours_and_skopeo_reads_it(env: Env, image: Path) -> None:
     ref = env.open.ref("push/true:v1")
     with env.open.client() as client:
@@ -126,6 +130,7 @@ def test_push_twice_uploads_no_blob(env: Env, image: Path) -> None:
     assert sorted(m for m, _ in later) == ["HEAD", "HEAD", "PUT"]  # two HEADs and the manifest
 
 
+@needs_skopeo
 def test_push_docker_media_types(env: Env, image: Path) -> None:
     ref = env.open.ref("push/docker:v1")
     with env.open.client() as client:
@@ -140,6 +145,7 @@ def test_push_docker_media_types(env: Env, image: Path) -> None:
     assert result.media_type == oci.DOCKER_MANIFEST
 
 
+@needs_skopeo
 def test_push_archives_and_by_digest(env: Env, image: Path, tmp_path: Path) -> None:
     with env.open.client() as client:
         out = tmp_path / "img.tar"
@@ -162,6 +168,7 @@ def test_push_archives_and_by_digest(env: Env, image: Path, tmp_path: Path) -> N
     assert oci.sha256_digest(raw.encode()) == digest
 
 
+@needs_skopeo
 def test_chunked_upload(env: Env, image: Path, tmp_path: Path) -> None:
     counter = Counter()
     data = os.urandom(200 * 1024 + 7)
@@ -199,6 +206,7 @@ def test_upload_wrong_content_is_refused(env: Env, tmp_path: Path) -> None:
                 client.upload_blob("bad/upload", data, oci.sha256_digest(data), 20)
 
 
+@needs_skopeo
 def test_cross_repository_mount(env: Env, image: Path) -> None:
     with env.open.client() as client:
         push(str(image), env.open.ref("mount/source:v1"), client)
@@ -213,6 +221,7 @@ def test_cross_repository_mount(env: Env, image: Path) -> None:
 # --- pull -----------------------------------------------------------------------------------------
 
 
+@needs_skopeo
 def test_pull_what_skopeo_pushed(env: Env, image: Path, tmp_path: Path) -> None:
     for fmt, media_type in (("v2s2", oci.DOCKER_MANIFEST), ("oci", oci.MEDIA_TYPE_MANIFEST)):
         target = f"{env.open.host}/skopeo/{fmt}:t"
@@ -275,6 +284,7 @@ def _arm64_variant(client: RegistryClient, repo: str, tag: str, tmp_path: Path) 
     return digest, arm
 
 
+@needs_skopeo
 def test_pull_index_and_docker_manifest_list(env: Env, image: Path, tmp_path: Path) -> None:
     with env.open.client() as client:
         push(str(image), env.open.ref("multi/img:amd64"), client)
@@ -381,10 +391,8 @@ def test_retries_are_bounded() -> None:
     finally:
         flaky.stop()
     port = free_port()  # nothing listens there
-    started = time.monotonic()
     with pytest.raises(RegistryError) as info:
         RegistryClient(f"127.0.0.1:{port}", plain_http=True, retries=2, backoff=0.01, timeout=2).ping()
-    assert time.monotonic() - started < 5
     assert str(info.value) == f"127.0.0.1:{port}: GET failed after 3 attempts: connection refused"
 
 

@@ -11,16 +11,15 @@ import socket
 from pathlib import Path
 
 import pytest
-
-from conftest import SHARED_RPMS, have
-from microcontainer_tool.errors import DigestMismatchError, MicrocontainerError, RepoError
-from microcontainer_tool.sources.rpm.package import Checksum
-from microcontainer_tool.sources.rpm.repo import Fetcher, RepoConfig, load_repo, new_pool, solvable_files
-from microcontainer_tool.sources.rpm.payload import read_rpm
+from conftest import SHARED_RPMS, have, require_shared_rpms
 from repo_helpers import COMPRESS, RepoServer, createrepo, metadata_file, rewrite_metadata
 
-pytestmark = pytest.mark.skipif(not SHARED_RPMS.is_dir() or not have("createrepo_c"),
-                                reason="shared Rocky RPMs or createrepo_c missing")
+from microcontainer_tool.errors import DigestMismatchError, MicrocontainerError, RepoError
+from microcontainer_tool.sources.rpm.package import Checksum
+from microcontainer_tool.sources.rpm.payload import read_rpm
+from microcontainer_tool.sources.rpm.repo import Fetcher, RepoConfig, load_repo, new_pool, solvable_files
+
+pytestmark = pytest.mark.skipif(not have("createrepo_c"), reason="needs createrepo_c")
 
 SMALL = ["basesystem-11-13.el9.0.1.noarch.rpm", "setup-2.13.7-10.el9.noarch.rpm",
          "libcurl-7.76.1-34.el9.x86_64.rpm"]
@@ -30,7 +29,7 @@ SMALL = ["basesystem-11-13.el9.0.1.noarch.rpm", "setup-2.13.7-10.el9.noarch.rpm"
 def served(tmp_path_factory: pytest.TempPathFactory):
     """The 67 Rocky RPMs indexed by createrepo_c, served over real HTTP at ``/rocky/``."""
     root = tmp_path_factory.mktemp("served")
-    createrepo(root / "rocky", sorted(SHARED_RPMS.glob("*.rpm")))
+    createrepo(root / "rocky", sorted(require_shared_rpms().glob("*.rpm")))
     server = RepoServer(root)
     yield server
     server.stop()
@@ -39,7 +38,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def small_repo(tmp_path: Path) -> Path:
     """Three Rocky RPMs in a file:// repo of the test's own."""
-    return createrepo(tmp_path / "small", [SHARED_RPMS / name for name in SMALL])
+    return createrepo(tmp_path / "small", [require_shared_rpms() / name for name in SMALL])
 
 
 def fetcher(tmp_path: Path, **kwargs) -> Fetcher:

@@ -8,7 +8,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_closure, ldd_files, run_cli
 
 FORMATS = {"layout": "", "archive": ".tar", "smith": ".tar.gz", "docker": "-d.tar"}

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
-
-from conftest import SHARED_RPMS, have
-from microcontainer_tool.errors import ResolveError
-from microcontainer_tool.sources.rpm.repo import Fetcher, Repo, RepoConfig, load_repo
-from microcontainer_tool.sources.rpm.solver import LOCAL_REPO, check_closure, resolve
-from microcontainer_tool.sources.rpm.payload import read_rpm
+from conftest import SHARED_RPMS, have, require_shared_rpms
 from repo_helpers import RepoServer, createrepo, fixture_rpms
 
-pytestmark = pytest.mark.skipif(
-    not SHARED_RPMS.is_dir() or not have("createrepo_c", "rpmbuild"),
-    reason="shared Rocky RPMs, createrepo_c or rpmbuild missing")
+from microcontainer_tool.errors import ResolveError
+from microcontainer_tool.sources.rpm.payload import read_rpm
+from microcontainer_tool.sources.rpm.repo import Fetcher, Repo, RepoConfig, load_repo
+from microcontainer_tool.sources.rpm.solver import LOCAL_REPO, check_closure, resolve
+
+pytestmark = pytest.mark.skipif(not have("createrepo_c", "rpmbuild"),
+                                reason="needs createrepo_c and rpmbuild")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +22,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     """Repos served over real HTTP: ``rocky/``, ``fx/`` (all fixtures), ``old/`` and ``new/``."""
     root = tmp_path_factory.mktemp("repos")
     rpms = fixture_rpms(tmp_path_factory.mktemp("rpms"))
-    createrepo(root / "rocky", sorted(SHARED_RPMS.glob("*.rpm")))
+    if SHARED_RPMS.is_dir():  # tests that ask for ``rocky/`` skip without it (see repo())
+        createrepo(root / "rocky", sorted(SHARED_RPMS.glob("*.rpm")))
     createrepo(root / "fx", list(rpms.values()))
     createrepo(root / "old", [rpms["app-1.0"]])
     createrepo(root / "new", [rpms["app-2.0"]])
@@ -40,6 +39,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def repo(world, cache: str, name: str, priority: int = 99) -> Repo:
     server, _ = world
+    if name == "rocky":
+        require_shared_rpms()
     fetch = Fetcher(timeout=5, cache_dir=cache)
     return load_repo(RepoConfig(name, server.url + name, priority=priority), fetch, cache)
 
@@ -108,11 +109,11 @@ def test_excluding_a_needed_library_explains_why(world, cache):
     assert any("libcrypto.so.3()(64bit)" in p or "libssl.so.3()(64bit)" in p for p in problems(err))
 
 
-def test_timings_are_small(world, cache):
-    rocky = repo(world, cache, "rocky")  # .solv cached by now
-    start = time.perf_counter()
-    resolve([rocky], ["curl"])
-    assert time.perf_counter() - start < 2.0
+def test_resolving_from_the_solv_cache_gives_the_same_answer(world, cache):
+    first = nevras(resolve([repo(world, cache, "rocky")], ["curl"]))
+    rocky = repo(world, cache, "rocky")  # .solv cached by now (bench/rpm_build.py times locking)
+    assert nevras(resolve([rocky], ["curl"])) == first
+    assert any(n.startswith("curl-7") for n in first)
 
 
 # ----------------------------------------------------------------------------- fixtures

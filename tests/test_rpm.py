@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from conftest import SHARED_RPMS, needs_shared_rpms, require_shared_rpms
 from rpmbuild_fixtures import build_rpm, elf_requires, have_rpmbuild
 
 from microcontainer_tool.errors import DigestMismatchError, MicrocontainerError, RpmError
@@ -29,7 +30,7 @@ from microcontainer_tool.sources.rpm.header import rpm_installed_size, rpm_manif
 from microcontainer_tool.sources.rpm.package import Checksum, Dep
 from microcontainer_tool.sources.rpm.payload import read_rpm
 
-ROCKY = "/work/shared/rpms/rocky9-curl"
+ROCKY = str(SHARED_RPMS)
 PAYLOADS = ["zstd", "xz", "gzip", "bzip2", "none"]
 
 needs_rpmbuild = pytest.mark.skipif(not have_rpmbuild(), reason="rpmbuild is not installed")
@@ -291,7 +292,7 @@ def test_manifest_line() -> None:
     assert with_epoch == "x\t1-2\t0\t0\ta b\t3\t7\tnoarch\t3\t(none)"
 
 
-@pytest.mark.skipif(not os.path.isdir(ROCKY), reason="Rocky RPMs are not present")
+@needs_shared_rpms
 def test_manifest_line_matches_rpm_qf() -> None:
     """Our line equals ``rpm -qp --qf`` with the manifest's format, INSTALLTIME aside."""
     fmt = ("%{NAME}\\t%{VERSION}-%{RELEASE}\\t0\\t%{BUILDTIME}\\t%{VENDOR}\\t%{EPOCH}\\t%{SIZE}"
@@ -565,9 +566,7 @@ def test_stripped_large_file_format(fixtures: dict[str, Path], tmp_path: Path, s
     if source == "fixture":
         src = fixtures["none"]
     else:
-        src = Path(ROCKY) / source
-        if not src.exists():
-            pytest.skip("Rocky RPMs are not present")
+        src = require_shared_rpms() / source
     payload = payload_of(src)
     if payload.startswith(b"\x28\xb5\x2f\xfd"):
         payload = zstandard.ZstdDecompressor().stream_reader(payload).read()
@@ -606,7 +605,7 @@ def test_libc_fixture_provides_what_binaries_need(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- Rocky Linux 9
 
 
-@pytest.mark.skipif(not os.path.isdir(ROCKY), reason="Rocky RPMs are not present")
+@needs_shared_rpms
 @needs_cpio
 def test_rocky_packages(tmp_path: Path) -> None:
     rpms = sorted(glob.glob(os.path.join(ROCKY, "*.rpm")))
@@ -639,7 +638,7 @@ def test_rocky_packages(tmp_path: Path) -> None:
                    for d, _, fs in os.walk(rootfs) for f in fs)
 
 
-@pytest.mark.skipif(not os.path.isdir(ROCKY), reason="Rocky RPMs are not present")
+@needs_shared_rpms
 @needs_cpio
 @pytest.mark.parametrize("name", ["glibc-2.34-231.el9_7.2.x86_64.rpm",
                                   "coreutils-8.32-39.el9.x86_64.rpm",

@@ -8,10 +8,17 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import (
+    SHARED_RPMS,
+    HttpServer,
+    assert_one_line_error,
+    make_repo,
+    needs_shared_rpms,
+    run_cli,
+    runc_run,
+)
 
-from conftest import SHARED_RPMS, HttpServer, assert_one_line_error, make_repo, run_cli, runc_run
-
-pytestmark = pytest.mark.skipif(not SHARED_RPMS.is_dir(), reason="shared Rocky RPMs not present")
+pytestmark = needs_shared_rpms
 
 
 @pytest.fixture(scope="module")
@@ -186,12 +193,14 @@ def test_signed_repository_packages_are_verified(rocky_repo, tmp_path):
     key = rocky_key(tmp_path)
     spec = write_spec(tmp_path / "spec", f"packages: [zlib, tzdata]\npaths: [/usr/lib64/libz.so.1]\n"
                                           f"repos: [{{baseurl: '{url}', gpgkey: 'file://{key}'}}]\n")
-    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "ok"), "--cache-dir", str(tmp_path / "cache"))
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "ok"),
+                   "--cache-dir", str(tmp_path / "cache"))
     assert proc.returncode == 0, proc.stderr
     # a gpgkey that is no key: refused before anything is extracted (wrong keys: test_rpmsig)
     wrong = next(SHARED_RPMS.glob("curl-7*.rpm"))
     (spec / "microimage.yaml").write_text(f"packages: [zlib, tzdata]\npaths: [/usr/lib64/libz.so.1]\n"
                                           f"repos: [{{baseurl: '{url}', gpgkey: 'file://{wrong}'}}]\n")
-    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "bad"), "--cache-dir", str(tmp_path / "cache"))
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "bad"),
+                   "--cache-dir", str(tmp_path / "cache"))
     assert_one_line_error(proc, "curl-7")
     assert not (tmp_path / "bad").exists()

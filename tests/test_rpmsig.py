@@ -19,13 +19,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_RPMS, require_shared_rpms
 from rpmbuild_fixtures import build_rpm, have_rpmbuild
 
 from microcontainer_tool.errors import MicrocontainerError, RpmError
 from microcontainer_tool.sources.rpm.cpio import extract_rpm
 from microcontainer_tool.sources.rpm.signature import KeyRing, load_keys, parse_keys, verify_signature
 
-ROCKY = "/work/shared/rpms/rocky9-curl"
+ROCKY = str(SHARED_RPMS)
 ROCKY_KEY_ID = "702d426d350d275d"  # "Rocky Enterprise Software Foundation - Release key 2022"
 
 GPG = shutil.which("gpg")
@@ -299,9 +300,9 @@ def test_verdicts_agree_with_rpmkeys(art: dict, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rocky_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_shared_rpms()
     keys_rpm = glob.glob(f"{ROCKY}/rocky-gpg-keys-*.rpm")
-    if not keys_rpm:
-        pytest.skip(f"no rocky-gpg-keys package in {ROCKY}")
+    assert keys_rpm, f"no rocky-gpg-keys package in {ROCKY}"
     dest = tmp_path_factory.mktemp("rocky-keys")
     extract_rpm(keys_rpm[0], str(dest))
     return dest / "etc/pki/rpm-gpg/RPM-GPG-KEY-Rocky-9"
@@ -317,9 +318,9 @@ def test_rocky_packages_with_rocky_key(rocky_key: Path) -> None:
 
 
 def test_rocky_package_with_our_key(art: dict) -> None:
+    require_shared_rpms()
     packages = sorted(glob.glob(f"{ROCKY}/curl-*.rpm"))
-    if not packages:
-        pytest.skip(f"no Rocky packages in {ROCKY}")
+    assert packages, f"no curl package in {ROCKY}"
     with pytest.raises(RpmError) as err:
         verify_signature(packages[0], load_keys(str(art["rsa.asc"]), no_fetch))
     assert f"signed with unknown key 0x{ROCKY_KEY_ID}" in one_line(err)
@@ -327,8 +328,7 @@ def test_rocky_package_with_our_key(art: dict) -> None:
 
 def test_rocky_tampered_payload(rocky_key: Path, tmp_path: Path) -> None:
     packages = sorted(glob.glob(f"{ROCKY}/zlib-*.rpm"))
-    if not packages:
-        pytest.skip(f"no Rocky packages in {ROCKY}")
+    assert packages, f"no zlib package in {ROCKY}"
     bad = tampered(Path(packages[0]), tmp_path / "zlib.rpm", "payload")
     with pytest.raises(RpmError, match="bad signature: the payload is not the signed one"):
         verify_signature(str(bad), load_keys(str(rocky_key), no_fetch))

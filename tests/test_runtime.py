@@ -398,9 +398,7 @@ def test_detached_ps_stop_rm(images: dict[str, str], dirs: tuple[str, str],
         rt.run(images["core"], name=name, detach=True, state_dir=state, cache_dir=dirs[1])
     with pytest.raises(RunError, match="is running"):
         rt.rm(name, state)
-    started = time.monotonic()
     rt.stop(name, state, timeout=1)  # sleep is pid 1 and ignores SIGTERM: killed after 1 s
-    assert time.monotonic() - started < 8
     assert {i.name: i for i in rt.ps(state)}[name].status == "stopped"
     assert _dead(info.pid)
     rt.rm(name, state)

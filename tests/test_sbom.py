@@ -19,22 +19,37 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import (
+    SHARED_RPMS,
+    assert_one_line_error,
+    dpkg_owner,
+    have,
+    make_repo,
+    needs_shared_rpms,
+    require_shared_rpms,
+    run_cli,
+)
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from conftest import SHARED_RPMS, assert_one_line_error, dpkg_owner, have, make_repo, run_cli
-from microcontainer_tool.oci import model as oci
 from microcontainer_tool.cli import main
 from microcontainer_tool.errors import DigestMismatchError, LayoutError
+from microcontainer_tool.model.provenance import RECORD_PATH, add_record, read_record, rpm_facts
+from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, HostFile, InlineContent, Provenance
+from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.imageview import open_image
 from microcontainer_tool.oci.layout import write_tree_image
-from microcontainer_tool.model.provenance import RECORD_PATH, add_record, read_record, rpm_facts
 from microcontainer_tool.reports.sbom import (
-    CYCLONEDX_MEDIA_TYPE, FORMATS, SPDX_MEDIA_TYPE, _normalize, read_image_facts, render_sbom, spdx_license,
+    CYCLONEDX_MEDIA_TYPE,
+    FORMATS,
+    SPDX_MEDIA_TYPE,
+    _normalize,
+    read_image_facts,
+    render_sbom,
+    spdx_license,
 )
-from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, HostFile, InlineContent, Provenance
 
 EPOCH = 1700000000
 ELF = b"\x7fELF fake content "
@@ -95,7 +110,8 @@ def spdx_relations(doc: dict[str, Any], kind: str) -> set[tuple[str, str]]:
 # --- a hand-made image -----------------------------------------------------------------------
 
 RPM_A = {"name": "app", "version": "1.0", "release": "2.el9", "epoch": 0, "arch": "x86_64",
-         "license": "MIT", "sourcerpm": "app-1.0-2.el9.src.rpm", "vendor": "Rocky Enterprise Software Foundation",
+         "license": "MIT", "sourcerpm": "app-1.0-2.el9.src.rpm",
+         "vendor": "Rocky Enterprise Software Foundation",
          "repo": "baseos"}
 RPM_B = {"name": "libfoo", "version": "3.1", "release": "1.el9", "epoch": 1, "arch": "x86_64",
          "license": "GPLv2+ and LGPLv2+", "sourcerpm": "foo-3.1-1.el9.src.rpm",
@@ -117,8 +133,8 @@ def _tree(tmp_path: Path) -> FileTree:
 
     def add(path: str, data: bytes, source: str, *why: Provenance) -> None:
         tree.add(Entry(path, EntryKind.FILE, 0o755, InlineContent(data),
-                       provenance=tuple(p if p.source else Provenance(p.reason, source, p.kind, p.selector, p.by,
-                                                                      p.name, p.rule) for p in why)))
+                       provenance=tuple(p if p.source else Provenance(p.reason, source, p.kind, p.selector,
+                                                                      p.by, p.name, p.rule) for p in why)))
 
     add("/usr/bin/app", ELF + b"app", A, Provenance("paths", A, "paths", "/usr/bin/app"))
     tree.add(Entry("/usr/lib64/libfoo.so.1", EntryKind.SYMLINK, 0o777, linkname="libfoo.so.1.2",
@@ -128,15 +144,17 @@ def _tree(tmp_path: Path) -> FileTree:
     add("/usr/lib64/libfoo.so.1.2", ELF + b"foo", B, Provenance("libs", B, "libs", "libfoo.so.1.2"))
     add("/usr/lib64/libc.so.6", ELF + b"libc", C,
         Provenance("needed", C, "needed", by="/usr/bin/app", name="libc.so.6", rule="default dirs"),
-        Provenance("needed", C, "needed", by="/usr/lib64/libfoo.so.1.2", name="libc.so.6", rule="default dirs"))
-    add("/usr/lib64/ld-linux-x86-64.so.2", ELF + b"ld", C, Provenance("interp", C, "interpreter", by="/usr/bin/app"))
+        Provenance("needed", C, "needed", by="/usr/lib64/libfoo.so.1.2", name="libc.so.6",
+                   rule="default dirs"))
+    add("/usr/lib64/ld-linux-x86-64.so.2", ELF + b"ld", C,
+        Provenance("interp", C, "interpreter", by="/usr/bin/app"))
     tree.add(Entry("/lib64", EntryKind.SYMLINK, 0o777, linkname="usr/lib64",
                    provenance=(Provenance("interp", C, "interpreter", by="/usr/bin/app"),)))
     add("/usr/lib/os-release", b"ID=rocky\n", REL, Provenance("paths", REL, "paths", "/usr/lib/os-release"))
     add("/etc/app.conf", b"x = 1\n", "project:app.conf", Provenance("files", "project:app.conf", "files",
                                                                      "/etc/app.conf"))
-    add("/etc/passwd", b"root:x:0:0::/:/sbin/nologin\n", "generated", Provenance("nss", "generated", "generated",
-                                                                                "nss"))
+    add("/etc/passwd", b"root:x:0:0::/:/sbin/nologin\n", "generated",
+        Provenance("nss", "generated", "generated", "nss"))
     # two names of one host file: the layer writer makes the second a tar hardlink
     host = tmp_path / "shared.dat"
     host.write_bytes(b"shared content\n")
@@ -175,7 +193,8 @@ def hand(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_media_types() -> None:
     assert FORMATS == {"cyclonedx": CYCLONEDX_MEDIA_TYPE, "spdx": SPDX_MEDIA_TYPE}
-    assert CYCLONEDX_MEDIA_TYPE == "application/vnd.cyclonedx+json" and SPDX_MEDIA_TYPE == "application/spdx+json"
+    assert CYCLONEDX_MEDIA_TYPE == "application/vnd.cyclonedx+json"
+    assert SPDX_MEDIA_TYPE == "application/spdx+json"
 
 
 def test_cyclonedx_of_a_hand_made_image(hand: Path) -> None:
@@ -203,7 +222,8 @@ def test_cyclonedx_of_a_hand_made_image(hand: Path) -> None:
     assert foo["licenses"] == [{"license": {"name": "GPLv2+ and LGPLv2+"}}]  # not SPDX: a name
     assert prop(foo, "microcontainer:repo") == "appstream" and prop(foo, "microcontainer:package-id") == B
     assert packages["app"]["licenses"] == [{"license": {"id": "MIT"}}]
-    assert packages["libc"]["licenses"] == [{"expression": "LGPL-2.1-or-later WITH GCC-exception-3.1 OR Apache-2.0"}]
+    expression = "LGPL-2.1-or-later WITH GCC-exception-3.1 OR Apache-2.0"
+    assert packages["libc"]["licenses"] == [{"expression": expression}]
     assert packages["rocky-release"]["type"] == "operating-system"  # it ships os-release
 
     files = {c["name"]: c for c in components(doc, "file")}
@@ -263,7 +283,8 @@ def test_spdx_of_a_hand_made_image(hand: Path, tmp_path: Path) -> None:
     files = {f["fileName"]: f for f in doc["files"]}
     expected = layer_hashes(hand)
     assert set(files) == {"." + p for p in expected}
-    raw = {p: (hashlib.sha1(c).hexdigest(), hashlib.sha256(c).hexdigest()) for p, c in _contents(hand).items()}
+    raw = {p: (hashlib.sha1(c).hexdigest(), hashlib.sha256(c).hexdigest())
+           for p, c in _contents(hand).items()}
     for path, entry in files.items():
         assert entry["checksums"] == [{"algorithm": "SHA1", "checksumValue": raw[path[1:]][0]},
                                       {"algorithm": "SHA256", "checksumValue": expected[path[1:]]}]
@@ -351,7 +372,8 @@ def test_no_record_is_a_one_line_error(tmp_path: Path) -> None:
 def test_record_and_layer_must_agree(tmp_path: Path) -> None:
     tree = FileTree()
     record = {"schema": "microcontainer-provenance/1", "image": {"arch": "amd64"}, "packages": {},
-              "files": {"/usr/bin/ghost": {"kind": "file", "package": None, "source": "generated", "why": []}}}
+              "files": {"/usr/bin/ghost": {"kind": "file", "package": None, "source": "generated",
+                                           "why": []}}}
     tree.add(Entry(RECORD_PATH, EntryKind.FILE, 0o644, InlineContent(oci.canonical_json(record))))
     tree.add_parents(Provenance("parent"))
     make_image(tmp_path / "ghost", tmp_path, record=False, tree=tree)
@@ -410,7 +432,8 @@ def test_cli_stdout_file_and_epoch(hand: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr
     assert out.read_bytes() == render_sbom(str(hand), "spdx", 0)
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
-    assert_one_line_error(run_cli("sbom", str(hand), env={"SOURCE_DATE_EPOCH": "yesterday"}), "SOURCE_DATE_EPOCH")
+    assert_one_line_error(run_cli("sbom", str(hand), env={"SOURCE_DATE_EPOCH": "yesterday"}),
+                          "SOURCE_DATE_EPOCH")
     text = io.StringIO()
     assert main(["sbom", str(hand)], stdout=text, environ={}) == 0
     assert text.getvalue().encode() == render_sbom(str(hand))
@@ -419,7 +442,8 @@ def test_cli_stdout_file_and_epoch(hand: Path, tmp_path: Path) -> None:
 # --- end to end: real builds -----------------------------------------------------------------
 
 debian_host = pytest.mark.skipif(not Path("/var/lib/dpkg/status").is_file() or not have("dpkg-query")
-                                 or not Path("/usr/bin/curl").exists(), reason="needs a Debian host with curl")
+                                 or not Path("/usr/bin/curl").exists(),
+                                 reason="needs a Debian host with curl")
 
 
 def build(spec: Path, out: Path, *extra: str) -> None:
@@ -482,14 +506,13 @@ def test_debian_curl(debian_curl: tuple[Path, Path], tmp_path: Path) -> None:
     assert packages["curl"]["licenses"] == [{"license": {"id": "curl"}}]  # the DEP-5 "Files: *" license
 
 
-needs_rpms = pytest.mark.skipif(not SHARED_RPMS.is_dir(), reason="shared Rocky RPMs not present")
+needs_rpms = needs_shared_rpms
 
 
 @pytest.fixture(scope="module")
 def rocky_curl(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """curl from the Rocky RPMs (a file:// repository), built twice in different directories and caches."""
-    if not SHARED_RPMS.is_dir():
-        pytest.skip("shared Rocky RPMs not present")
+    require_shared_rpms()
     repo = make_repo(tmp_path_factory.mktemp("rocky") / "repo", sorted(SHARED_RPMS.glob("*.rpm")))
     images = []
     for n in range(2):
@@ -516,7 +539,8 @@ def test_rocky_curl(rocky_curl: tuple[Path, Path], tmp_path: Path) -> None:
 
     # the package set is the provenance record's, and every one of them is in the rpm manifest
     packages = {c["name"]: c for c in components(doc, "package")}
-    assert {prop(c, "microcontainer:package-id") for c in packages.values()} == set(read_record(str(image))["packages"])
+    recorded = set(read_record(str(image))["packages"])
+    assert {prop(c, "microcontainer:package-id") for c in packages.values()} == recorded
     assert {(c["name"], c["version"].split(":", 1)[-1]) for c in packages.values()} <= rpm_manifest(image)
     assert {p["name"] for p in sdoc["packages"][1:]} == set(packages)
     assert {"curl", "libcurl", "glibc", "openssl-libs", "zlib", "libnghttp2"} <= set(packages)
@@ -524,7 +548,8 @@ def test_rocky_curl(rocky_curl: tuple[Path, Path], tmp_path: Path) -> None:
         assert package["purl"].startswith(f"pkg:rpm/rocky/{name}@"), package["purl"]
         assert prop(package, "microcontainer:repo") == "rocky"
         assert package.get("licenses"), name  # every RPM header has a License
-    assert packages["openssl-libs"]["version"].startswith("1:") and "epoch=1" in packages["openssl-libs"]["purl"]
+    assert packages["openssl-libs"]["version"].startswith("1:")
+    assert "epoch=1" in packages["openssl-libs"]["purl"]
     deps = depends(doc)
     libcurl = next(p for p in files if p.startswith("/usr/lib64/libcurl.so.4."))
     libssl = next(p for p in files if p.startswith("/usr/lib64/libssl.so.3"))
@@ -549,7 +574,7 @@ def test_rocky_curl_packages_are_the_rpm_manifests(rocky_curl: tuple[Path, Path]
 
 
 def test_build_sbom_side_file_is_the_commands_output(tmp_path: Path) -> None:
-    """``build --sbom`` writes what ``sbom`` prints, and an attached SBOM does not disturb reading the image."""
+    """``build --sbom`` writes what ``sbom`` prints; an attached SBOM does not disturb reading the image."""
     (tmp_path / "spec").mkdir()
     (tmp_path / "spec/microimage.yaml").write_text("paths: [/usr/bin/true]\ncmd: [/usr/bin/true]\n")
     for fmt, suffix in (("cyclonedx", ".cdx.json"), ("spdx", ".spdx.json")):

@@ -20,7 +20,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, copy_closure, ldd_files, run_cli, runc_run
 
 IMAGES = ("hello", "goodbye", "cat")
@@ -160,7 +159,8 @@ def test_provenance_names_build_tree_nodes(pristine):
     assert proc.stdout.splitlines()[-1] == "source: project:build/lib/libgreet.so"
     assert "needed by /usr/local/bin/hello (as libgreet.so, RUNPATH)" in proc.stdout
     proc = run_cli("why", str(pristine / "build/images/cat"), "/read/data")
-    assert proc.stdout.splitlines() == ["/read/data <- rootfs/ overlay", "source: project:examples/cat/rootfs/"]
+    assert proc.stdout.splitlines() == ["/read/data <- rootfs/ overlay",
+                                        "source: project:examples/cat/rootfs/"]
 
 
 # --------------------------------------------------------------------------- edits

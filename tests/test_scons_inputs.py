@@ -5,12 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
-from conftest import SHARED_RPMS, make_repo, run_cli
+from conftest import SHARED_RPMS, make_repo, needs_shared_rpms, run_cli
 from test_scons import TOOL_DIR, ok, scons
 
-needs_rpms = pytest.mark.skipif(not SHARED_RPMS.is_dir(), reason="shared Rocky RPMs not present")
+needs_rpms = needs_shared_rpms
 
 
 def project(root: Path, spec_text: str, sources: str = "'microimage.yaml'") -> Path:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import have, run_cli
 from registry_env import Registry, free_port
 from test_scons import assert_scons_error, checkout, ok, scons, write
@@ -38,8 +37,10 @@ env = Environment(tools=["default", "microimage"], MCT_PUSH_PLAIN_HTTP=True,
                   MCT_PUSH_INSECURE=ARGUMENTS.get("insecure", "0"),
                   MCT_DOCKER_MEDIA_TYPES=ARGUMENTS.get("docker", "0"),
                   MCT_DOCKER_CONFIG=ARGUMENTS.get("docker_config", ""))
-a = env.MicroImage("images/a", PATHS=["/usr/bin/true"], CMD=["/usr/bin/true"], FILES={"/msg.txt": "a/msg.txt"})
-b = env.MicroImage("images/b", PATHS=["/usr/bin/true"], CMD=["/usr/bin/true"], FILES={"/msg.txt": "b/msg.txt"})
+a = env.MicroImage("images/a", PATHS=["/usr/bin/true"], CMD=["/usr/bin/true"],
+                   FILES={"/msg.txt": "a/msg.txt"})
+b = env.MicroImage("images/b", PATHS=["/usr/bin/true"], CMD=["/usr/bin/true"],
+                   FILES={"/msg.txt": "b/msg.txt"})
 pushed = [env.MicroPush("pushed/a.ref", a, REF=f"{registry}/a:{tag}"),     # what MicroImage returned
           env.MicroPush("pushed/b.ref", "images/b", REF=f"{registry}/b:{tag}")]  # the layout's path
 Alias("image", [a, b])
@@ -231,7 +232,8 @@ def test_cachedir_never_restores_a_push(tmp_path, registry):
     # the registry loses the image, the stamp goes: the archive comes from the cache, the push is real
     response = requests.delete(f"http://{registry.host}/v2/cached/a/manifests/{digest}", timeout=30)
     assert response.status_code == 202, response.text
-    assert requests.head(f"http://{registry.host}/v2/cached/a/manifests/latest", timeout=30).status_code == 404
+    head = requests.head(f"http://{registry.host}/v2/cached/a/manifests/latest", timeout=30)
+    assert head.status_code == 404
     (root / "pushed/a.ref").unlink()
     shutil.rmtree(root / "images")
     out = ok(run(root, *args))
@@ -276,7 +278,8 @@ def test_sconscript_mistakes_are_one_line_errors(tmp_path):
     write(tmp_path / "site_scons/site_init.py", "import microcontainer_tool.sconstool as m; m.register()\n")
     for line, words in [("env.MicroPush('t.ref', img)\n", ("t.ref", "REF")),
                         ("env.MicroPush('t.ref', img, REF='Bad Host/t')\n", ("t.ref", "Bad Host")),
-                        ("env.MicroPush('t.ref', [img, img], REF='localhost:1/t')\n", ("t.ref", "one image"))]:
+                        ("env.MicroPush('t.ref', [img, img], REF='localhost:1/t')\n",
+                         ("t.ref", "one image"))]:
         write(tmp_path / "SConstruct", head + line)
         proc = run(tmp_path)
         assert_scons_error(proc, *words)
@@ -313,7 +316,8 @@ def test_credentials_come_from_the_docker_config_and_never_show(tmp_path, regist
         for name in NAMES:
             assert stamp(root, name) == f"{locked.host}/{name}:latest@{archive_digest(root, name)}\n"
         # other credentials do not push again: they change nothing in the registry
-        assert run(root, "-q", "push", f"registry={locked.host}", f"docker_config={tmp_path}/good").returncode == 0
+        again = run(root, "-q", "push", f"registry={locked.host}", f"docker_config={tmp_path}/good")
+        assert again.returncode == 0
     finally:
         locked.stop()
 

@@ -154,8 +154,8 @@ class DpkgDatabase:
         """
         key = _stat_key(root)
         if key is not None and key in _MEMO:
-            packages, files = _MEMO[key]
-            return cls(root, packages, files)
+            remembered, files = _MEMO[key]
+            return cls(root, remembered, files)
         text = _read(root, STATUS)
         if text is None:
             return None
