@@ -30,7 +30,8 @@ from microcontainer_tool.oci.compression import media_type_suffix, open_compress
 from microcontainer_tool.oci.layer import HashingWriter, write_layer
 from microcontainer_tool.oci.layout import write_tree_image
 from microcontainer_tool.oci.store import LayoutStore
-from microcontainer_tool.sources.image.root import IMAGE_DEV, ImageRoot, _copy_range, index_layer_tar
+from microcontainer_tool.sources.image.layertars import index_layer_tar
+from microcontainer_tool.sources.image.root import IMAGE_DEV, ImageRoot, _copy_range
 from microcontainer_tool.sources.sysroot import LayeredRoot
 from microcontainer_tool.spec.imagespec import ImageSpec
 
