@@ -1,9 +1,12 @@
 """microcontainer-tool: minimal, read-only, byte-reproducible OCI images.
 
-The package is layered: :mod:`spec` (what the user asked for), :mod:`tree`
-(the model: what goes in the image), :mod:`sysroot`/:mod:`elf`/:mod:`ldd`
-(reading inputs), :mod:`assemble` (spec + inputs -> tree), and the writers
-:mod:`layer`, :mod:`oci`, :mod:`layout`. :mod:`cli` is the front end.
+Subpackages follow the data flow (ARCHITECTURE.md has the map): :mod:`.spec`
+(what the user asked for) -> :mod:`.sources` (directory trees, dpkg facts,
+RPMs, images) -> :mod:`.closure` (ELF, ld.so's rules) -> :mod:`.model` (the
+file tree and its provenance), built by :mod:`.assembly` -> :mod:`.oci`
+(layers, codecs, layouts) -> :mod:`.registry`; :mod:`.runtime` runs images and
+:mod:`.reports` describes them; :mod:`.hostfs` writes atomically for all.
+:mod:`.build` is the pipeline; :mod:`.cli` and :mod:`.sconstool` are the front ends.
 """
 
 __version__ = "0.1.0"
