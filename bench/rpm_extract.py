@@ -28,13 +28,14 @@ import sys
 import tempfile
 import time
 
+import rpm_rs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 SHARED_RPMS = os.path.join(os.path.dirname(REPO), "shared", "rpms", "rocky9-curl")  # ../shared beside REPO
 
-import rpm_rs  # noqa: E402
-
-from microcontainer_tool.sources.rpm.cpio import extract_rpm
+# After the sys.path insert above: the script also runs from a checkout without an install.
+from microcontainer_tool.sources.rpm.cpio import extract_rpm  # noqa: E402
 
 PAYLOADSIZE, LONGARCHIVESIZE = 1007, 271
 

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from microcontainer_tool.assembly.assemble import Assembly, assemble
+from microcontainer_tool.errors import SpecError
+from microcontainer_tool.model.provenance import add_record
+from microcontainer_tool.model.tree import HostFile
 from microcontainer_tool.oci.layer import LayerInfo
 from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.layout import format_for_path, write_tree_image
 from microcontainer_tool.oci.model import image_config
-from microcontainer_tool.errors import SpecError
 from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image, platform_for
 from microcontainer_tool.sources.image.locate import ImageLocation, locate_image
-from microcontainer_tool.model.provenance import add_record
-from microcontainer_tool.model.tree import HostFile
 from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec
 
 if TYPE_CHECKING:
@@ -107,7 +107,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         allow_missing: warn instead of failing on missing libraries.
         layer_cache: reuse compressed layers of identical trees from there.
         cache_dir: downloads, repository metadata, extracted packages, pulled
-            images and indexed image layers (default: :func:`~microcontainer_tool.hostfs.cachedir.default_cache_dir`).
+            images and indexed image layers
+            (default: :func:`~microcontainer_tool.hostfs.cachedir.default_cache_dir`).
         offline: never download: RPM specs use only the lock and the cache,
             registry images only what the cache holds (pinned by digest).
         registry: how to reach registries for ``from:``/``parent:`` images.

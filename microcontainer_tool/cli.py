@@ -12,7 +12,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence, TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 from microcontainer_tool import __version__
 from microcontainer_tool.errors import MicrocontainerError, SpecError
@@ -52,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", metavar="OUT", required=True,
                        help="output: DIR (OCI layout), OUT.tar (oci-archive), OUT.tar.gz/.tgz (smith)")
     build.add_argument("-t", "--tag", default="latest", help="tag (ref.name) of the image (default: latest)")
-    build.add_argument("--name", help="repository name used in docker-archive RepoTags (default: output's stem)")
+    build.add_argument("--name",
+                       help="repository name used in docker-archive RepoTags (default: output's stem)")
     build.add_argument("--format", choices=FORMATS, help="output format (default: by OUT's suffix)")
     build.add_argument("--compression", choices=COMPRESSIONS, default="gzip",
                        help="layer compression (default: gzip; zstd is opt-in)")
@@ -186,11 +188,13 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
     )
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
-    sbom = _write_sbom(result, args.sbom, epoch, stamp=bool(env.get("SOURCE_DATE_EPOCH"))) if args.sbom else ""
+    sbom = (_write_sbom(result, args.sbom, epoch, stamp=bool(env.get("SOURCE_DATE_EPOCH")))
+            if args.sbom else "")
     if args.quiet:
         print(result.manifest_digest, file=out)
     else:
-        print(f"{result.output} ({result.format}): {result.files} entries, layer {result.layer.size} bytes", file=out)
+        print(f"{result.output} ({result.format}): {result.files} entries, layer {result.layer.size} bytes",
+              file=out)
         print(f"manifest {result.manifest_digest}", file=out)
         print(f"config   {result.config_digest}", file=out)
         print(f"layer    {result.layer.digest} (diff_id {result.layer.diff_id})", file=out)
@@ -217,11 +221,13 @@ def _write_sbom(result: Any, sbom_format: str, epoch: int, stamp: bool) -> str:
 
 def _add_registry_parsers(sub: Any) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-u", "--username", help="registry user; the password is read from standard input")
+        parser.add_argument("-u", "--username",
+                            help="registry user; the password is read from standard input")
         parser.add_argument("--docker-config", metavar="PATH",
                             help="config.json or its directory (default: $DOCKER_CONFIG or ~/.docker)")
         parser.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
-        parser.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
+        parser.add_argument("--insecure", action="store_true",
+                            help="do not verify the registry's TLS certificate")
         parser.add_argument("--timeout", type=float, default=30, metavar="SECONDS",
                             help="connect and read timeout of each request (default: 30)")
         parser.add_argument("--retries", type=int, default=3,
@@ -232,20 +238,24 @@ def _add_registry_parsers(sub: Any) -> None:
                       help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
     push.add_argument("ref", metavar="REF", help="host[:port]/repo[:tag] (Docker Hub by default)")
     push.add_argument("--docker-media-types", action="store_true",
-                      help="push a Docker schema 2 manifest (changes the manifest digest; the pushed one is printed)")
-    push.add_argument("--mount-from", metavar="REPO", help="repository on the same registry to mount blobs from")
+                      help="push a Docker schema 2 manifest "
+                           "(changes the manifest digest; the pushed one is printed)")
+    push.add_argument("--mount-from", metavar="REPO",
+                      help="repository on the same registry to mount blobs from")
     push.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
     common(push)
     pull = sub.add_parser("pull", help="pull an image into an OCI layout or archive")
     pull.add_argument("ref", metavar="REF", help="host[:port]/repo[:tag][@sha256:...]")
-    pull.add_argument("-o", "--output", metavar="OUT", required=True, help="layout DIR, OUT.tar or OUT.tar.gz")
+    pull.add_argument("-o", "--output", metavar="OUT", required=True,
+                      help="layout DIR, OUT.tar or OUT.tar.gz")
     pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                       help="which image of an index (default: this machine's)")
     common(pull)
 
 
 def _add_runtime_parsers(sub: Any) -> None:
-    state_help = "container state (default: /run/microcontainer as root, else $XDG_RUNTIME_DIR/microcontainer)"
+    state_help = ("container state "
+                  "(default: /run/microcontainer as root, else $XDG_RUNTIME_DIR/microcontainer)")
     run = sub.add_parser("run", help="run an image as a microcontainer (read-only root, no capabilities)")
     run.add_argument("image", metavar="IMAGE",
                      help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
@@ -286,14 +296,15 @@ def _add_runtime_parsers(sub: Any) -> None:
 
 
 def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
-    from microcontainer_tool.runtime import containers as runtime
     from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    from microcontainer_tool.runtime import containers as runtime
 
     state = args.state_dir or runtime.default_state_dir()
     if args.command == "run":
-        return runtime.run(args.image, name=args.name, detach=args.detach, runtime=args.runtime, state_dir=state,
-                           cache_dir=args.cache_dir or default_cache_dir(), debug=args.debug, toolbox=args.toolbox,
-                           args=args.args or None, env=args.env, user=args.user, write_dir=args.write,
+        return runtime.run(args.image, name=args.name, detach=args.detach, runtime=args.runtime,
+                           state_dir=state, cache_dir=args.cache_dir or default_cache_dir(), debug=args.debug,
+                           toolbox=args.toolbox, args=args.args or None, env=args.env, user=args.user,
+                           write_dir=args.write,
                            read_dir=args.read, net=args.net, userns=not args.no_userns)
     if args.command == "ps":
         infos = runtime.ps(state)
@@ -302,8 +313,8 @@ def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
         else:
             print(f"{'NAME':<20} {'STATUS':<8} {'PID':>7}  {'IMAGE DIGEST':<19}  IMAGE", file=out)
             for info in infos:
-                print(f"{info.name:<20} {info.status:<8} {info.pid or '-':>7}  {info.digest[7:26]:<19}  {info.image}",
-                      file=out)
+                print(f"{info.name:<20} {info.status:<8} {info.pid or '-':>7}  "
+                      f"{info.digest[7:26]:<19}  {info.image}", file=out)
         return 0
     if args.command == "stop":
         runtime.stop(args.name, state, timeout=args.timeout)
@@ -359,8 +370,8 @@ def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _lock(args: argparse.Namespace, out: TextIO) -> int:
-    from microcontainer_tool.sources.rpm.lock import read_lock, write_lock
     from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    from microcontainer_tool.sources.rpm.lock import read_lock, write_lock
     from microcontainer_tool.sources.rpm.root import lock_packages, lock_path, spec_inputs_digest
     from microcontainer_tool.spec.imagespec import load_spec
 
@@ -460,19 +471,21 @@ def _packages(args: argparse.Namespace, out: TextIO) -> int:
 
     packages = read_record(args.image)["packages"]
     rows = [(p["name"], (f"{p['epoch']}:" if p.get("epoch") and p["type"] == "rpm" else "") + p["version"]
-             + (f"-{p['release']}" if p.get("release") else ""), p["arch"], p["type"], p.get("license") or "-")
+             + (f"-{p['release']}" if p.get("release") else ""),
+             p["arch"], p["type"], p.get("license") or "-")
             for p in packages.values()]
     rows.sort()
     if args.json:
         json.dump([packages[k] for k in sorted(packages)], out, indent=2, sort_keys=True)
         out.write("\n")
         return 0
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(("NAME", "VERSION", "ARCH", "TYPE"))]
-    print(f"{'NAME':<{widths[0]}}  {'VERSION':<{widths[1]}}  {'ARCH':<{widths[2]}}  {'TYPE':<{widths[3]}}  LICENSE",
-          file=out)
+    widths = [max([len(h)] + [len(r[i]) for r in rows])
+              for i, h in enumerate(("NAME", "VERSION", "ARCH", "TYPE"))]
+    print(f"{'NAME':<{widths[0]}}  {'VERSION':<{widths[1]}}  {'ARCH':<{widths[2]}}  "
+          f"{'TYPE':<{widths[3]}}  LICENSE", file=out)
     for row in rows:
-        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]:<{widths[3]}}  {row[4]}",
-              file=out)
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:<{widths[2]}}  "
+              f"{row[3]:<{widths[3]}}  {row[4]}", file=out)
     return 0
 
 

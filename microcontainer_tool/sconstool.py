@@ -351,7 +351,8 @@ def _package_inputs(env: Any, spec: Any, name: str) -> list[Any]:
 
     lock = lock_path(spec)
     if not os.path.exists(lock):
-        _fail_in_sconscript(f"MicroImage('{name}'): no {lock}: run `microcontainer lock -c {spec.source}` first")
+        _fail_in_sconscript(f"MicroImage('{name}'): no {lock}: "
+                            f"run `microcontainer lock -c {spec.source}` first")
     return [env.File(lock)] + [env.File(path) for path in local_rpms(spec)]
 
 
@@ -395,8 +396,8 @@ def _spec_of(payload: str, top: str) -> Any:
 def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
     """Action: build the image archive with the library."""
     from microcontainer_tool.build import build_image
-    from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.oci.layercache import LayerCache
+    from microcontainer_tool.registry.imagecache import RegistryOptions
 
     out = target[0].abspath
     try:
@@ -452,8 +453,8 @@ def _docker_config(env: Any) -> str | None:
 def _push_image(target: list[Any], source: list[Any], env: Any) -> int:
     """Action: push the image, then write the stamp ``REF@DIGEST`` (atomically)."""
     from microcontainer_tool.registry.auth import load_credentials
-    from microcontainer_tool.registry.reference import Reference
     from microcontainer_tool.registry.client import RegistryClient
+    from microcontainer_tool.registry.reference import Reference
     from microcontainer_tool.registry.transfer import push_and_record
 
     stamp = target[0].abspath
@@ -465,7 +466,8 @@ def _push_image(target: list[Any], source: list[Any], env: Any) -> int:
         creds = load_credentials(ref.registry, docker_config=_docker_config(env))
         with RegistryClient(ref.registry, auth=creds, plain_http=_flag(env, "MCT_PUSH_PLAIN_HTTP"),
                             insecure=_flag(env, "MCT_PUSH_INSECURE")) as client:
-            push_and_record(image, ref, client, stamp, docker_media_types=_flag(env, "MCT_DOCKER_MEDIA_TYPES"))
+            push_and_record(image, ref, client, stamp,
+                            docker_media_types=_flag(env, "MCT_DOCKER_MEDIA_TYPES"))
     except MicrocontainerError as error:  # SCons prefixes "[TARGET]"
         raise SCons.Errors.UserError(f"pushing {ref}: {error}") from None
     return 0

@@ -1,4 +1,6 @@
-"""The package's architecture, read from its source with ``ast``: no import cycles, layers, a thin SCons adapter.
+"""The package's architecture, read from its source with ``ast``.
+
+No import cycles, layers, a thin SCons adapter.
 
 Every import counts, at any depth (inside functions and ``if TYPE_CHECKING:``
 blocks too): ``import a.b``, ``from a.b import c`` (``a.b.c`` when that is a
@@ -23,8 +25,8 @@ PACKAGE = "microcontainer_tool"
 PACKAGE_DIR = Path(microcontainer_tool.__file__).resolve().parent
 
 #: Subpackages that make up the library (everything but the front ends).
-LIBRARY_PACKAGES = ("spec", "sources", "closure", "model", "assembly", "oci", "registry", "runtime", "reports",
-                    "hostfs")
+LIBRARY_PACKAGES = ("spec", "sources", "closure", "model", "assembly", "oci", "registry", "runtime",
+                    "reports", "hostfs")
 #: The front ends: no library module may import them.
 FRONT_ENDS = ("build", "cli", "sconstool", "__main__", "site_tools")
 #: Modules at the bottom: they may import nothing of the package but ``errors``.
@@ -68,7 +70,8 @@ def parse_package(root: Path, package: str = PACKAGE) -> dict[str, Module]:
             parts = [package, *path.relative_to(root).with_suffix("").parts]
             is_package = parts[-1] == "__init__"
             name = ".".join(parts[:-1] if is_package else parts)
-            modules[name] = Module(name, path, is_package, ast.parse(path.read_text(encoding="utf-8"), str(path)))
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+            modules[name] = Module(name, path, is_package, tree)
     for module in modules.values():
         for target, line in _imported(module, modules, package):
             module.imports.setdefault(target, line)
@@ -90,7 +93,8 @@ def _imported(module: Module, modules: dict[str, Module], package: str) -> list[
                 source = node.module or ""
             for alias in node.names:
                 submodule = f"{source}.{alias.name}"
-                found.append((submodule if submodule in modules else _module_of(source, modules), node.lineno))
+                target = submodule if submodule in modules else _module_of(source, modules)
+                found.append((target, node.lineno))
     return [(name, line) for name, line in found
             if name and (name == package or name.startswith(package + ".")) and name != module.name]
 

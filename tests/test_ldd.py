@@ -338,7 +338,7 @@ def test_platform_closure_holds_what_each_cpu_loads(root: Path, cpu: str | None)
     # Nothing else: the libraries every CPU would load, from every platform dir.
     platform_libs = {f"/opt/{p}/libplat.so.1" for p in PLATFORM_DIRS} | {
         "/opt/haswell/libfb.so.1", "/opt/fallback/libfb.so.1"}
-    assert ours == (real - {l for l in real if "libplat" in l or "libfb" in l}) | platform_libs
+    assert ours == (real - {lib for lib in real if "libplat" in lib or "libfb" in lib}) | platform_libs
 
 
 def test_hwcaps_variants_all_included(root: Path) -> None:

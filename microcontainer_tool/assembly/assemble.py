@@ -18,22 +18,31 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from microcontainer_tool.closure import ldcache
-from microcontainer_tool.sources.dpkg import STATUS_D, DpkgDatabase
-from microcontainer_tool.closure.elf import ElfInfo, oci_platform, read_elf
-from microcontainer_tool.errors import MissingLibraryError, SourceError, SpecError
-from microcontainer_tool.closure.ldd import Closure, LibraryResolver
 from microcontainer_tool.assembly.nss import Identity, nss_files, parse_user
 from microcontainer_tool.assembly.pattern import covers, expand, has_magic
-from microcontainer_tool.spec.imagespec import ARCHES, DEFAULT_PATH, ImageSpec
-from microcontainer_tool.sources.sysroot import LayeredRoot, SysRoot
+from microcontainer_tool.closure import ldcache
+from microcontainer_tool.closure.elf import ElfInfo, oci_platform, read_elf
+from microcontainer_tool.closure.ldd import Closure, LibraryResolver
+from microcontainer_tool.errors import MissingLibraryError, SourceError, SpecError
 from microcontainer_tool.model.tree import (
-    DIR_MODE, FILE_MODE, Entry, EntryKind, FileTree, HostFile, InlineContent, Provenance, file_mode,
+    DIR_MODE,
+    FILE_MODE,
+    Entry,
+    EntryKind,
+    FileTree,
+    HostFile,
+    InlineContent,
+    Provenance,
+    file_mode,
     normalize_path,
 )
+from microcontainer_tool.sources.dpkg import STATUS_D, DpkgDatabase
+from microcontainer_tool.sources.sysroot import LayeredRoot, SysRoot
+from microcontainer_tool.spec.imagespec import ARCHES, DEFAULT_PATH, ImageSpec
 
 if TYPE_CHECKING:
     from microcontainer_tool.sources.rpm.root import PackageRoot
@@ -553,7 +562,8 @@ class _Assembler:
             by_rpm = {rpm: oci for oci, rpm in ARCHES.items()}
             return by_rpm.get(self.spec.rpm_arch, self.spec.rpm_arch), None
         if not infos:
-            raise SpecError(f"{self.spec.source}: the image holds no ELF file: set 'arch' to name its architecture")
+            raise SpecError(f"{self.spec.source}: the image holds no ELF file: "
+                            "set 'arch' to name its architecture")
         return oci_platform(infos[0])
 
 

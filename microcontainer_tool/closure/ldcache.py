@@ -22,9 +22,10 @@ import fnmatch
 import posixpath
 import stat
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cmp_to_key
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from microcontainer_tool.errors import SourceError
 from microcontainer_tool.sources.sysroot import SysRoot
@@ -157,7 +158,8 @@ def _glob(sysroot: SysRoot, pattern: str) -> list[str]:
                 continue
             names = sysroot.listdir(resolved.path)
             matches.extend(posixpath.join(base, n) for n in names
-                           if fnmatch.fnmatchcase(n, part) and not (n.startswith(".") and not part.startswith(".")))
+                           if fnmatch.fnmatchcase(n, part)
+                           and not (n.startswith(".") and not part.startswith(".")))
         found = matches
     return sorted(p for p in found if sysroot.resolve(p) is not None)
 
@@ -359,7 +361,8 @@ def build_ld_cache(entries: Iterable[CacheEntry], little_endian: bool = True) ->
         table_offset = ext_offset + 8 + 16
         extension = (b"\0" * (ext_offset - body_end)
                      + struct.pack(order + "II", EXTENSION_MAGIC, 1)
-                     + struct.pack(order + "IIII", EXTENSION_TAG_HWCAPS, 0, table_offset, 4 * len(name_offsets))
+                     + struct.pack(order + "IIII", EXTENSION_TAG_HWCAPS, 0, table_offset,
+                                   4 * len(name_offsets))
                      + b"".join(struct.pack(order + "I", o) for o in name_offsets))
     header = (NEW_MAGIC + struct.pack(order + "II", len(unique), len(strings))
               + bytes([ENDIAN_LITTLE if little_endian else ENDIAN_BIG, 0, 0, 0])

@@ -73,8 +73,9 @@ import posixpath
 import re
 import stat
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from microcontainer_tool.closure import ldcache
 from microcontainer_tool.closure.elf import ElfInfo, machine_name, read_elf
@@ -342,7 +343,8 @@ class LibraryResolver:
         main: _Loaded | None = None
         if program is not None:
             resolved = self.sysroot.resolve(program)
-            info = self._read(resolved) if resolved is not None and stat.S_ISREG(resolved.st.st_mode) else None
+            info = (self._read(resolved) if resolved is not None and stat.S_ISREG(resolved.st.st_mode)
+                    else None)
             if resolved is not None and info is not None:
                 main = _Loaded(resolved.path, resolved.path, info, None, None)
         if main is None:
@@ -415,7 +417,8 @@ class LibraryResolver:
         space.add(loaded, [name, _absolute(name)])
         return edge, loaded
 
-    def _resolve(self, space: _Namespace, needer: _Loaded, raw_name: str) -> tuple[list[Dependency], list[_Loaded]]:
+    def _resolve(self, space: _Namespace, needer: _Loaded,
+                 raw_name: str) -> tuple[list[Dependency], list[_Loaded]]:
         """Edges for one DT_NEEDED of ``needer`` and the objects newly loaded."""
         known = space.match(raw_name)
         if known is not None:

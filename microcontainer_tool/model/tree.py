@@ -13,8 +13,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Union
 
 from microcontainer_tool.errors import PathEscapeError, SourceError
 
@@ -104,7 +104,7 @@ class InlineContent:
         return self.data
 
 
-ContentSource = Union[HostFile, InlineContent]
+ContentSource = HostFile | InlineContent
 
 
 @dataclass(frozen=True)

@@ -417,7 +417,8 @@ def _open_oci(path: str, source: _Source, tag: str | None) -> ImageView:
     index = _read_json(source, "index.json", path)
     descs = _descriptors(index, path)
     if len(descs) > 1:  # referrers (SBOMs, signatures) are listed beside their image, without a tag
-        images = [d for raw, d in zip(index["manifests"], descs) if not _is_artifact(source, raw, d, path)]
+        images = [d for raw, d in zip(index["manifests"], descs, strict=True)
+                  if not _is_artifact(source, raw, d, path)]
         descs = images or descs
     desc = _choose(descs, tag, path)
     for _ in range(4):

@@ -19,16 +19,17 @@ import hashlib
 import io
 import os
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, cast
+from typing import BinaryIO, cast
 
 import zstandard
 from isal import igzip, isal_zlib
 
-from microcontainer_tool.oci.compression import media_type_suffix, open_compressor
 from microcontainer_tool.errors import LayoutError, SourceError
-from microcontainer_tool.oci.model import MEDIA_TYPE_LAYER
 from microcontainer_tool.model.tree import EntryKind, FileTree, HostFile, InlineContent
+from microcontainer_tool.oci.compression import media_type_suffix, open_compressor
+from microcontainer_tool.oci.model import MEDIA_TYPE_LAYER
 
 CHUNK_SIZE = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
@@ -301,8 +302,7 @@ def read_layer_members(fileobj: BinaryIO) -> Iterator[tarfile.TarInfo]:
     try:
         stream = open_layer_stream(fileobj)
         with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
-            for member in tar:
-                yield member
+            yield from tar
     except LayoutError:
         raise
     except DECODE_ERRORS as error:

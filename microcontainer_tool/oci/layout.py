@@ -435,7 +435,8 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
             raise LayoutError(f"{archive}: invalid index.json ({error})") from None
         blobs = sorted(n for n in members if n.startswith(BLOBS_DIR + "/"))
         existing = os.path.isfile(os.path.join(target, OCI_LAYOUT_FILE))
-        root = target if existing else make_temp_dir(os.path.dirname(target), f".{os.path.basename(target)}.tmp-")
+        root = (target if existing
+                else make_temp_dir(os.path.dirname(target), f".{os.path.basename(target)}.tmp-"))
         try:
             store = LayoutStore(root)
             for name in blobs:

@@ -155,7 +155,9 @@ class LayoutStore:
             raise LayoutError(f"{path}: cannot read blob: {error.strerror or error}") from None
 
     def read_json(self, desc: Descriptor, label: str, limit: int = MAX_JSON_BLOB) -> dict[str, Any]:
-        """Read the JSON-object blob ``desc``, verified (:func:`~microcontainer_tool.oci.blobs.read_json_blob`).
+        """Read the JSON-object blob ``desc``, verified.
+
+        See :func:`~microcontainer_tool.oci.blobs.read_json_blob`.
 
         Raises:
             DigestMismatchError: the blob does not match ``desc``.

@@ -190,7 +190,8 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
     Returns:
         The pushed digest, the blob counts (uploaded, skipped, mounted) and
         the number of referrers pushed: an OCI layout's artifacts whose
-        ``subject`` is the pushed manifest (see :func:`microcontainer_tool.registry.referrers.push_referrers`).
+        ``subject`` is the pushed manifest
+        (see :func:`microcontainer_tool.registry.referrers.push_referrers`).
 
     Raises:
         LayoutError: the image is unreadable or malformed.

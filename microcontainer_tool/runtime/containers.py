@@ -234,8 +234,8 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
         tag: the image to pick when the layout holds several.
         debug: mount a toolbox read-only at ``/dev/crashcart`` from the start.
         toolbox: the toolbox for ``debug`` (see :func:`microcontainer_tool.runtime.toolbox.toolbox_dir`).
-        **config_kw: keyword arguments of :func:`~microcontainer_tool.runtime.config.runtime_config` (``args``, ``env``,
-            ``user``, ``write_dir``, ``read_dir``, ``net``, ``userns``, ``extra_mounts``).
+        **config_kw: keyword arguments of :func:`~microcontainer_tool.runtime.config.runtime_config`
+            (``args``, ``env``, ``user``, ``write_dir``, ``read_dir``, ``net``, ``userns``, ``extra_mounts``).
 
     Returns:
         The program's exit code (128 + N if killed by signal N), or 0 when detached.
@@ -342,7 +342,8 @@ def _names(state_dir: str) -> Iterator[str]:
     except FileNotFoundError:
         return
     for entry in entries:
-        if _NAME_RE.fullmatch(entry) and os.path.isfile(os.path.join(_containers_dir(state_dir), entry, _RECORD)):
+        if (_NAME_RE.fullmatch(entry)
+                and os.path.isfile(os.path.join(_containers_dir(state_dir), entry, _RECORD))):
             yield entry
 
 

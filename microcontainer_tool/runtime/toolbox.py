@@ -57,7 +57,8 @@ def busybox_toolbox(cache_dir: str) -> str:
     final = os.path.join(parent, f"busybox-{digest[:16]}")
     if os.path.isfile(os.path.join(final, "bin", "busybox")):
         return final
-    proc = subprocess.run([binary, "--list"], capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run([binary, "--list"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          check=False)
     if proc.returncode != 0:
         raise RunError(f"{binary} --list failed: {' '.join(proc.stderr.split())}")
     applets = sorted({name for name in proc.stdout.split() if name and "/" not in name} - {"busybox"})

@@ -28,7 +28,8 @@ def _read_image_file(rootfs: str, path: str) -> str | None:
             os.close(fd)
             fd = child
         try:
-            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                              dir_fd=fd)
         except OSError:
             return None
         with os.fdopen(file_fd, "rb") as handle:

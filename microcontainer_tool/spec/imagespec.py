@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -340,7 +340,7 @@ def _user(checker: _Checker, node: yaml.Node) -> str:
 
 def _groups(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
     items = checker.string_list(node, "groups")
-    for item_node, item in zip(node.value, items):
+    for item_node, item in zip(node.value, items, strict=True):
         if not _USER_PART.match(item) or item.isdigit():
             raise checker.fail(item_node, f"bad group name {item!r}")
     return items
@@ -428,7 +428,8 @@ def _repos(checker: _Checker, node: yaml.Node) -> tuple[RepoSpec, ...]:
         for key, value in checker.mapping(item, "repos entry"):
             name = checker.scalar(key, "repos key")
             if name not in ("baseurl", "name", "priority", "gpgkey"):
-                raise checker.fail(key, f"unknown repos key {name!r} (known: baseurl, name, priority, gpgkey)")
+                raise checker.fail(key, f"unknown repos key {name!r} "
+                                        "(known: baseurl, name, priority, gpgkey)")
             if name == "priority":
                 if not isinstance(value, yaml.ScalarNode) or value.tag != "tag:yaml.org,2002:int":
                     raise checker.fail(value, "priority must be an integer")
@@ -440,7 +441,8 @@ def _repos(checker: _Checker, node: yaml.Node) -> tuple[RepoSpec, ...]:
             raise checker.fail(item, "a repos entry needs a baseurl")
         if not re.match(r"^(https?|file)://", baseurl):
             raise checker.fail(item, f"baseurl {baseurl!r} must be http://, https:// or file://")
-        repo_id = str(fields_.get("name") or re.sub(r"[^A-Za-z0-9_.-]+", "-", baseurl.split("://", 1)[1]).strip("-"))
+        repo_id = str(fields_.get("name")
+                      or re.sub(r"[^A-Za-z0-9_.-]+", "-", baseurl.split("://", 1)[1]).strip("-"))
         if repo_id in seen:
             raise checker.fail(item, f"two repos are named {repo_id!r}")
         seen.add(repo_id)
@@ -505,7 +507,8 @@ def check_spec(spec: ImageSpec) -> None:
     if spec.repos and not spec.packages:
         raise SpecError(f"{spec.where('repos')}: 'repos' without 'packages' has nothing to resolve")
     if not spec.paths and not spec.files and not spec.packages and not os.path.isdir(spec.overlay_dir):
-        raise SpecError(f"{spec.source}: nothing to put in the image: give 'paths', 'files' or a rootfs/ overlay")
+        raise SpecError(f"{spec.source}: nothing to put in the image: "
+                        "give 'paths', 'files' or a rootfs/ overlay")
 
 
 def project_files(spec: ImageSpec, skip: Collection[str] = ()) -> list[str]:

@@ -215,7 +215,7 @@ def _extract_all(lock: Lock, files: list[str], sysroots: str, root: str, meta: s
         lines: dict[str, str] = {}
         local: set[str] = set()
         facts: dict[str, dict[str, Any]] = {}
-        for package, path in zip(lock.packages, files):
+        for package, path in zip(lock.packages, files, strict=True):
             info: PackageInfo = read_rpm(path)
             lines[info.nevra] = rpm_manifest_line(info, rpm_installed_size(path))
             facts[info.nevra] = {"name": info.name, "epoch": info.epoch, "version": info.version,

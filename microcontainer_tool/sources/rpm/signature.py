@@ -187,7 +187,7 @@ class _Builder:
                   f"gpgkey {source}: unusable OpenPGP key 0x{key.key_id}")
             for i, known in enumerate(self.keys):
                 if known.fingerprint == key.fingerprint:  # the same key again, maybe updated
-                    extra = [(f, k) for f, k in zip(key.subkey_fingerprints, key.subkey_ids)
+                    extra = [(f, k) for f, k in zip(key.subkey_fingerprints, key.subkey_ids, strict=True)
                              if f not in known.subkey_fingerprints]
                     self.keys[i] = replace(
                         known,

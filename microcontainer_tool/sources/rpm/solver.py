@@ -144,7 +144,7 @@ class _Pool:
     def _add_local(self, local: Sequence[PackageInfo], priority: int) -> None:
         srepo = self.pool.add_repo(LOCAL_REPO)
         srepo.priority = priority
-        for s, info in zip(_add_packages(self.pool, srepo, local), local):
+        for s, info in zip(_add_packages(self.pool, srepo, local), local, strict=True):
             self.local[s.id] = info
             self.local_solvables.append(s)
 
