@@ -169,10 +169,10 @@ def measure(argv: list[str], log: str) -> tuple[float, int]:
 def child(image: str, cache: str, out: str, program: str) -> None:
     """One microize: open (index), assemble (materialize), write the micro image; JSON stats on stdout."""
     start = time.perf_counter()
-    from microcontainer_tool.build import config_for
     from microcontainer_tool.assembly.assemble import assemble
-    from microcontainer_tool.sources.image.root import ImageRoot
+    from microcontainer_tool.build import config_for
     from microcontainer_tool.oci.layout import write_tree_image
+    from microcontainer_tool.sources.image.root import ImageRoot
     from microcontainer_tool.spec.imagespec import ImageSpec
 
     imported = time.perf_counter()

@@ -24,7 +24,13 @@ from microcontainer_tool.errors import DigestMismatchError, LayoutError, SourceE
 from microcontainer_tool.model.tree import FileTree, HostFile
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.layer import LayerInfo, write_layer
-from microcontainer_tool.oci.layout import FORMATS, ImageResult, format_for_path, write_image, write_tree_image
+from microcontainer_tool.oci.layout import (
+    FORMATS,
+    ImageResult,
+    format_for_path,
+    write_image,
+    write_tree_image,
+)
 from microcontainer_tool.oci.store import LayoutStore
 
 TAG = "v1.2"

@@ -12,8 +12,8 @@ from __future__ import annotations
 import fnmatch
 import re
 import stat
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Iterator
 
 from microcontainer_tool.sources.sysroot import SysRoot
 

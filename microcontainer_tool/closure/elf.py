@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-
 from functools import lru_cache
 
 from microcontainer_tool.errors import ElfError

@@ -12,7 +12,8 @@ import errno
 import os
 import secrets
 import shutil
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from microcontainer_tool.errors import OutputError
 

@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
-from microcontainer_tool.sources.dpkg import DebPackage, DpkgDatabase
 from microcontainer_tool.errors import LayoutError, SourceError
-from microcontainer_tool.oci.model import canonical_json
 from microcontainer_tool.model.tree import (
-    DIR_MODE, FILE_MODE, Entry, EntryKind, FileTree, InlineContent, Provenance,
+    DIR_MODE,
+    FILE_MODE,
+    Entry,
+    EntryKind,
+    FileTree,
+    InlineContent,
+    Provenance,
 )
+from microcontainer_tool.oci.model import canonical_json
+from microcontainer_tool.sources.dpkg import DebPackage, DpkgDatabase
 
 RECORD_PATH = "/var/lib/microcontainer/provenance.json"
 SCHEMA = "microcontainer-provenance/1"

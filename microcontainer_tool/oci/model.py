@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from microcontainer_tool.errors import LayoutError
 
@@ -50,7 +51,7 @@ def sha256_digest(data: bytes) -> str:
 def rfc3339(epoch: int) -> str:
     """Format a Unix epoch as RFC 3339 UTC with second precision (``1970-01-01T00:00:00Z``)."""
     try:
-        moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc)
+        moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
     except (OverflowError, OSError, ValueError):
         raise LayoutError(f"epoch {epoch} is out of range") from None
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -35,8 +35,9 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from microcontainer_tool.errors import RegistryError, SpecError

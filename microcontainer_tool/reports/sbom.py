@@ -24,15 +24,16 @@ import json
 import posixpath
 import re
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from microcontainer_tool import __version__
 from microcontainer_tool.errors import LayoutError, SpecError
+from microcontainer_tool.model.provenance import MAX_RECORD, RECORD_PATH, describe, parse_record
 from microcontainer_tool.oci.imageview import ImageView, open_image
 from microcontainer_tool.oci.layer import CHUNK_SIZE
 from microcontainer_tool.oci.model import rfc3339
-from microcontainer_tool.model.provenance import MAX_RECORD, RECORD_PATH, describe, parse_record
 
 CYCLONEDX_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 SPDX_MEDIA_TYPE = "application/spdx+json"
@@ -430,7 +431,7 @@ def render_cyclonedx(facts: ImageFacts, epoch: int) -> bytes:
     tool = Component(type=ComponentType.APPLICATION, name=TOOL_NAME, version=__version__,
                      bom_ref=BomRef(f"tool:{TOOL_NAME}"))
     metadata = BomMetaData(component=image,
-                           timestamp=datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc))
+                           timestamp=datetime.datetime.fromtimestamp(epoch, datetime.UTC))
     metadata.tools.components.add(tool)
     bom = Bom(serial_number=_serial(facts), metadata=metadata)
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 from urllib.parse import quote
 
 from microcontainer_tool.errors import MicrocontainerError
