@@ -24,6 +24,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
+from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 from hostfiles import ldd_files  # noqa: E402  (the tests' ldd oracle)
 
 
@@ -89,6 +90,7 @@ def layer_size(layout: str) -> int:
 
 
 def main() -> int:
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--program", default="/usr/bin/curl")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
+
 from microcontainer_tool.closure.elf import read_elf  # noqa: E402
 from microcontainer_tool.closure.ldd import LibraryResolver  # noqa: E402
 from microcontainer_tool.errors import MicrocontainerError  # noqa: E402
@@ -161,6 +163,7 @@ def describe(path: str, mine: set[str], other: set[str]) -> str:
 
 def main() -> int:
     """Run the comparison and print the table."""
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=int, default=1, help="take every Nth file")
     parser.add_argument("--verbose", action="store_true", help="list skipped files too")

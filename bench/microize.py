@@ -40,6 +40,7 @@ from microcontainer_tool.oci.layer import HashingWriter  # noqa: E402
 from microcontainer_tool.oci.store import LayoutStore  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
+from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 from hostfiles import ldd_files, with_links  # noqa: E402  (the tests' ldd oracle)
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
@@ -192,6 +193,7 @@ def child(image: str, cache: str, out: str, program: str) -> None:
 
 
 def main() -> int:
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=60, help="compressed size of the fat image")

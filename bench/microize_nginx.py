@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import fatimage  # noqa: E402
+from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 
 SPEC = """\
 from: {source}
@@ -76,6 +77,7 @@ def mb(size: int) -> str:
 
 
 def main() -> int:
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

@@ -32,6 +32,8 @@ import tempfile
 import threading
 import time
 
+from benchsetup import compile_package
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RPMS = os.path.join(os.path.dirname(REPO), "shared", "rpms", "rocky9-curl")
 
@@ -54,6 +56,7 @@ def serve(directory: str) -> tuple[http.server.ThreadingHTTPServer, str]:
 
 
 def main() -> int:
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--package", default="curl")

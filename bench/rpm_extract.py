@@ -35,6 +35,8 @@ sys.path.insert(0, REPO)
 SHARED_RPMS = os.path.join(os.path.dirname(REPO), "shared", "rpms", "rocky9-curl")  # ../shared beside REPO
 
 # After the sys.path insert above: the script also runs from a checkout without an install.
+from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
+
 from microcontainer_tool.sources.rpm.cpio import extract_rpm  # noqa: E402
 
 PAYLOADSIZE, LONGARCHIVESIZE = 1007, 271
@@ -81,6 +83,7 @@ METHODS = [
 
 
 def main() -> None:
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rpms", default=SHARED_RPMS)
     parser.add_argument("--rounds", type=int, default=5)

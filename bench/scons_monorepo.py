@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from benchsetup import compile_package
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL_DIR = os.path.join(REPO, "microcontainer_tool", "site_tools")
 
@@ -123,6 +125,7 @@ def edit_config(root: str, round_no: int) -> None:
 
 
 def main() -> None:
+    compile_package()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--apps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the no-op and edit runs")
