@@ -24,7 +24,6 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 from hostfiles import ldd_files  # noqa: E402  (the tests' ldd oracle)
 
 
@@ -90,6 +89,8 @@ def layer_size(layout: str) -> int:
 
 
 def main() -> int:
+    from benchsetup import compile_package  # bench/ is sys.path[0] when run as a script
+
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)

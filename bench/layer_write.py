@@ -24,7 +24,6 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 
 from microcontainer_tool.model.tree import EXEC_MODE, Entry, EntryKind, FileTree, HostFile, Provenance  # noqa: E402
 from microcontainer_tool.oci.layer import write_layer  # noqa: E402
@@ -47,6 +46,8 @@ def real_binaries(limit: int) -> tuple[FileTree, int]:
 
 
 def main() -> None:
+    from benchsetup import compile_package  # bench/ is sys.path[0] when run as a script
+
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)

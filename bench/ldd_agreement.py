@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 
 from microcontainer_tool.closure.elf import read_elf  # noqa: E402
 from microcontainer_tool.closure.ldd import LibraryResolver  # noqa: E402
@@ -163,6 +162,8 @@ def describe(path: str, mine: set[str], other: set[str]) -> str:
 
 def main() -> int:
     """Run the comparison and print the table."""
+    from benchsetup import compile_package  # bench/ is sys.path[0] when run as a script
+
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=int, default=1, help="take every Nth file")

@@ -40,7 +40,6 @@ from microcontainer_tool.oci.layer import HashingWriter  # noqa: E402
 from microcontainer_tool.oci.store import LayoutStore  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "tests"))
-from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 from hostfiles import ldd_files, with_links  # noqa: E402  (the tests' ldd oracle)
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
@@ -193,6 +192,8 @@ def child(image: str, cache: str, out: str, program: str) -> None:
 
 
 def main() -> int:
+    from benchsetup import compile_package  # bench/ is sys.path[0] when run as a script
+
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)

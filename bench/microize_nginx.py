@@ -32,7 +32,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import fatimage  # noqa: E402
-from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 
 SPEC = """\
 from: {source}
@@ -77,6 +76,8 @@ def mb(size: int) -> str:
 
 
 def main() -> int:
+    from benchsetup import compile_package  # bench/ is sys.path[0] when run as a script
+
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)

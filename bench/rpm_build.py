@@ -32,8 +32,6 @@ import tempfile
 import threading
 import time
 
-from benchsetup import compile_package
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RPMS = os.path.join(os.path.dirname(REPO), "shared", "rpms", "rocky9-curl")
 
@@ -56,6 +54,8 @@ def serve(directory: str) -> tuple[http.server.ThreadingHTTPServer, str]:
 
 
 def main() -> int:
+    from benchsetup import compile_package  # bench/ is sys.path[0] when run as a script
+
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)

@@ -35,7 +35,6 @@ sys.path.insert(0, REPO)
 SHARED_RPMS = os.path.join(os.path.dirname(REPO), "shared", "rpms", "rocky9-curl")  # ../shared beside REPO
 
 # After the sys.path insert above: the script also runs from a checkout without an install.
-from benchsetup import compile_package  # noqa: E402  (bench/ is sys.path[0])
 
 from microcontainer_tool.sources.rpm.cpio import extract_rpm  # noqa: E402
 
@@ -83,6 +82,8 @@ METHODS = [
 
 
 def main() -> None:
+    from benchsetup import compile_package  # bench/ is sys.path[0] when run as a script
+
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rpms", default=SHARED_RPMS)

@@ -31,8 +31,6 @@ import sys
 import tempfile
 import time
 
-from benchsetup import compile_package
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL_DIR = os.path.join(REPO, "microcontainer_tool", "site_tools")
 
@@ -125,6 +123,8 @@ def edit_config(root: str, round_no: int) -> None:
 
 
 def main() -> None:
+    from benchsetup import compile_package  # bench/ is sys.path[0] when run as a script
+
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--apps", type=int, default=50)
