@@ -5,8 +5,10 @@ The tree is host programs and libraries of 0.1-2 MB each, largest first, up to
 ``--mb`` MB (the same kind of tree as tests/test_layer.py's reproducibility
 test). Each codec writes the layer once to warm the page cache, then N times
 to a file; the best and median wall times and MB/s (10^6 bytes of file
-content per second) are printed. The target is about 0.15 s for 19 MB with
-gzip; more than 1.5 s means per-byte Python work crept in.
+content per second) are printed. The target is about 0.2 s for 19 MB with
+gzip (libdeflate level 6 on 2 cores; ISA-L level 2, the former codec, took
+0.05 s for a 14% larger blob); more than 1.5 s means per-byte Python work
+crept in.
 
 Usage: python bench/layer_write.py [--rounds N] [--mb MB] [--tmpdir DIR]
 """

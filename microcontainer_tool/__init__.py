@@ -13,4 +13,4 @@ __version__ = "0.1.0"
 
 #: Bumped whenever the same inputs would give different output bytes; build
 #: systems put it in their signatures so an upgrade rebuilds images.
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
