@@ -16,7 +16,6 @@ Usage: python bench/layer_write.py [--rounds N] [--mb MB] [--tmpdir DIR]
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import statistics
 import sys
@@ -25,26 +24,13 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests"))
 
 
-from microcontainer_tool.model.tree import EXEC_MODE, Entry, EntryKind, FileTree, HostFile, Provenance  # noqa: E402
+from hostfiles import real_binaries  # noqa: E402
+
+from microcontainer_tool.model.tree import EntryKind  # noqa: E402
 from microcontainer_tool.oci.layer import write_layer  # noqa: E402
-
-
-def real_binaries(limit: int) -> tuple[FileTree, int]:
-    """Host binaries of 0.1-2 MB, largest first, up to ``limit`` bytes; the tree and its byte count."""
-    candidates = [p for p in glob.glob("/usr/bin/*") + glob.glob("/usr/lib/x86_64-linux-gnu/*.so*")
-                  if os.path.isfile(p) and not os.path.islink(p) and 100_000 < os.path.getsize(p) < 2_000_000]
-    tree = FileTree()
-    total = 0
-    for path in sorted(candidates, key=os.path.getsize, reverse=True):
-        size = os.path.getsize(path)
-        if total + size > limit:
-            continue
-        total += size
-        tree.add(Entry("/data/" + os.path.basename(path), EntryKind.FILE, EXEC_MODE, HostFile(path, size)))
-    tree.add_parents(Provenance("bench"))
-    return tree, total
 
 
 def main() -> None:
@@ -57,7 +43,7 @@ def main() -> None:
     parser.add_argument("--tmpdir", default=tempfile.gettempdir())
     args = parser.parse_args()
 
-    tree, total = real_binaries(int(args.mb * 1_000_000))
+    tree, total = real_binaries(int(args.mb * 1_000_000), "bench")
     print(f"{total / 1e6:.1f} MB in {sum(1 for e in tree if e.kind is EntryKind.FILE)} files, "
           f"{args.rounds} rounds")
     print(f"{'codec':<8}{'best s':>10}{'median s':>10}{'MB/s':>10}{'blob MB':>10}")

@@ -5,10 +5,13 @@ Plain functions (no pytest), so ``bench/`` scripts use the same oracle as the te
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
 from pathlib import Path
+
+from microcontainer_tool.model.tree import EXEC_MODE, Entry, EntryKind, FileTree, HostFile, Provenance
 
 
 def ldd_files(program: str) -> list[str]:
@@ -70,3 +73,23 @@ def copy_closure(dest: Path, files: list[str]) -> dict[str, Path]:
         if os.path.islink(f"/{name}") and not (dest / name).exists():
             os.symlink(os.readlink(f"/{name}"), dest / name)
     return real
+
+
+def real_binaries(limit: int, reason: str) -> tuple[FileTree, int]:
+    """Host programs and libraries of 0.1-2 MB each, largest first, up to ``limit`` bytes in all.
+
+    Returns:
+        The tree (files under ``/data``, parents added with provenance ``reason``) and its byte count.
+    """
+    candidates = [p for p in glob.glob("/usr/bin/*") + glob.glob("/usr/lib/x86_64-linux-gnu/*.so*")
+                  if os.path.isfile(p) and not os.path.islink(p) and 100_000 < os.path.getsize(p) < 2_000_000]
+    tree = FileTree()
+    total = 0
+    for path in sorted(candidates, key=os.path.getsize, reverse=True):
+        size = os.path.getsize(path)
+        if total + size > limit:
+            continue
+        total += size
+        tree.add(Entry("/data/" + os.path.basename(path), EntryKind.FILE, EXEC_MODE, HostFile(path, size)))
+    tree.add_parents(Provenance(reason))
+    return tree, total

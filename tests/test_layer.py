@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import os
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hostfiles import real_binaries
 
 from microcontainer_tool.errors import LayoutError, SourceError
 from microcontainer_tool.model.tree import (
@@ -259,29 +259,13 @@ def test_bad_compression_or_epoch(tree: FileTree) -> None:
         _write(tree, "gzip", -1)
 
 
-def _real_binaries(limit: int = 19_000_000) -> FileTree:
-    """Host programs and libraries of 0.1-2 MB each, largest first, up to ``limit`` bytes in all."""
-    candidates = [p for p in glob.glob("/usr/bin/*") + glob.glob("/usr/lib/x86_64-linux-gnu/*.so*")
-                  if os.path.isfile(p) and not os.path.islink(p) and 100_000 < os.path.getsize(p) < 2_000_000]
-    tree = FileTree()
-    total = 0
-    for path in sorted(candidates, key=os.path.getsize, reverse=True):
-        size = os.path.getsize(path)
-        if total + size > limit:
-            continue
-        total += size
-        tree.add(Entry("/data/" + os.path.basename(path), EntryKind.FILE, EXEC_MODE, HostFile(path, size)))
-    tree.add_parents(Provenance("parent"))
-    return tree
-
-
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_real_binaries_layer_is_reproducible_and_complete(tmp_path: Path, compression: str) -> None:
     """Megabytes of real binaries: the same bytes twice, every file in the tar at its size.
 
     ``bench/layer_write.py`` measures write_layer's throughput on the same kind of tree.
     """
-    tree = _real_binaries()
+    tree, _ = real_binaries(19_000_000, "parent")
     sizes = {e.path.lstrip("/"): e.size for e in tree if e.kind is EntryKind.FILE}
     assert sum(sizes.values()) > 1_000_000
     infos = []

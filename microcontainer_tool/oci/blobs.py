@@ -45,10 +45,19 @@ def read_json_blob(handle: BinaryIO, desc: Descriptor, label: str,
         raise LayoutError(f"{label}: cannot read blob {desc.digest}: {error.strerror or error}") from None
     if len(data) != desc.size or oci.sha256_digest(data) != desc.digest:
         raise DigestMismatchError(f"{label}: blob {desc.digest} does not match its content")
+    return parse_json_object(data, f"{label}: blob {desc.digest}")
+
+
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """Parse ``data`` as a JSON object; ``what`` names it in the one-line error.
+
+    Raises:
+        LayoutError: not valid JSON, or not an object.
+    """
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
-        raise LayoutError(f"{label}: blob {desc.digest} is not valid JSON: {error}") from None
+        raise LayoutError(f"{what} is not valid JSON: {error}") from None
     if not isinstance(obj, dict):
-        raise LayoutError(f"{label}: blob {desc.digest} is not a JSON object")
+        raise LayoutError(f"{what} is not a JSON object")
     return obj

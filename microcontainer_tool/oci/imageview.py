@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, MicrocontainerError
 from microcontainer_tool.oci import model as oci
-from microcontainer_tool.oci.blobs import MAX_JSON_BLOB, read_json_blob
+from microcontainer_tool.oci.blobs import MAX_JSON_BLOB, parse_json_object, read_json_blob
 from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, detect_compression, open_layer_stream
 from microcontainer_tool.oci.model import Descriptor
 
@@ -474,12 +474,7 @@ def _open_docker_legacy(path: str, source: _TarSource, tag: str | None) -> Image
     expected = _legacy_digest(config_name)
     if expected is not None and expected != config_digest:
         raise DigestMismatchError(f"{path}: {config_name} does not match its digest")
-    try:
-        config = json.loads(config_bytes)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise LayoutError(f"{path}: {config_name} is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise LayoutError(f"{path}: {config_name} is not a JSON object")
+    config = parse_json_object(config_bytes, f"{path}: {config_name}")
     layers = []
     for name in layer_names:
         if not isinstance(name, str) or not source.exists(name):
