@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from microcontainer_tool.errors import DigestMismatchError, LayoutError
-from microcontainer_tool.hostfs.atomic import fsync_dir, make_temp_dir, replace_dir, temp_file, unlink_quietly
+from microcontainer_tool.hostfs.atomic import (
+    atomic_file,
+    fsync_dir,
+    make_temp_dir,
+    replace_dir,
+    temp_file,
+    unlink_quietly,
+)
 from microcontainer_tool.model.tree import FileTree
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.compression import open_compressor
@@ -374,25 +381,21 @@ def write_layout_tar(sink: BinaryIO, members: Mapping[str, bytes | str]) -> None
 
 
 def write_archive_file(target: str, members: Mapping[str, bytes | str], gzip: bool) -> None:
-    parent, base = os.path.split(target)
-    fd, tmp = temp_file(parent, f".{base}")
+    """Write ``members`` as a layout tar (gzipped for ``smith``) to ``target``, atomically.
+
+    Raises:
+        LayoutError: the archive cannot be written.
+    """
     try:
-        with os.fdopen(fd, "wb", buffering=CHUNK_SIZE) as out:
+        with atomic_file(target) as out:
             if gzip:
                 with open_compressor("gzip", out) as writer:
                     write_layout_tar(writer, members)  # type: ignore[arg-type]
             else:
                 write_layout_tar(out, members)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(tmp, target)
-        fsync_dir(parent)
+        fsync_dir(os.path.dirname(os.path.abspath(target)))
     except OSError as error:
-        unlink_quietly(tmp)
         raise LayoutError(f"{target}: cannot write: {error.strerror or error}") from None
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
 
 
 def sync_layout_from_archive(archive: str, out: str) -> str:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
-from microcontainer_tool.hostfs.atomic import temp_file, unlink_quietly
+from microcontainer_tool.hostfs.atomic import atomic_file, temp_file, unlink_quietly
 from microcontainer_tool.oci.imageview import HashingReader, ImageView
 from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, open_layer_stream
 
@@ -422,11 +422,8 @@ class LayerCache:
         return tmp
 
     def _write_index(self, path: str, index: dict[str, Any]) -> None:
-        fd, tmp = temp_file(self.tars, "." + os.path.basename(path)[:200], 0o600)
         try:
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                json.dump(index, out, separators=(",", ":"))
-            os.rename(tmp, path)
+            with atomic_file(path, 0o600, fsync=False) as out:
+                out.write(json.dumps(index, separators=(",", ":")).encode("ascii"))
         except OSError as error:
-            unlink_quietly(tmp)
             raise self._cache_error(error) from None

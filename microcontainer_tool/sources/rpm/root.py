@@ -23,11 +23,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from microcontainer_tool.errors import MicrocontainerError, SourceError, SpecError
+from microcontainer_tool.hostfs.atomic import make_temp_dir, replace_dir
 from microcontainer_tool.sources.rpm.lock import Lock, LockedPackage, inputs_digest, read_lock, write_lock
 from microcontainer_tool.sources.rpm.package import Checksum, PackageInfo
 from microcontainer_tool.spec.imagespec import ImageSpec
@@ -209,7 +209,7 @@ def _extract_all(lock: Lock, files: list[str], sysroots: str, root: str, meta: s
     from microcontainer_tool.sources.rpm.payload import read_rpm
 
     os.makedirs(sysroots, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".extract-", dir=sysroots)
+    tmp = make_temp_dir(sysroots, ".extract-")
     try:
         owners: dict[str, str] = {}
         lines: dict[str, str] = {}
@@ -230,9 +230,7 @@ def _extract_all(lock: Lock, files: list[str], sysroots: str, root: str, meta: s
                           sort_keys=True)
         with open(os.path.join(tmp, ".mct-owners.json"), "w", encoding="utf-8") as handle:
             handle.write(data)
-        if os.path.isdir(root):
-            shutil.rmtree(root)
-        os.replace(tmp, root)
+        replace_dir(tmp, root)
         os.replace(os.path.join(root, ".mct-owners.json"), meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
