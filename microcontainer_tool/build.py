@@ -9,11 +9,12 @@ half-written is ever left at the output path.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from microcontainer_tool.assembly.assemble import Assembly, assemble
-from microcontainer_tool.errors import SpecError
+from microcontainer_tool.errors import ProbeError, SpecError
 from microcontainer_tool.model.provenance import add_record
 from microcontainer_tool.model.tree import HostFile
 from microcontainer_tool.oci.layer import LayerInfo
@@ -22,9 +23,11 @@ from microcontainer_tool.oci.layout import format_for_path, write_tree_image
 from microcontainer_tool.oci.model import image_config
 from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image, platform_for
 from microcontainer_tool.sources.image.locate import ImageLocation, locate_image
+from microcontainer_tool.sources.sysroot import SysRoot
 from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec
 
 if TYPE_CHECKING:
+    from microcontainer_tool.runtime.probe import ProbeReport
     from microcontainer_tool.sources.image.parent import ParentImage
 
 
@@ -41,6 +44,10 @@ class BuildResult:
         files: number of entries in the layer.
         assembly: the assembled tree and closure.
         warnings: messages for the user.
+        sysroot: the root the files were taken from (a directory, the RPM
+            sysroot or a source image), for probes.
+        rpm_owners: an RPM sysroot's image path -> NEVRA table, else None.
+        workdir: the image's working directory.
     """
 
     output: str
@@ -51,6 +58,9 @@ class BuildResult:
     files: int
     assembly: Assembly
     warnings: list[str] = field(default_factory=list)
+    sysroot: SysRoot | None = None
+    rpm_owners: dict[str, str] | None = None
+    workdir: str = "/"
 
 
 def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int,
@@ -179,8 +189,45 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         name or _default_name(output), layer_cache=layer_cache,
         base_layers=parent.layers if parent is not None else (),
     )
+    root = sysroot if sysroot is not None else SysRoot(packages.root if packages is not None
+                                                       else spec.sysroot_dir)
     return BuildResult(output, fmt, result.manifest_digest, result.config_digest, result.layer,
-                       len(assembly.tree), assembly, notes + list(assembly.warnings))
+                       len(assembly.tree), assembly, notes + list(assembly.warnings), root,
+                       dict(packages.owners) if packages is not None else None, spec.workdir or "/")
+
+
+def probe_build(result: BuildResult, command: str, cache_dir: str | None = None,
+                read_dir: str | None = None, tag: str | None = None) -> ProbeReport:
+    """Run ``command`` in a built image, traced, and report what it lacks (``build --probe``).
+
+    Args:
+        result: the build (its output is run; its sysroot is what missing files are looked up in).
+        command: the probe command line, split like a shell would (``shlex``).
+        cache_dir: the tool's cache (the unpacked image goes there).
+        read_dir: host directory mounted read-only at ``/read``.
+        tag: the tag the build gave the image (a layout may hold several).
+
+    Raises:
+        ProbeError: the command line is empty or cannot be split.
+        RunError: the image cannot be run traced (not root, no runc or strace).
+    """
+    from microcontainer_tool.runtime.probe import dpkg_owners, probe_image, table_owners
+
+    try:
+        args = shlex.split(command)
+    except ValueError as error:
+        raise ProbeError(f"probe command {command!r}: {error}") from None
+    if not args:
+        raise ProbeError("the probe command is empty")
+    if cache_dir is None:
+        from microcontainer_tool.hostfs.cachedir import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    assert result.sysroot is not None
+    owners = (table_owners(result.rpm_owners) if result.rpm_owners is not None
+              else dpkg_owners(result.sysroot))
+    return probe_image(result.output, args, result.sysroot, owners, cache_dir=cache_dir, cwd=result.workdir,
+                       read_dir=read_dir, tag=tag)
 
 
 def sysroot_inputs(spec: ImageSpec) -> list[str]:

@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="also write an SBOM (cyclonedx, the default, or spdx) beside the output as "
                             "OUT.cdx.json / OUT.spdx.json; an OCI layout also gets it attached as an OCI 1.1 "
                             "referrer of the image (pushed with it); archives get only the side file")
+    build.add_argument("--probe", metavar="'CMD ARGS...'",
+                       help="after building, run CMD in the image (read-only, no network) under strace and "
+                            "report the files it looked for that the sysroot has and the image lacks; "
+                            "fail if CMD fails or any are missing (the image is written either way)")
+    build.add_argument("--probe-warn", action="store_true",
+                       help="a failed probe is a warning: exit 0")
+    build.add_argument("--probe-read", metavar="DIR",
+                       help="host directory mounted read-only at /read for the probe")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
 
     lock = sub.add_parser("lock", help="resolve an RPM spec's packages and write microimage.lock")
@@ -200,7 +208,31 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         print(f"layer    {result.layer.digest} (diff_id {result.layer.diff_id})", file=out)
         if sbom:
             print(f"sbom     {sbom}", file=out)
+    if args.probe is not None:
+        return _probe(result, args, err)
     return 0
+
+
+def _probe(result: Any, args: argparse.Namespace, err: TextIO) -> int:
+    """``build --probe``: run it, print the report on ``err``; fail unless it passed or ``--probe-warn``."""
+    from microcontainer_tool.build import probe_build
+    from microcontainer_tool.errors import ProbeError
+
+    report = probe_build(result, args.probe, cache_dir=args.cache_dir, read_dir=args.probe_read, tag=args.tag)
+    for line in report.lines():
+        print(f"microcontainer: {line}", file=err)
+    if report.passed:
+        return 0
+    reasons = []
+    if report.exit_code != 0:
+        reasons.append(f"exit status {report.exit_code}")
+    if report.missing:
+        reasons.append(f"{len(report.missing)} missing paths")
+    message = f"probe `{args.probe}` failed ({', '.join(reasons)}); the image {result.output} was written"
+    if args.probe_warn:
+        print(f"microcontainer: warning: {message}", file=err)
+        return 0
+    raise ProbeError(message)
 
 
 def _write_sbom(result: Any, sbom_format: str, epoch: int, stamp: bool) -> str:

@@ -74,3 +74,7 @@ class RegistryError(MicrocontainerError):
 
 class RunError(MicrocontainerError):
     """A container cannot be prepared, started, found, stopped or debugged."""
+
+
+class ProbeError(RunError):
+    """A probe command (``build --probe``) failed, or looked for files the image lacks."""

@@ -39,7 +39,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,7 +220,8 @@ def _generated_name() -> str:
 
 def run(image: str, *, name: str | None = None, detach: bool = False, runtime: str = "runc",
         state_dir: str, cache_dir: str, tag: str | None = None, debug: bool = False,
-        toolbox: str | None = None, **config_kw: Any) -> int:
+        toolbox: str | None = None, wrapper: Sequence[str] = (), stdout: int | None = None,
+        **config_kw: Any) -> int:
     """Run ``image`` as a microcontainer.
 
     Args:
@@ -234,6 +235,9 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
         tag: the image to pick when the layout holds several.
         debug: mount a toolbox read-only at ``/dev/crashcart`` from the start.
         toolbox: the toolbox for ``debug`` (see :func:`microcontainer_tool.runtime.toolbox.toolbox_dir`).
+        wrapper: a command put before the runtime's (``strace ... -o LOG``: see
+            :mod:`~microcontainer_tool.runtime.tracer`); foreground runs only.
+        stdout: file descriptor for the program's standard output (default: ours).
         **config_kw: keyword arguments of :func:`~microcontainer_tool.runtime.config.runtime_config`
             (``args``, ``env``, ``user``, ``write_dir``, ``read_dir``, ``net``, ``userns``, ``extra_mounts``).
 
@@ -250,6 +254,8 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
     runtime_path = shutil.which(runtime)
     if runtime_path is None:
         raise RunError(f"OCI runtime {runtime!r} not found; install runc")
+    if detach and wrapper:
+        raise RunError("a wrapped (traced) container cannot be detached")
     bundle = make_bundle(image, cache_dir, tag)
     extra = list(config_kw.pop("extra_mounts", ()))
     if debug:
@@ -291,7 +297,7 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
         raise
     if detach:
         return _start_detached(name, state_dir, directory, record)
-    return _run_foreground(name, state_dir, directory, record)
+    return _run_foreground(name, state_dir, directory, record, list(wrapper), stdout)
 
 
 def _run_args(record: dict[str, Any], state_dir: str, directory: str, *extra: str) -> list[str]:
@@ -300,8 +306,9 @@ def _run_args(record: dict[str, Any], state_dir: str, directory: str, *extra: st
                             "--pid-file", os.path.join(directory, "pid"), *extra, record["name"])
 
 
-def _run_foreground(name: str, state_dir: str, directory: str, record: dict[str, Any]) -> int:
-    proc = subprocess.Popen(_run_args(record, state_dir, directory))
+def _run_foreground(name: str, state_dir: str, directory: str, record: dict[str, Any],
+                    wrapper: list[str] | None = None, stdout: int | None = None) -> int:
+    proc = subprocess.Popen((wrapper or []) + _run_args(record, state_dir, directory), stdout=stdout)
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         def forward(signum: int, _frame: object) -> None:
