@@ -91,6 +91,8 @@ SPEC_KEYWORDS = {
 #: Construction variables that change the output bytes (in the action's varlist).
 OUTPUT_VARIABLES = ["MCT_COMPRESSION", "MCT_TAG", "MCT_NAME", "MCT_SOURCE_DATE_EPOCH",
                     "MCT_ALLOW_MISSING", "_MCT_FORMAT"]
+#: The probe run after each build (``build --probe``): a change builds and probes again.
+PROBE_VARIABLES = ["MCT_PROBE", "MCT_PROBE_WARN"]
 #: MicroPush options (in the push action's varlist: a change pushes again).
 PUSH_VARIABLES = ["MCT_PUSH_PLAIN_HTTP", "MCT_PUSH_INSECURE", "MCT_DOCKER_MEDIA_TYPES"]
 _ARCHIVE_SUFFIXES = {".tar": "oci-archive", ".tar.gz": "smith", ".tgz": "smith"}
@@ -137,9 +139,11 @@ def generate(env: Any) -> None:
         MCT_DOCKER_MEDIA_TYPES=False,
         MCT_DOCKER_CONFIG="",
         MCT_PUSHCOMSTR="MicroPush $TARGET",
+        MCT_PROBE="",
+        MCT_PROBE_WARN=False,
     )
     env["BUILDERS"]["_MicroImageArchive"] = SCons.Builder.Builder(
-        action=SCons.Action.Action(_build_archive, "$MCT_COMSTR", varlist=OUTPUT_VARIABLES),
+        action=SCons.Action.Action(_build_archive, "$MCT_COMSTR", varlist=OUTPUT_VARIABLES + PROBE_VARIABLES),
         target_scanner=SCons.Scanner.Scanner(function=_scan, name="MicroImageScanner"),
         target_factory=SCons.Node.FS.File,
         source_factory=SCons.Node.FS.File,
@@ -420,7 +424,33 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
         raise SCons.Errors.UserError(f"{target[0]}: {error}") from None
     for warning in result.warnings:
         print(f"microcontainer: warning: {target[0]}: {warning}")
+    probe = env.subst("$MCT_PROBE").strip()
+    if probe:
+        _probe(target[0], result, probe, cache_dir=env.Dir(cache_dir).abspath if cache_dir else None,
+               warn_only=_flag(env, "MCT_PROBE_WARN"))
     return 0
+
+
+def _probe(target: Any, result: Any, command: str, cache_dir: str | None, warn_only: bool) -> None:
+    """Run ``$MCT_PROBE`` in the built image; a failure fails the target (a warning with ``MCT_PROBE_WARN``).
+
+    The archive is written first: SCons then records no signature for a failed
+    target, so the next run builds and probes it again.
+    """
+    from microcontainer_tool.build import probe_build
+
+    try:
+        report = probe_build(result, command, cache_dir=cache_dir)
+    except MicrocontainerError as error:
+        raise SCons.Errors.UserError(f"{target}: {error}") from None
+    for line in report.lines():
+        print(f"microcontainer: {target}: {line}")
+    if not report.passed:
+        message = f"{target}: probe `{command}` failed (exit status {report.exit_code}, " \
+                  f"{len(report.missing)} missing paths)"
+        if not warn_only:
+            raise SCons.Errors.UserError(message)
+        print(f"microcontainer: warning: {message}")
 
 
 def _sync_layout(target: list[Any], source: list[Any], env: Any) -> int:

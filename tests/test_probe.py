@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import have, run_cli
+from conftest import REPO, have, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not have("runc", "strace", "iconv"),
                                 reason="root, runc and strace needed")
@@ -111,3 +112,38 @@ def test_probe_errors_are_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "probe command" in proc.stderr
     assert _build(tmp_path, spec, "--probe", "/usr/bin/true").returncode == 0
+
+
+def _scons(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("SCONSFLAGS", "MCT_SCONS_CACHEDIR")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "SCons", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_scons_mct_probe(tmp_path: Path) -> None:
+    licenses = "/usr/share/common-licenses"
+    tool_dir = REPO / "microcontainer_tool" / "site_tools"
+    sconstruct = tmp_path / "SConstruct"
+
+    def write(probe_warn: bool) -> None:
+        sconstruct.write_text(
+            f"env = Environment(tools=['default', 'microimage'], toolpath=[{str(tool_dir)!r}],\n"
+            f"                  MCT_PROBE='cat {licenses}/GPL-2', MCT_PROBE_WARN={probe_warn})\n"
+            f"env.MicroImage('img', PATHS=['/usr/bin/cat', {licenses!r}], EXCLUDES=['{licenses}/GPL-2'],"
+            " CMD=['/usr/bin/cat'])\n")
+
+    write(False)
+    proc = _scons(tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("scons: ***")]
+    assert len(errors) == 1 and "probe `cat" in errors[0], proc.stderr
+    assert f"paths: [- {licenses}/GPL-2]" in proc.stdout and "(base-files)" in proc.stdout
+    assert (tmp_path / "img.tar").is_file()  # written; not recorded as up to date
+    assert _scons(tmp_path, "-q", "img.tar").returncode != 0
+    write(True)
+    proc = _scons(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "microcontainer: warning: img.tar: probe `cat" in proc.stdout
+    assert _scons(tmp_path, "-q", "img.tar").returncode == 0
