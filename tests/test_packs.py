@@ -1,0 +1,166 @@
+"""Packs: dlopen'ed files (gconv, ssl, nss, tz, locale) found in the sysroot, with their closure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, assert_one_line_error, run_cli, runc_run
+
+from microcontainer_tool.assembly import packs
+from microcontainer_tool.closure.elf import undefined_symbols
+from microcontainer_tool.errors import SpecError
+from microcontainer_tool.model.provenance import read_record
+from microcontainer_tool.spec.imagespec import PACK_NAMES, parse_spec
+
+EXAMPLE = REPO / "examples" / "iconv"
+
+
+def host_libc() -> Path:
+    """The host's libc.so.6 as ``ldd /usr/bin/iconv`` finds it, symlinks resolved."""
+    out = subprocess.run(["ldd", "/usr/bin/iconv"], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if "libc.so.6 =>" in line)
+    return Path(os.path.realpath(line.split("=>")[1].split()[0]))
+
+
+def build(spec: Path, out: Path) -> None:
+    proc = run_cli("build", "-c", str(spec), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+
+
+def image_files(image: Path) -> dict[str, dict]:
+    proc = run_cli("inspect", "--json", str(image))
+    assert proc.returncode == 0, proc.stderr
+    return {f["path"]: f for f in json.loads(proc.stdout)["files"]}
+
+
+def copy_example(tmp_path: Path, extra: str) -> Path:
+    """The iconv example with ``extra`` spec lines appended."""
+    spec = tmp_path / "iconv"
+    shutil.copytree(EXAMPLE, spec)
+    with open(spec / "microimage.yaml", "a") as handle:
+        handle.write(extra)
+    return spec
+
+
+# --------------------------------------------------------------------------- the symbol reader
+
+
+@pytest.mark.parametrize("path", ["/usr/bin/iconv", "libc", "/usr/bin/curl", "/usr/bin/python3"])
+def test_undefined_symbols_match_nm(path: str) -> None:
+    target = str(host_libc()) if path == "libc" else os.path.realpath(path)
+    nm = subprocess.run(["nm", "-D", "--undefined-only", target], capture_output=True, text=True, check=True)
+    expected = {line.split()[-1].split("@")[0] for line in nm.stdout.splitlines() if line.strip()}
+    assert undefined_symbols(target) == expected
+    assert len(expected) > 10
+
+
+def test_iconv_imports_iconv_open_and_libc_does_not() -> None:
+    assert packs.ICONV_SYMBOL in undefined_symbols("/usr/bin/iconv")
+    assert packs.ICONV_SYMBOL not in undefined_symbols(str(host_libc()))  # libc defines it
+    assert undefined_symbols(str(EXAMPLE / "microimage.yaml")) == frozenset()  # not ELF
+
+
+# --------------------------------------------------------------------------- spec keys
+
+
+def test_pack_names_are_the_spec_names() -> None:
+    assert tuple(sorted(packs.PACKS)) == PACK_NAMES
+
+
+def test_unknown_pack_is_a_spec_error_with_its_line() -> None:
+    with pytest.raises(SpecError, match=r"^spec.yaml:4: unknown pack 'iconv' \(known: gconv, locale, nss"):
+        parse_spec("from: /\npaths: [/usr/bin/iconv]\npacks:\n  - iconv\n", "spec.yaml", "/nonexistent")
+    with pytest.raises(SpecError, match=r"^spec.yaml:2: auto_packs must be true or false"):
+        parse_spec("paths: [/x]\nauto_packs: sometimes\n", "spec.yaml", "/nonexistent")
+    spec = parse_spec("paths: [/x]\npacks: [tz, gconv, tz]\nauto_packs: false\n", "s", "/nonexistent")
+    assert spec.packs == ("gconv", "tz") and spec.auto_packs is False
+    assert parse_spec("paths: [/x]\n", "s", "/nonexistent").auto_packs is True
+
+
+def test_unknown_pack_on_the_command_line_is_one_line(tmp_path: Path) -> None:
+    spec = copy_example(tmp_path, "packs: [gconv, fonts]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, "microimage.yaml:9", "unknown pack 'fonts'")
+
+
+# --------------------------------------------------------------------------- gconv
+
+
+@pytest.fixture(scope="module")
+def iconv_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("iconv") / "image"
+    build(EXAMPLE, out)
+    return out
+
+
+def test_iconv_converts_to_euc_jp_under_runc(iconv_image: Path, tmp_path: Path) -> None:
+    expected = subprocess.run(["iconv", "-f", "UTF-8", "-t", "EUC-JP", str(EXAMPLE / "rootfs/read/text.txt")],
+                              capture_output=True, check=True).stdout
+    assert expected.startswith(b"\xc6\xfc\xcb\xdc\xb8\xec")  # 日本語 in EUC-JP
+    proc = runc_run(iconv_image, "latest", tmp_path, text=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == expected
+
+
+def test_gconv_pack_files_and_their_provenance(iconv_image: Path) -> None:
+    gconv = host_libc().parent / "gconv"
+    files = image_files(iconv_image)
+    want = {str(p) for p in gconv.rglob("*") if p.is_file()}
+    assert {f"{gconv}/gconv-modules", f"{gconv}/gconv-modules.cache", f"{gconv}/EUC-JP.so"} <= want
+    assert any(p.endswith(".conf") and "/gconv-modules.d/" in p for p in want)
+    assert want <= set(files)
+    proc = run_cli("why", str(iconv_image), f"{gconv}/EUC-JP.so")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == (
+        f"{gconv}/EUC-JP.so <- pack gconv (automatic: /usr/bin/iconv imports iconv_open)"
+        " <- paths: /usr/bin/iconv")
+    assert proc.stdout.splitlines()[-1].startswith("package: libc6 ")
+    # the modules' own DT_NEEDED closure (libJIS.so through RUNPATH=$ORIGIN) is recorded
+    record = read_record(str(iconv_image))
+    reasons = record["files"][f"{gconv}/libJIS.so"]["why"]
+    assert {"kind": "needed", "by": f"{gconv}/EUC-JP.so", "name": "libJIS.so",
+            "rule": "RUNPATH"} in reasons
+    assert reasons[0] == {"kind": "pack", "selector": "gconv", "by": "/usr/bin/iconv",
+                          "rule": "automatic: /usr/bin/iconv imports iconv_open"}
+
+
+def test_without_the_pack_iconv_fails(tmp_path: Path) -> None:
+    spec = copy_example(tmp_path, "auto_packs: false\n")
+    out = tmp_path / "image"
+    build(spec, out)
+    assert not any("/gconv/" in p for p in image_files(out))
+    proc = runc_run(out, "latest", tmp_path, text=False)
+    assert proc.returncode != 0
+    assert b"failed to start conversion processing" in proc.stderr, proc.stderr
+
+
+def test_explicit_gconv_pack_with_auto_packs_off(tmp_path: Path) -> None:
+    spec = copy_example(tmp_path, "auto_packs: false\npacks: [gconv]\n")
+    out = tmp_path / "image"
+    build(spec, out)
+    gconv = host_libc().parent / "gconv"
+    assert f"{gconv}/EUC-JP.so" in image_files(out)
+    proc = run_cli("why", str(out), f"{gconv}/gconv-modules")
+    assert proc.stdout.splitlines()[0] == f"{gconv}/gconv-modules <- pack gconv (packs: gconv)"
+    proc = runc_run(out, "latest", tmp_path, text=False)
+    assert proc.returncode == 0 and proc.stdout.startswith(b"\xc6\xfc"), proc.stderr
+
+
+def test_excludes_prune_a_pack(tmp_path: Path) -> None:
+    gconv = host_libc().parent / "gconv"
+    spec = copy_example(tmp_path, f"excludes: ['{gconv}/BIG5*.so']\n")
+    out = tmp_path / "image"
+    build(spec, out)
+    files = image_files(out)
+    assert f"{gconv}/EUC-JP.so" in files and f"{gconv}/BIG5.so" not in files
+
+
+def test_pack_images_are_reproducible(iconv_image: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    build(EXAMPLE, again)
+    assert (again / "index.json").read_bytes() == (iconv_image / "index.json").read_bytes()
