@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_one_line_error, run_cli, runc_run
+from conftest import REPO, SHARED_RPMS, assert_one_line_error, make_repo, needs_shared_rpms, run_cli, runc_run
 
 from microcontainer_tool.assembly import packs
 from microcontainer_tool.closure.elf import undefined_symbols
@@ -164,3 +164,105 @@ def test_pack_images_are_reproducible(iconv_image: Path, tmp_path: Path) -> None
     again = tmp_path / "again"
     build(EXAMPLE, again)
     assert (again / "index.json").read_bytes() == (iconv_image / "index.json").read_bytes()
+
+
+# --------------------------------------------------------------------------- ssl
+
+
+def host_openssl_dirs() -> dict[str, str]:
+    """OPENSSLDIR, ENGINESDIR, MODULESDIR as the host's ``openssl version -d -e -m`` prints them."""
+    out = subprocess.run(["openssl", "version", "-d", "-e", "-m"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(":")[0]: line.split('"')[1] for line in out.splitlines() if '"' in line}
+
+
+def first_root_cert() -> str:
+    """The first certificate of the host's CA bundle (a self-signed root)."""
+    text = Path("/etc/ssl/certs/ca-certificates.crt").read_text()
+    end = "-----END CERTIFICATE-----"
+    return text[text.index("-----BEGIN CERTIFICATE-----"):text.index(end) + len(end)] + "\n"
+
+
+def openssl_spec(tmp_path: Path, extra: str = "") -> Path:
+    spec = tmp_path / "openssl"
+    (spec / "rootfs/read").mkdir(parents=True)
+    (spec / "rootfs/read/root.pem").write_text(first_root_cert())
+    (spec / "microimage.yaml").write_text("from: /\npaths: [/usr/bin/openssl]\n"
+                                          "cmd: [openssl, verify, /read/root.pem]\n" + extra)
+    return spec
+
+
+def test_openssl_dirs_are_read_from_libcrypto() -> None:
+    from microcontainer_tool.sources.sysroot import SysRoot
+
+    libcrypto = next(p for p in ldd_paths("/usr/bin/openssl") if "libcrypto.so." in p)
+    assert packs.openssl_dirs(SysRoot("/"), libcrypto) == host_openssl_dirs()
+
+
+def ldd_paths(program: str) -> list[str]:
+    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    return [line.split("=>")[1].split()[0] for line in out.splitlines() if "=> /" in line]
+
+
+@pytest.fixture(scope="module")
+def openssl_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("openssl")
+    build(openssl_spec(work), work / "image")
+    return work / "image"
+
+
+def test_ssl_pack_verifies_against_the_bundle_and_loads_providers(openssl_image: Path,
+                                                                  tmp_path: Path) -> None:
+    dirs = host_openssl_dirs()
+    files = image_files(openssl_image)
+    assert f"{dirs['OPENSSLDIR']}/openssl.cnf" in files  # the link, and its target:
+    assert os.path.realpath(f"{dirs['OPENSSLDIR']}/openssl.cnf") in files
+    assert "/etc/ssl/certs/ca-certificates.crt" in files
+    assert {f"{dirs['MODULESDIR']}/{p.name}" for p in Path(dirs["MODULESDIR"]).iterdir()} <= set(files)
+    assert {f"{dirs['ENGINESDIR']}/{p.name}" for p in Path(dirs["ENGINESDIR"]).iterdir()} <= set(files)
+    proc = runc_run(openssl_image, "latest", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "/read/root.pem: OK\n"
+    proc = runc_run(openssl_image, "latest", tmp_path,
+                    args=["openssl", "list", "-providers", "-provider", "legacy", "-provider", "default"])
+    assert proc.returncode == 0, proc.stderr
+    assert "OpenSSL Legacy Provider" in proc.stdout and "OpenSSL Default Provider" in proc.stdout
+    why = run_cli("why", str(openssl_image), f"{dirs['MODULESDIR']}/legacy.so").stdout.splitlines()[0]
+    assert why.startswith(f"{dirs['MODULESDIR']}/legacy.so <- pack ssl (automatic: ")
+    assert why.endswith("<- paths: /usr/bin/openssl") and "libcrypto.so.3 is in the closure" in why
+
+
+def test_without_the_ssl_pack_verify_and_legacy_fail(tmp_path: Path) -> None:
+    out = tmp_path / "image"
+    build(openssl_spec(tmp_path, "auto_packs: false\n"), out)
+    assert not any("ossl-modules" in p or p.endswith("openssl.cnf") for p in image_files(out))
+    proc = runc_run(out, "latest", tmp_path)
+    assert proc.returncode != 0 and "self-signed certificate" in proc.stderr, proc.stderr  # not trusted
+    proc = runc_run(out, "latest", tmp_path, args=["openssl", "list", "-providers", "-provider", "legacy"])
+    assert proc.returncode != 0 and "legacy" in proc.stderr, proc.stderr
+
+
+@needs_shared_rpms
+def test_ssl_pack_takes_the_rpm_layout(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", sorted(SHARED_RPMS.glob("*.rpm")))
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "microimage.yaml").write_text(f"packages: [curl]\npaths: [/usr/bin/curl]\n"
+                                          f"repos: [{{baseurl: '{repo.as_uri()}', name: rocky}}]\n")
+    out = tmp_path / "image"
+    proc = run_cli("build", "-c", str(spec), "-o", str(out), "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    files = image_files(out)
+    for path in ("/etc/pki/tls/openssl.cnf", "/etc/pki/tls/openssl.d", "/usr/lib64/ossl-modules/legacy.so",
+                 "/usr/lib64/ossl-modules/fips.so", "/usr/lib64/engines-3/padlock.so",
+                 "/usr/lib64/gconv/gconv-modules"):  # libidn2 imports iconv_open
+        assert path in files, path
+    assert not any(p.startswith("/usr/lib/ssl") or "x86_64-linux-gnu" in p for p in files)
+    # update-ca-trust never ran (no scriptlets): the bundle links are kept, dangling, and reported
+    bundle = files["/etc/pki/tls/certs/ca-bundle.crt"]
+    assert bundle["type"] == "symlink"
+    assert bundle["link"] == "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem"
+    assert "/etc/pki/tls/certs/ca-bundle.crt: dangling symlink" in proc.stderr
+    why = run_cli("why", str(out), "/etc/pki/tls/openssl.cnf").stdout.splitlines()
+    assert why[0].startswith("/etc/pki/tls/openssl.cnf <- pack ssl (automatic: /usr/lib64/libcrypto.so.3")
+    assert why[-1].startswith("package: openssl-libs-1:3.")
