@@ -9,7 +9,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED_RPMS, assert_one_line_error, make_repo, needs_shared_rpms, run_cli, runc_run
+from conftest import (
+    REPO,
+    SHARED_RPMS,
+    assert_one_line_error,
+    copy_closure,
+    ldd_files,
+    make_repo,
+    needs_shared_rpms,
+    run_cli,
+    runc_run,
+)
 
 from microcontainer_tool.assembly import packs
 from microcontainer_tool.closure.elf import undefined_symbols
@@ -266,3 +276,122 @@ def test_ssl_pack_takes_the_rpm_layout(tmp_path: Path) -> None:
     why = run_cli("why", str(out), "/etc/pki/tls/openssl.cnf").stdout.splitlines()
     assert why[0].startswith("/etc/pki/tls/openssl.cnf <- pack ssl (automatic: /usr/lib64/libcrypto.so.3")
     assert why[-1].startswith("package: openssl-libs-1:3.")
+
+
+# --------------------------------------------------------------------------- nss
+
+
+def test_glibc_version_from_file_names_and_banners(tmp_path: Path) -> None:
+    from microcontainer_tool.sources.sysroot import SysRoot
+
+    out = subprocess.run(["ldd", "--version"], capture_output=True, text=True, check=True).stdout
+    major, minor = out.splitlines()[0].split()[-1].split(".")[:2]
+    libc = str(host_libc())
+    assert packs.glibc_version(SysRoot("/"), libc) == (int(major), int(minor))
+    # banners as glibc 2.17 (CentOS 7) and 2.34 (RHEL 9) print them
+    lib = tmp_path / "usr/lib64"
+    lib.mkdir(parents=True)
+    banners = ((b"GNU C Library (GNU libc) stable release version 2.17, by Roland McGrath", (2, 17)),
+               (b"GNU C Library (GNU libc) stable release version 2.34.", (2, 34)))
+    for banner, want in banners:
+        (lib / "libc.so.6").write_bytes(b"\x7fELF\0\0junk\0" + banner + b"\n\0more")
+        assert packs.glibc_version(SysRoot(str(tmp_path)), "/usr/lib64/libc.so.6") == want
+    (lib / "libc-2.17.so").write_bytes(b"")  # glibc < 2.34 names its file so: the name wins
+    (lib / "libc.so.6").unlink()
+    (lib / "libc.so.6").symlink_to("libc-2.17.so")
+    assert packs.glibc_version(SysRoot(str(tmp_path)), "/usr/lib64/libc.so.6") == (2, 17)
+    (lib / "libc.so.6").unlink()
+    (lib / "libc-2.17.so").unlink()
+    (lib / "libc.so.6").write_bytes(b"no banner")
+    assert packs.glibc_version(SysRoot(str(tmp_path)), "/usr/lib64/libc.so.6") is None
+
+
+@pytest.fixture(scope="module")
+def nss_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sysroot with /usr/bin/id's closure and the host's libnss_files/libnss_dns beside libc."""
+    root = tmp_path_factory.mktemp("nssroot")
+    libdir = host_libc().parent
+    # each library by its own name in its real directory (libc's), not through /lib -> usr/lib
+    files = [os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+             for p in ldd_files("/usr/bin/id")]
+    interpreter = next(p for p in ldd_files("/usr/bin/id") if "ld-linux" in p)
+    modules = [str(libdir / "libnss_files.so.2"), str(libdir / "libnss_dns.so.2")]
+    copy_closure(root, files + [interpreter] + modules)
+    return root
+
+
+@pytest.mark.parametrize("version_marker, extra, taken", [
+    ("libc-2.17.so", "user: app\n", "automatic: nss files with glibc 2.17 < 2.34"),
+    ("libc-2.17.so", "nss: true\n", "automatic: nss files with glibc 2.17 < 2.34"),
+    ("libc-2.17.so", "", None),  # no nss files, no nss modules
+    ("libc-2.17.so", "user: app\nauto_packs: false\n", None),
+    (None, "user: app\n", None),  # this host's glibc (>= 2.34) has files and dns built in
+    (None, "user: app\npacks: [nss]\n", "packs: nss"),  # explicit: taken whatever the version
+])
+def test_nss_pack_follows_the_glibc_version(nss_root: Path, tmp_path: Path, version_marker: str | None,
+                                            extra: str, taken: str | None) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(nss_root, root, symlinks=True)
+    libdir = host_libc().parent
+    if version_marker:  # what glibc < 2.34 ships beside libc.so.6
+        (root / libdir.relative_to("/") / version_marker).write_bytes(b"")
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "microimage.yaml").write_text(f"from: {root}\npaths: [/usr/bin/id]\ncmd: [/usr/bin/id]\n" + extra)
+    out = tmp_path / "image"
+    build(spec, out)
+    files = image_files(out)
+    modules = {f"{libdir}/libnss_files.so.2", f"{libdir}/libnss_dns.so.2"}
+    if taken is None:
+        assert not modules & set(files)
+        return
+    assert modules <= set(files)
+    record = read_record(str(out))
+    assert record["files"][f"{libdir}/libnss_dns.so.2"]["why"][0]["rule"] == taken
+
+
+# --------------------------------------------------------------------------- tz and locale
+
+
+def small_image(tmp_path: Path, text: str) -> Path:
+    spec = tmp_path / "spec"
+    spec.mkdir(exist_ok=True)
+    (spec / "microimage.yaml").write_text(text)
+    out = tmp_path / "image"
+    build(spec, out)
+    return out
+
+
+@pytest.mark.parametrize("packs_line, hour", [("packs: [tz]\n", "09"), ("", "00")])
+def test_tz_pack_gives_time_zones(tmp_path: Path, packs_line: str, hour: str) -> None:
+    out = small_image(tmp_path, "from: /\npaths: [/usr/bin/date]\nenv: [TZ=Asia/Tokyo]\n"
+                                "cmd: [date, -d, '@0', '+%H %Z']\n" + packs_line)
+    files = image_files(out)
+    assert ("/usr/share/zoneinfo/Asia/Tokyo" in files) == bool(packs_line)
+    if packs_line:
+        assert {"/usr/share/zoneinfo/Europe/Paris", "/etc/localtime"} <= set(files)
+        assert len([p for p in files if p.startswith("/usr/share/zoneinfo/")]) > 300
+    proc = runc_run(out, "latest", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (f"{hour} JST\n" if packs_line else f"{hour} Asia\n")
+
+
+@pytest.mark.parametrize("packs_line, charmap", [("packs: [locale]\n", "UTF-8"), ("", "ANSI_X3.4-1968")])
+def test_locale_pack_gives_c_utf8(tmp_path: Path, packs_line: str, charmap: str) -> None:
+    out = small_image(tmp_path, "from: /\npaths: [/usr/bin/locale]\nenv: [LC_ALL=C.UTF-8]\n"
+                                "cmd: [locale, charmap]\n" + packs_line)
+    files = image_files(out)
+    assert any(p.startswith("/usr/lib/locale/C.") for p in files) == bool(packs_line)
+    proc = runc_run(out, "latest", tmp_path)
+    assert proc.stdout == f"{charmap}\n", proc.stderr
+    if packs_line:
+        why = run_cli("why", str(out), "/usr/lib/locale/C.utf8/LC_CTYPE").stdout.splitlines()[0]
+        assert why == "/usr/lib/locale/C.utf8/LC_CTYPE <- pack locale (packs: locale)"
+
+
+def test_an_explicit_pack_that_finds_nothing_is_one_line(nss_root: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "microimage.yaml").write_text(f"from: {nss_root}\npaths: [/usr/bin/id]\npacks: [tz]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "out"))
+    assert_one_line_error(proc, "microimage.yaml:3: pack 'tz': no /usr/share/zoneinfo in the sysroot")

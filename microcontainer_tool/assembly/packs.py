@@ -181,7 +181,7 @@ def pack_paths(name: str, root: SysRoot, objects: Mapping[str, ElfInfo], explici
     finder = _FINDERS[name]
     paths = sorted(set(finder(root, objects)))
     if not paths and explicit and not (name == "nss" and _nss_builtin(root, objects)):
-        raise SourceError(f"pack {name!r}: {_WHAT[name]} not found in the sysroot")
+        raise SourceError(f"pack {name!r}: {_WHAT[name]} in the sysroot")
     return paths
 
 
@@ -332,6 +332,6 @@ _WHAT = {
     "gconv": "no gconv/ directory beside libc.so.6",
     "locale": f"no {LOCALE_DIR}/C.utf8, C.UTF-8 or locale-archive",
     "nss": "no libnss_files.so.2 or libnss_dns.so.2 beside libc.so.6",
-    "ssl": "no libcrypto, or none of its OpenSSL directories, config or CA bundles",
+    "ssl": "no libcrypto, nor any of its OpenSSL directories, config or CA bundles",
     "tz": f"no {ZONEINFO}",
 }
