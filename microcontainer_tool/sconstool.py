@@ -87,6 +87,7 @@ SPEC_KEYWORDS = {
     "ENTRYPOINT": "entrypoint", "CMD": "cmd", "DIR": "dir", "ENV": "env", "LABELS": "labels",
     "PORTS": "ports", "ARCH": "arch", "PACKAGES": "packages", "REPOS": "repos",
     "EXCLUDE_PACKAGES": "exclude_packages", "INSTALL_WEAK_DEPS": "install_weak_deps",
+    "PACKS": "packs", "AUTO_PACKS": "auto_packs",
 }
 #: Construction variables that change the output bytes (in the action's varlist).
 OUTPUT_VARIABLES = ["MCT_COMPRESSION", "MCT_TAG", "MCT_NAME", "MCT_SOURCE_DATE_EPOCH",

@@ -141,13 +141,17 @@ def runc_bundle(layout: str | os.PathLike, tag: str, workdir: Path, args: list[s
 
 
 def runc_run(layout: str | os.PathLike, tag: str, workdir: Path, args: list[str] | None = None,
-             write_dir: str | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
-    """Run an image to completion with runc in a :func:`runc_bundle` (read-only root, no network)."""
+             write_dir: str | None = None, timeout: int = 60,
+             text: bool = True) -> subprocess.CompletedProcess:
+    """Run an image to completion with runc in a :func:`runc_bundle` (read-only root, no network).
+
+    ``text=False`` keeps stdout and stderr as bytes (output in another encoding).
+    """
     bundle, _config = runc_bundle(layout, tag, workdir, args, write_dir)
     name = f"mct-test-{uuid.uuid4().hex[:10]}"
     try:
         return subprocess.run(["runc", "run", "--bundle", str(bundle), name],
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                              capture_output=True, text=text, timeout=timeout, stdin=subprocess.DEVNULL)
     finally:
         subprocess.run(["runc", "delete", "--force", name], capture_output=True)
         shutil.rmtree(bundle, ignore_errors=True)

@@ -7,7 +7,9 @@ Order of work, each step recording provenance:
    whole subtree; ``excludes`` prune subtrees.
 2. ``files`` and the ``rootfs/`` overlay are laid over the result.
 3. The ELF closure (PT_INTERP + DT_NEEDED, ld.so rules) of every ELF file in
-   the tree and of ``libs`` is added, resolved through the layered view.
+   the tree and of ``libs`` is added, resolved through the layered view,
+   together with the packs (:mod:`.packs`: gconv, ssl, nss, tz, locale) the
+   spec names or the closure calls for, and the packs' own closure.
 4. Generated files: ``/etc/ld.so.cache`` when the image's loader would not
    find a library in its default dirs, and the nss files.
 5. The manifesto's directories and every missing parent directory.
@@ -22,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from microcontainer_tool.assembly import packs
 from microcontainer_tool.assembly.nss import Identity, nss_files, parse_user
 from microcontainer_tool.assembly.pattern import covers, expand, has_magic
 from microcontainer_tool.closure import ldcache
-from microcontainer_tool.closure.elf import ElfInfo, oci_platform, read_elf
+from microcontainer_tool.closure.elf import ElfInfo, oci_platform, read_elf, undefined_symbols
 from microcontainer_tool.closure.ldd import Closure, LibraryResolver
 from microcontainer_tool.errors import MissingLibraryError, SourceError, SpecError
 from microcontainer_tool.model.tree import (
@@ -128,6 +131,7 @@ class _Assembler:
         self.overlay: dict[str, str] = {}
         self.warnings: list[str] = []
         self.dpkg = DpkgDatabase.open(self.sysroot) if packages is None and package_facts else None
+        self._symbols: dict[str, frozenset[str]] = {}
 
     def run(self) -> Assembly:
         self._add_paths()
@@ -407,10 +411,20 @@ class _Assembler:
 
     def _add_closure(self, layered: LayeredRoot) -> Closure | None:
         resolver = LibraryResolver(layered, library_path=self._library_path())
-        roots = [e.path for e in self.tree if e.kind is EntryKind.FILE and isinstance(e.content, HostFile)]
+        roots = self._file_roots()
         for lib in self.spec.libs:
             roots.append(self._add_lib(lib, resolver, layered))
         closure = resolver.closure(roots)
+        taken: set[str] = set()
+        while True:  # a pack's modules can need another pack (libcrypto's engines, iconv users)
+            choices = [c for c in self._pack_choices(layered, closure) if c.name not in taken]
+            if not choices:
+                break
+            for choice in choices:
+                taken.add(choice.name)
+                self._add_pack(choice, layered, closure)
+            roots = list(dict.fromkeys(self._file_roots() + roots))
+            closure = resolver.closure(roots)
         if not closure.objects:
             return None
         for dep in closure.edges:
@@ -432,6 +446,40 @@ class _Assembler:
             self.warnings.append(message)
         self._add_ld_cache(resolver, closure, layered)
         return closure
+
+    def _file_roots(self) -> list[str]:
+        return [e.path for e in self.tree if e.kind is EntryKind.FILE and isinstance(e.content, HostFile)]
+
+    # -- packs ------------------------------------------------------------
+
+    def _pack_choices(self, layered: LayeredRoot, closure: Closure) -> list[packs.PackChoice]:
+        libc = packs.libc_path(closure.objects)
+        glibc = packs.glibc_version(layered, libc) if libc is not None else None
+        identity = parse_user(self.spec.effective_user)
+        nss = bool(identity.named or self.spec.groups or self.spec.nss)
+        return packs.choose(self.spec.packs, self.spec.auto_packs, closure.objects,
+                            lambda path: self._imports(layered, path), nss, glibc)
+
+    def _imports(self, layered: LayeredRoot, path: str) -> frozenset[str]:
+        if path not in self._symbols:
+            self._symbols[path] = undefined_symbols(layered.host_path(path), path)
+        return self._symbols[path]
+
+    def _add_pack(self, choice: packs.PackChoice, layered: LayeredRoot, closure: Closure) -> None:
+        """Add a pack's files (their closure follows with the next closure pass)."""
+        explicit = choice.name in self.spec.packs
+        try:
+            found = packs.pack_paths(choice.name, layered, closure.objects, explicit)
+        except SourceError as err:
+            raise SourceError(f"{self.spec.where('packs')}: {err} ({self.spec.from_})") from None
+        for path in found:
+            resolved = layered.resolve(path)
+            if self._excluded(path) or (resolved is not None and resolved.path in self.overlay) \
+                    or path in self.overlay:
+                continue  # the project's own files win; excludes prune packs too
+            prov = Provenance(f"pack {choice.name}: {choice.why}", self._source_of(path), "pack",
+                              choice.name, by=choice.by, rule=choice.why)
+            self._add_sys_path(path, prov)
 
     def _library_path(self) -> tuple[str, ...]:
         value = dict(self.spec.env).get("LD_LIBRARY_PATH", "")

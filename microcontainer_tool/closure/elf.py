@@ -29,17 +29,22 @@ PT_INTERP = 3
 
 DT_NULL = 0
 DT_NEEDED = 1
+DT_HASH = 4
 DT_STRTAB = 5
+DT_SYMTAB = 6
 DT_STRSZ = 10
+DT_SYMENT = 11
 DT_SONAME = 14
 DT_RPATH = 15
 DT_RUNPATH = 29
 DT_FLAGS_1 = 0x6FFFFFFB
+DT_GNU_HASH = 0x6FFFFEF5
 DF_1_NODEFLIB = 0x800
 
 PN_XNUM = 0xFFFF
 MAX_PHNUM = 65536
 MAX_DYNAMIC = 1 << 20
+MAX_SYMBOLS = 1 << 21
 
 #: The machines images are built for, by e_machine; pyelftools names the rest.
 _COMMON_MACHINES = {3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64", 22: "EM_S390",
@@ -161,6 +166,25 @@ def read_elf(host_path: str, label: str | None = None) -> ElfInfo | None:
 
 
 def _parse(reader: _Reader, head: bytes) -> ElfInfo:
+    ei_class, little, layout, e_machine, segments = _headers(reader, head)
+    interpreter = _interpreter(reader, segments)
+    dyn = _dynamic(reader, layout, segments)
+    return ElfInfo(
+        elf_class=32 if ei_class == 1 else 64,
+        little_endian=little,
+        machine=machine_name(e_machine),
+        is_program=interpreter is not None,
+        interpreter=interpreter,
+        needed=tuple(dyn.get(DT_NEEDED, ())),
+        rpath=_split_path(dyn.get(DT_RPATH)),
+        runpath=_split_path(dyn.get(DT_RUNPATH)),
+        soname=dyn[DT_SONAME][0] if DT_SONAME in dyn else None,
+        nodeflib=bool(int(dyn.get(DT_FLAGS_1, ["0"])[0]) & DF_1_NODEFLIB),
+    )
+
+
+def _headers(reader: _Reader, head: bytes) -> tuple[int, bool, _Layout, int, list[_Segment]]:
+    """ELF class, byte order, struct layout, ``e_machine`` and the program headers."""
     path = reader.path
     if len(head) < 16:
         raise ElfError(f"{path}: truncated ELF header")
@@ -178,20 +202,110 @@ def _parse(reader: _Reader, head: bytes) -> ElfInfo:
     e_machine, e_phoff, e_shoff = fields[1], fields[4], fields[5]
     e_phentsize, e_phnum = fields[8], fields[9]
     segments = _segments(reader, layout, little, e_phoff, e_phentsize, e_phnum, e_shoff)
-    interpreter = _interpreter(reader, segments)
-    dyn = _dynamic(reader, layout, segments)
-    return ElfInfo(
-        elf_class=32 if ei_class == 1 else 64,
-        little_endian=little,
-        machine=machine_name(e_machine),
-        is_program=interpreter is not None,
-        interpreter=interpreter,
-        needed=tuple(dyn.get(DT_NEEDED, ())),
-        rpath=_split_path(dyn.get(DT_RPATH)),
-        runpath=_split_path(dyn.get(DT_RUNPATH)),
-        soname=dyn[DT_SONAME][0] if DT_SONAME in dyn else None,
-        nodeflib=bool(int(dyn.get(DT_FLAGS_1, ["0"])[0]) & DF_1_NODEFLIB),
-    )
+    return ei_class, little, layout, e_machine, segments
+
+
+def undefined_symbols(host_path: str, label: str | None = None) -> frozenset[str]:
+    """Names of the symbols an ELF object imports: its undefined dynamic symbols.
+
+    Read as the loader sees them, through ``PT_DYNAMIC``: ``DT_SYMTAB`` and
+    ``DT_STRTAB``, the symbol count from ``DT_HASH`` (``nchain``) or
+    ``DT_GNU_HASH`` (the last chain's end). Only names are decoded. A library
+    that *defines* a symbol (glibc's ``libc.so.6`` and ``iconv_open``) does
+    not list it here.
+
+    Args:
+        host_path: path of the file on the build machine.
+        label: how error messages name the file.
+
+    Returns:
+        The names (empty for a non-ELF file or an object without dynamic symbols).
+
+    Raises:
+        ElfError: the file is ELF but truncated or corrupt, or unreadable.
+    """
+    try:
+        with open(host_path, "rb") as handle:
+            head = handle.read(64)
+            if head[:4] != ELF_MAGIC:
+                return frozenset()
+            handle.seek(0, 2)
+            reader = _Reader(handle, label or host_path, handle.tell())
+            ei_class, little, layout, _machine, segments = _headers(reader, head)
+            return _undefined(reader, layout, little, segments)
+    except OSError as err:
+        raise ElfError(f"{label or host_path}: cannot read ELF file: {err.strerror or err}") from err
+    except struct.error as err:
+        raise ElfError(f"{label or host_path}: corrupt ELF file ({err})") from err
+
+
+def _undefined(reader: _Reader, layout: _Layout, little: bool, segments: list[_Segment]) -> frozenset[str]:
+    dynamic = next((s for s in segments if s.p_type == PT_DYNAMIC), None)
+    if dynamic is None or dynamic.filesz == 0 or dynamic.filesz > MAX_DYNAMIC:
+        return frozenset()
+    raw = reader.read(dynamic.offset, dynamic.filesz, "PT_DYNAMIC")
+    entry = struct.calcsize(layout.dyn)
+    tags: dict[int, int] = {}
+    for tag, value in struct.iter_unpack(layout.dyn, raw[: len(raw) - len(raw) % entry]):
+        if tag == DT_NULL:
+            break
+        if tag in (DT_HASH, DT_GNU_HASH, DT_SYMTAB, DT_STRTAB, DT_STRSZ, DT_SYMENT):
+            tags.setdefault(tag, value)
+    if DT_SYMTAB not in tags:
+        return frozenset()
+    order = "<" if little else ">"
+    count = _symbol_count(reader, layout, order, segments, tags)
+    sym_fmt = order + ("IBBHQQ" if layout.wide else "IIIBBH")
+    size = tags.get(DT_SYMENT) or struct.calcsize(sym_fmt)
+    if size < struct.calcsize(sym_fmt) or count > MAX_SYMBOLS:
+        raise ElfError(f"{reader.path}: corrupt dynamic symbol table ({count} symbols of {size} bytes)")
+    table = reader.read(_offset(reader, segments, tags[DT_SYMTAB], "DT_SYMTAB"), count * size, "DT_SYMTAB")
+    strings = _string_table(reader, segments, tags.get(DT_STRTAB), tags.get(DT_STRSZ))
+    names = set()
+    for index in range(1, count):
+        fields = struct.unpack_from(sym_fmt, table, index * size)
+        name, shndx = fields[0], fields[3] if layout.wide else fields[5]
+        if shndx == 0 and name:
+            names.add(_string_at(reader.path, strings, name))
+    return frozenset(names)
+
+
+def _symbol_count(reader: _Reader, layout: _Layout, order: str, segments: list[_Segment],
+                  tags: dict[int, int]) -> int:
+    """Number of dynamic symbols: ``DT_HASH``'s nchain, or the end of ``DT_GNU_HASH``'s last chain."""
+    if DT_HASH in tags:
+        raw = reader.read(_offset(reader, segments, tags[DT_HASH], "DT_HASH"), 8, "DT_HASH")
+        return int(struct.unpack(order + "II", raw)[1])
+    if DT_GNU_HASH not in tags:
+        return 0
+    base = _offset(reader, segments, tags[DT_GNU_HASH], "DT_GNU_HASH")
+    header = reader.read(base, 16, "DT_GNU_HASH")
+    nbuckets, symoffset, bloom_size, _shift = struct.unpack(order + "IIII", header)
+    if nbuckets > MAX_SYMBOLS or bloom_size > MAX_SYMBOLS:
+        raise ElfError(f"{reader.path}: corrupt DT_GNU_HASH ({nbuckets} buckets)")
+    buckets_at = base + 16 + bloom_size * (8 if layout.wide else 4)
+    raw = reader.read(buckets_at, 4 * nbuckets, "DT_GNU_HASH buckets")
+    buckets = struct.unpack(f"{order}{nbuckets}I", raw)
+    last = max(buckets, default=0)
+    if last < symoffset:
+        return symoffset
+    chains_at = buckets_at + 4 * nbuckets
+    while True:
+        if last - symoffset > MAX_SYMBOLS:
+            raise ElfError(f"{reader.path}: corrupt DT_GNU_HASH (unterminated chain)")
+        (value,) = struct.unpack(order + "I", reader.read(chains_at + 4 * (last - symoffset), 4,
+                                                          "DT_GNU_HASH chain"))
+        if value & 1:
+            return last + 1
+        last += 1
+
+
+def _offset(reader: _Reader, segments: list[_Segment], vaddr: int, what: str) -> int:
+    """The file offset of a virtual address inside a ``PT_LOAD`` segment."""
+    for seg in segments:
+        if seg.p_type == PT_LOAD and seg.vaddr <= vaddr < seg.vaddr + seg.filesz:
+            return seg.offset + (vaddr - seg.vaddr)
+    raise ElfError(f"{reader.path}: corrupt dynamic section ({what} {vaddr:#x} is in no PT_LOAD)")
 
 
 def machine_name(e_machine: int) -> str:

@@ -164,15 +164,18 @@ def describe(reason: Mapping[str, Any]) -> str:
         return f"needed by {reason.get('by', '')}"
     if kind == "interpreter":
         return f"interpreter of {reason.get('by', '')}"
+    if kind == "pack":
+        return f"pack {reason.get('selector', '')} ({reason.get('rule', '')})"
     return f"generated: {reason.get('selector', '')}"
 
 
 def why(record: Mapping[str, Any], path: str) -> list[str]:
     """The chains that put ``path`` in the image, one line each.
 
-    Each line follows ``needed``/``interpreter`` reasons to the spec entry
-    that started it: ``/usr/lib64/libssl.so.3 <- needed by /usr/lib64/libcurl.so.4
-    <- needed by /usr/bin/curl <- paths: /usr/bin/curl``.
+    Each line follows ``needed``/``interpreter`` reasons (and an automatic
+    ``pack``'s trigger) to the spec entry that started it:
+    ``/usr/lib64/libssl.so.3 <- needed by /usr/lib64/libcurl.so.4 <- needed by
+    /usr/bin/curl <- paths: /usr/bin/curl``.
 
     Raises:
         SourceError: ``path`` is not in the record.
@@ -189,7 +192,8 @@ def why(record: Mapping[str, Any], path: str) -> list[str]:
         chain = [path, _edge(reason)]
         seen = {path}
         current = reason
-        while current.get("kind") in ("needed", "interpreter"):
+        while current.get("kind") in ("needed", "interpreter") or (current.get("kind") == "pack"
+                                                                   and current.get("by")):
             needer = str(current.get("by", ""))
             if needer in seen or needer not in files:
                 break

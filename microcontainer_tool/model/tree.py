@@ -41,12 +41,15 @@ class Provenance:
         source: the input it came from: ``rpm:NEVRA``, ``deb:NAME:ARCH``,
             ``dir:FROM``, ``image:REF@DIGEST``, ``project:PATH`` or ``generated``.
         kind: the machine-readable reason: ``paths``, ``package``, ``files``,
-            ``rootfs``, ``libs``, ``needed``, ``interpreter`` or ``generated``.
+            ``rootfs``, ``libs``, ``needed``, ``interpreter``, ``pack`` or ``generated``.
         selector: the spec value that selected it (pattern, image path,
-            library, package), or what was generated.
-        by: for ``needed``/``interpreter``: the ELF object that needs it.
+            library, package, pack name), or what was generated.
+        by: for ``needed``/``interpreter``: the ELF object that needs it; for
+            an automatic ``pack``: the ELF object that triggered it.
         name: for ``needed``: the ``DT_NEEDED`` string.
-        rule: for ``needed``/``libs``: the search rule that found it.
+        rule: for ``needed``/``libs``: the search rule that found it; for
+            ``pack``: why the pack was taken (``packs: gconv``,
+            ``automatic: imports iconv_open``).
     """
 
     reason: str

@@ -92,6 +92,8 @@ class ImageSpec:
     repos: tuple[RepoSpec, ...] = ()
     exclude_packages: tuple[str, ...] = ()
     install_weak_deps: bool = False
+    packs: tuple[str, ...] = ()
+    auto_packs: bool = True
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     project_dir: str = field(default="", compare=False, repr=False)
 
@@ -458,6 +460,21 @@ def _paths_or_names(what: str) -> Callable[[_Checker, yaml.Node], tuple[str, ...
     return convert
 
 
+#: Names ``packs:`` accepts (see :mod:`microcontainer_tool.assembly.packs`, which checks it has them all).
+PACK_NAMES = ("gconv", "locale", "nss", "ssl", "tz")
+
+
+def _packs(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
+    names: list[str] = []
+    for item in _seq(checker, node, "packs"):
+        name = checker.scalar(item, "packs entry")
+        if name not in PACK_NAMES:
+            raise checker.fail(item, f"unknown pack {name!r} (known: {', '.join(PACK_NAMES)})")
+        if name not in names:
+            names.append(name)
+    return tuple(sorted(names))
+
+
 def _bool(what: str) -> Callable[[_Checker, yaml.Node], bool]:
     def convert(checker: _Checker, node: yaml.Node) -> bool:
         return checker.boolean(node, what)
@@ -489,6 +506,8 @@ _HANDLERS: dict[str, tuple[str, Callable[[_Checker, yaml.Node], Any]]] = {
     "repos": ("repos", _repos),
     "exclude_packages": ("exclude_packages", _paths_or_names("exclude_packages")),
     "install_weak_deps": ("install_weak_deps", _bool("install_weak_deps")),
+    "packs": ("packs", _packs),
+    "auto_packs": ("auto_packs", _bool("auto_packs")),
 }
 
 
