@@ -100,7 +100,8 @@ def trace_root(root: str, args: Sequence[str], *, user: str, cache_dir: str, env
         env: ``NAME=VALUE`` entries (``PATH`` defaults to the usual one).
         cwd: the working directory.
         net: ``"none"`` or ``"host"``.
-        read_dir: host directory mounted read-only at ``/read``.
+        read_dir: host directory mounted read-only at ``/read`` (``root`` must
+            have that directory: nothing is created in it).
         state_dir: container state (default :func:`~.containers.default_state_dir`).
         label: how messages name the root (default ``sysroot:ROOT``).
 
@@ -111,6 +112,9 @@ def trace_root(root: str, args: Sequence[str], *, user: str, cache_dir: str, env
     if not args:
         raise RunError("the command to trace is empty")
     name = label or f"sysroot:{root}"
+    if read_dir is not None and not os.path.isdir(os.path.join(root, "read")):
+        raise RunError(f"--read: {name} has no /read directory to mount {read_dir} on (its root stays "
+                       "read-only); give the program files that are in the sysroot")
     config = {"config": {"User": user, "Env": list(env), "WorkingDir": cwd}}
     bundle = Bundle(name, "", os.path.realpath(root), config)
     with tempfile.TemporaryDirectory(prefix="mct-trace-") as temp:
