@@ -27,6 +27,7 @@ from microcontainer_tool.sources.sysroot import SysRoot
 from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec
 
 if TYPE_CHECKING:
+    from microcontainer_tool.closure.proposals import MissingFile
     from microcontainer_tool.runtime.probe import ProbeReport
     from microcontainer_tool.sources.image.parent import ParentImage
 
@@ -211,7 +212,8 @@ def probe_build(result: BuildResult, command: str, cache_dir: str | None = None,
         ProbeError: the command line is empty or cannot be split.
         RunError: the image cannot be run traced (not root, no runc or strace).
     """
-    from microcontainer_tool.runtime.probe import dpkg_owners, probe_image, table_owners
+    from microcontainer_tool.closure.proposals import dpkg_owners, table_owners
+    from microcontainer_tool.runtime.probe import probe_image
 
     try:
         args = shlex.split(command)
@@ -228,6 +230,95 @@ def probe_build(result: BuildResult, command: str, cache_dir: str | None = None,
               else dpkg_owners(result.sysroot))
     return probe_image(result.output, args, result.sysroot, owners, cache_dir=cache_dir, cwd=result.workdir,
                        read_dir=read_dir, tag=tag)
+
+
+@dataclass
+class TraceReport:
+    """What ``microcontainer trace`` found.
+
+    Attributes:
+        args: the traced command.
+        exit_code: its exit status (128 + N when killed by signal N).
+        missing: what the program used from the sysroot that the spec's image lacks, by path.
+        lookups: how many distinct paths the program looked up.
+    """
+
+    args: list[str]
+    exit_code: int
+    missing: list[MissingFile]
+    lookups: int
+
+    def lines(self) -> list[str]:
+        """The human-readable report: one line per proposal, then the spec entries to add."""
+        from microcontainer_tool.closure.proposals import proposal_lines
+
+        command = shlex.join(self.args)
+        out = [f"trace `{command}`: exit status {self.exit_code}, {self.lookups} paths looked up"]
+        if not self.missing:
+            return out + ["trace: the spec's image has everything the program used"]
+        out.append(f"trace: {len(self.missing)} paths the program used are not in the spec's image:")
+        return out + proposal_lines(self.missing, "trace: add to the spec:")
+
+
+def trace_spec(spec: ImageSpec, args: list[str], cache_dir: str | None = None, read_dir: str | None = None,
+               network: bool = False, state_dir: str | None = None, offline: bool = False) -> TraceReport:
+    """Run ``args`` in the spec's sysroot, traced, and name what the spec's image lacks (``trace``).
+
+    The program runs as a microcontainer whose root is the sysroot (read-only,
+    the image's user, ``env`` and working directory, no network unless
+    ``network``); what it used is compared with the tree the spec builds
+    (assembled in memory, nothing written; missing libraries allowed).
+
+    Args:
+        spec: the spec (``from:`` a directory, or ``packages:``).
+        args: the command.
+        cache_dir: the tool's cache.
+        read_dir: host directory mounted read-only at ``/read``.
+        network: share the host's network.
+        state_dir: container state.
+        offline: an RPM spec uses only the lock and the cache.
+
+    Raises:
+        UnsupportedError: ``from:`` names an image, or the spec has a ``parent:``.
+        RunError: not root, no runc or strace, or the program could not be started.
+        MicrocontainerError: the spec cannot be assembled.
+    """
+    from microcontainer_tool.closure.accesses import Outcome
+    from microcontainer_tool.closure.proposals import dpkg_owners, propose, table_owners
+    from microcontainer_tool.errors import UnsupportedError
+    from microcontainer_tool.runtime.tracer import trace_root
+
+    if cache_dir is None:
+        from microcontainer_tool.hostfs.cachedir import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    if spec.parent:
+        raise UnsupportedError(f"{spec.where('parent')}: trace does not support specs with a parent: image")
+    if locate_image(spec.from_, spec.base_dir, directory_ok=True) is not None:
+        raise UnsupportedError(f"{spec.where('from')}: trace runs programs in a directory or RPM sysroot; "
+                               "from: names an image (trace its files in a directory copy instead)")
+    packages = None
+    if spec.packages:
+        from microcontainer_tool.sources.rpm.root import ensure_lock, lock_path, prepare_sysroot
+
+        if offline and not os.path.exists(lock_path(spec)):
+            raise SpecError(f"no {lock_path(spec)} to trace offline from: run `microcontainer lock`")
+        lock, _ = ensure_lock(spec, cache_dir)
+        packages = prepare_sysroot(lock, spec, cache_dir, offline=offline)
+    assembly = assemble(spec, allow_missing=True, packages=packages, package_facts=False)
+    root = SysRoot(packages.root if packages is not None else spec.sysroot_dir)
+    owners = table_owners(dict(packages.owners)) if packages is not None else dpkg_owners(root)
+    env = dict(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    identity = assembly.identity
+    run = trace_root(root.root, args, user=f"{identity.uid}:{identity.gid}", cache_dir=cache_dir,
+                     env=[f"{key}={value}" for key, value in env.items()], cwd=spec.workdir or "/",
+                     net="host" if network else "none", read_dir=read_dir, state_dir=state_dir,
+                     label=f"the sysroot {spec.from_ if packages is None else 'of the packages'}")
+    tree = assembly.tree
+    missing = propose(run.accesses, root, owners, lambda access: access.outcome is not Outcome.MISSING
+                      and tree.resolve(access.path) is None)
+    return TraceReport(run.args, run.exit_code, missing, len({access.path for access in run.accesses}))
 
 
 def sysroot_inputs(spec: ImageSpec) -> list[str]:

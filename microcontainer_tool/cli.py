@@ -95,6 +95,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="re-resolve even if the lock matches the spec (pick up repo changes)")
     lock.add_argument("--cache-dir", metavar="DIR", help="as for build")
 
+    trace = sub.add_parser("trace", help="run a command in the spec's sysroot, traced, and propose the spec "
+                                         "entries its image lacks")
+    trace.add_argument("-c", "--config", metavar="SPEC",
+                       help="spec file or its directory (default: ./microimage.yaml, else ./smith.yaml)")
+    trace.add_argument("--write", action="store_true",
+                       help="add the proposed entries to the spec file (comments and order kept)")
+    trace.add_argument("--network", action="store_true", help="share the host's network (default: none)")
+    trace.add_argument("--read", metavar="DIR", help="host directory mounted read-only at /read")
+    trace.add_argument("--cache-dir", metavar="DIR", help="as for build")
+    trace.add_argument("--offline", action="store_true", help="RPM specs: as for build")
+    trace.add_argument("--state-dir", metavar="DIR", help="container state (as for run)")
+    trace.add_argument("args", nargs=argparse.REMAINDER, metavar="CMD ARGS",
+                       help="the command (after --, if it has options)")
+
     _add_registry_parsers(sub)
     _add_runtime_parsers(sub)
 
@@ -149,6 +163,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             return _deps(args, out, err)
         if args.command == "lock":
             return _lock(args, out)
+        if args.command == "trace":
+            return _trace(args, out, err)
         if args.command in ("run", "ps", "stop", "rm", "debug"):
             return _runtime_command(args, out)
         if args.command == "push":
@@ -210,6 +226,33 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
             print(f"sbom     {sbom}", file=out)
     if args.probe is not None:
         return _probe(result, args, err)
+    return 0
+
+
+def _trace(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``trace``: run the command in the sysroot traced; print (and with ``--write`` add) the proposals."""
+    from microcontainer_tool.build import trace_spec
+    from microcontainer_tool.closure.proposals import spec_additions
+    from microcontainer_tool.spec.additions import add_to_spec_file
+    from microcontainer_tool.spec.imagespec import find_spec, load_spec
+
+    command = list(args.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise SpecError("trace: give the command to run (trace [OPTIONS] -- CMD ARGS...)")
+    path = find_spec(args.config)
+    spec = load_spec(path)
+    report = trace_spec(spec, command, cache_dir=args.cache_dir, read_dir=args.read, network=args.network,
+                        state_dir=args.state_dir, offline=args.offline)
+    for line in report.lines():
+        print(line, file=out)
+    if report.exit_code != 0:
+        print(f"microcontainer: warning: `{' '.join(command)}` exited with status {report.exit_code} "
+              "in the sysroot: the proposals cover what it did until then", file=err)
+    if args.write and report.missing:
+        added = add_to_spec_file(path, spec_additions(report.missing))
+        print(f"trace: added {added} entries to {path}", file=out)
     return 0
 
 

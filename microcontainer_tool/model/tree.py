@@ -187,6 +187,42 @@ class FileTree:
         """Return the entry at ``path`` or ``None``."""
         return self._entries.get(path)
 
+    def resolve(self, path: str) -> Entry | None:
+        """The entry ``path`` leads to, following symlinks in every component as the kernel would.
+
+        Returns:
+            The final entry (never a symlink), or ``None`` when ``path``, a link
+            target or a component is not in the tree, or links loop. ``/`` is
+            not an entry: it resolves to ``None``.
+        """
+        pending = [part for part in reversed(path.split("/")) if part not in ("", ".")]
+        current: list[str] = []
+        hops = 0
+        entry: Entry | None = None
+        while pending:
+            part = pending.pop()
+            if part == "..":
+                if current:
+                    current.pop()
+                entry = None
+                continue
+            entry = self._entries.get("/" + "/".join(current + [part]))
+            if entry is None:
+                return None
+            if entry.kind is EntryKind.SYMLINK:
+                hops += 1
+                if hops > 40:
+                    return None
+                if entry.linkname.startswith("/"):
+                    current = []
+                pending.extend(p for p in reversed(entry.linkname.split("/")) if p not in ("", "."))
+                entry = None
+                continue
+            if pending and entry.kind is not EntryKind.DIR:
+                return None
+            current.append(part)
+        return entry
+
     def add(self, entry: Entry, replace_existing: bool = False) -> Entry:
         """Add ``entry``; merge provenance when the same thing is added twice.
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from microcontainer_tool.errors import RunError
 from microcontainer_tool.hostfs.atomic import write_atomic
-from microcontainer_tool.runtime.bundle import make_bundle
+from microcontainer_tool.runtime.bundle import Bundle, make_bundle
 from microcontainer_tool.runtime.config import bind_mount, runtime_config
 from microcontainer_tool.runtime.namespaces import IdMap, detach_mount, host_id_map, stage_mount
 from microcontainer_tool.runtime.toolbox import CRASHCART, toolbox_dir
@@ -177,9 +177,11 @@ def _searchable_by_others(path: str) -> str | None:
     return None if os.stat(current).st_mode & stat.S_IXOTH else current
 
 
-def _stage(config: dict[str, Any], directory: str, idmap: IdMap, staged: list[dict[str, Any]]) -> None:
+def _stage(config: dict[str, Any], directory: str, idmap: IdMap | None, staged: list[dict[str, Any]]) -> None:
     """Stage the root and every bind source under ``directory`` (see the module docstring).
 
+    Without ``idmap`` only the root is staged, as a plain bind: a prepared root
+    such as ``/`` is then a mount point of its own, which ``pivot_root`` needs.
     Each stage is appended to ``staged`` as soon as it is mounted, so a failure
     half-way leaves a list the caller can unmount.
     """
@@ -188,6 +190,8 @@ def _stage(config: dict[str, Any], directory: str, idmap: IdMap, staged: list[di
     idmapped = stage_mount(root["path"], target, idmap, readonly=True)
     staged.append({"source": root["path"], "target": target, "idmapped": idmapped})
     root["path"] = target
+    if idmap is None:
+        return
     for number, mount in enumerate(config["mounts"]):
         if mount.get("type") != "bind" or not str(mount.get("source", "")).startswith("/") \
                 or mount.get("source") == "/sys":
@@ -221,7 +225,7 @@ def _generated_name() -> str:
 def run(image: str, *, name: str | None = None, detach: bool = False, runtime: str = "runc",
         state_dir: str, cache_dir: str, tag: str | None = None, debug: bool = False,
         toolbox: str | None = None, wrapper: Sequence[str] = (), stdout: int | None = None,
-        **config_kw: Any) -> int:
+        bundle: Bundle | None = None, **config_kw: Any) -> int:
     """Run ``image`` as a microcontainer.
 
     Args:
@@ -238,6 +242,11 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
         wrapper: a command put before the runtime's (``strace ... -o LOG``: see
             :mod:`~microcontainer_tool.runtime.tracer`); foreground runs only.
         stdout: file descriptor for the program's standard output (default: ours).
+        bundle: a prepared root filesystem and configuration to run instead of
+            unpacking ``image`` (which then only names it in messages and the
+            record): ``trace`` runs a sysroot this way. Its root is always
+            staged (bound under the container's state directory), so that
+            even ``/`` can be the container's root.
         **config_kw: keyword arguments of :func:`~microcontainer_tool.runtime.config.runtime_config`
             (``args``, ``env``, ``user``, ``write_dir``, ``read_dir``, ``net``, ``userns``, ``extra_mounts``).
 
@@ -256,7 +265,9 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
         raise RunError(f"OCI runtime {runtime!r} not found; install runc")
     if detach and wrapper:
         raise RunError("a wrapped (traced) container cannot be detached")
-    bundle = make_bundle(image, cache_dir, tag)
+    prepared = bundle is not None
+    if bundle is None:
+        bundle = make_bundle(image, cache_dir, tag)
     extra = list(config_kw.pop("extra_mounts", ()))
     if debug:
         extra.append(bind_mount(toolbox_dir(toolbox, cache_dir), CRASHCART, readonly=True))
@@ -287,6 +298,11 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
                                f" cannot reach the bundle; use a state dir like /run/microcontainer")
             try:
                 _stage(config, directory, host_id_map(), record["staged"])
+            except OSError as error:
+                raise RunError(f"cannot prepare the bundle's mounts: {error}") from None
+        elif prepared:
+            try:
+                _stage(config, directory, None, record["staged"])
             except OSError as error:
                 raise RunError(f"cannot prepare the bundle's mounts: {error}") from None
         _write_record(directory, record)

@@ -8,62 +8,25 @@ keeps the lookups of the probe command and its children
 every path the program looked for in vain that the sysroot has is reported
 (:class:`MissingFile`), with its owner package and the spec entry that adds it.
 
-What is not reported: lookups that fail in the sysroot too (the loader's
-``glibc-hwcaps`` probing, locale fallbacks), ``/etc/ld.so.cache`` and
-``/etc/ld.so.preload`` (the build writes a cache when the image needs one), and
-directories the program only stat'ed: the files it needs from them are reported
-themselves and bring the directory along. A directory the program *listed*
-(opened with ``O_DIRECTORY``) is reported whole.
+What is and is not reported is decided by
+:func:`~microcontainer_tool.closure.proposals.propose`, shared with ``trace``
+(lookups that fail in the sysroot too, such as the loader's ``glibc-hwcaps``
+probing, are not; a directory the program *listed* is, whole).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import stat
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from microcontainer_tool.closure.accesses import Access, Outcome, summarize
+from microcontainer_tool.closure.accesses import Access, Outcome
+from microcontainer_tool.closure.proposals import MissingFile, Owners, proposal_lines, propose
 from microcontainer_tool.errors import RunError
 from microcontainer_tool.runtime.containers import default_state_dir, run
 from microcontainer_tool.runtime.tracer import read_log, strace_prefix
-from microcontainer_tool.sources.dpkg import DpkgDatabase
 from microcontainer_tool.sources.sysroot import SysRoot
-
-#: Lookups that fail in a correct image: the build writes ``/etc/ld.so.cache``
-#: only when the image's loader needs it, and nothing wants a preload file.
-EXPECTED_ABSENT = frozenset({"/etc/ld.so.cache", "/etc/ld.so.preload"})
-
-_LIBRARY_RE = re.compile(r"\.so(\.[0-9]+)*$")
-
-Owners = Callable[[Sequence[str]], dict[str, str]]
-"""Canonical sysroot paths -> the name of the package owning each (those that have one)."""
-
-
-@dataclass(frozen=True)
-class MissingFile:
-    """A path the program looked for that the sysroot has and the image lacks.
-
-    Attributes:
-        path: the path as the program looked it up.
-        canonical: the same path in the sysroot with symlinks resolved.
-        package: the package owning it in the sysroot, if known.
-        key: the spec key that adds it: ``libs`` (a shared library) or ``paths``.
-        kind: ``file``, ``library``, ``program`` (executed) or ``directory`` (listed).
-    """
-
-    path: str
-    canonical: str
-    package: str | None
-    key: str
-    kind: str
-
-    @property
-    def spec_line(self) -> str:
-        """The spec entry that adds it, e.g. ``paths: [- /usr/lib/...]``."""
-        return f"{self.key}: [- {self.path}]"
 
 
 @dataclass
@@ -95,63 +58,12 @@ class ProbeReport:
             return out
         out.append(f"probe: {len(self.missing)} paths the program looked for are in the sysroot "
                    "but not in the image:")
-        width = max(len(item.path) for item in self.missing)
-        for item in self.missing:
-            owner = item.package or "no package"
-            out.append(f"  {item.path:<{width}}  {item.kind:<9} ({owner})  {item.spec_line}")
-        out.append("probe: add to the spec:")
-        for key in ("paths", "libs"):
-            entries = [item.path for item in self.missing if item.key == key]
-            if entries:
-                out.append(f"  {key}:")
-                out.extend(f"    - {path}" for path in entries)
-        return out
-
-
-def dpkg_owners(sysroot: SysRoot) -> Owners:
-    """Owner lookup through a Debian sysroot's dpkg database (no owners if it has none)."""
-    database = DpkgDatabase.open(sysroot)
-
-    def owners(paths: Sequence[str]) -> dict[str, str]:
-        if database is None:
-            return {}
-        return {path: package.name for path, package in database.owners(paths).items()}
-
-    return owners
-
-
-def table_owners(table: dict[str, str]) -> Owners:
-    """Owner lookup in a path -> ``NAME-VERSION-RELEASE.ARCH`` table (an RPM sysroot's)."""
-
-    def owners(paths: Sequence[str]) -> dict[str, str]:
-        return {path: table[path].rsplit("-", 2)[0] for path in paths if path in table}
-
-    return owners
+        return out + proposal_lines(self.missing, "probe: add to the spec:")
 
 
 def missing_files(accesses: Iterable[Access], sysroot: SysRoot, owners: Owners) -> list[MissingFile]:
     """The paths looked for in vain that ``sysroot`` has, with owner and spec key, sorted by path."""
-    found: list[tuple[str, str, str]] = []  # (path, canonical, kind)
-    for path, access in sorted(summarize(accesses).items()):
-        if access.outcome is not Outcome.MISSING or path in EXPECTED_ABSENT:
-            continue
-        resolved = sysroot.resolve(path)
-        if resolved is None:
-            continue
-        if stat.S_ISDIR(resolved.st.st_mode):
-            if access.directory:
-                found.append((path, resolved.path, "directory"))
-            continue
-        if access.syscall in ("execve", "execveat"):
-            kind = "program"
-        elif stat.S_ISREG(resolved.st.st_mode) and _LIBRARY_RE.search(resolved.path):
-            kind = "library"
-        else:
-            kind = "file"
-        found.append((path, resolved.path, kind))
-    owned = owners([canonical for _, canonical, _ in found])
-    return [MissingFile(path, canonical, owned.get(canonical), "libs" if kind == "library" else "paths", kind)
-            for path, canonical, kind in found]
+    return propose(accesses, sysroot, owners, lambda access: access.outcome is Outcome.MISSING)
 
 
 def probe_image(image: str, args: Sequence[str], sysroot: SysRoot, owners: Owners, *, cache_dir: str,
