@@ -117,9 +117,15 @@ def test_write_then_build_probe_passes_and_the_image_runs(tmp_path: Path) -> Non
 
 def test_iconv_in_the_sysroot_proposes_the_gconv_files(tmp_path: Path) -> None:
     spec = tmp_path / "microimage.yaml"
-    # auto_packs off: the automatic gconv pack would already hold every module (tests/test_packs.py)
-    spec.write_text("from: /\nauto_packs: false\npaths: [/usr/bin/iconv]\n")
     text = "/usr/share/common-licenses/Apache-2.0"  # the input is a file of the sysroot (ASCII)
+    # with automatic packs (the default) the gconv pack already holds what iconv loads:
+    # nothing of it is proposed
+    spec.write_text("from: /\npaths: [/usr/bin/iconv]\n")
+    proc = _trace(spec, tmp_path / "cache", "iconv", "-f", "UTF-8", "-t", "EUC-JP", text)
+    assert proc.returncode == 0, proc.stderr
+    assert not [p for p in _proposed(proc.stdout) if p.startswith(GCONV)]
+    # auto_packs off: the trace finds what the pack would have brought
+    spec.write_text("from: /\nauto_packs: false\npaths: [/usr/bin/iconv]\n")
     proc = _trace(spec, tmp_path / "cache", "iconv", "-f", "UTF-8", "-t", "EUC-JP", text)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == Path(text).read_text()  # the program's output goes to stderr; the report is stdout
