@@ -16,10 +16,14 @@ raises :class:`~microcontainer_tool.errors.ElfError` with a one-line message.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 from microcontainer_tool.errors import ElfError
+
+_T = TypeVar("_T")
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -151,14 +155,22 @@ def read_elf(host_path: str, label: str | None = None) -> ElfInfo | None:
     Raises:
         ElfError: the file is ELF but truncated or corrupt, or unreadable.
     """
+    return _read_with(host_path, label, _parse, None)
+
+
+def _read_with(host_path: str, label: str | None, parse: Callable[[_Reader, bytes], _T], not_elf: _T) -> _T:
+    """Open ``host_path`` and hand an ELF file to ``parse``; ``not_elf`` for anything else.
+
+    Raises:
+        ElfError: the file is ELF but truncated or corrupt, or unreadable.
+    """
     try:
         with open(host_path, "rb") as handle:
             head = handle.read(64)
             if head[:4] != ELF_MAGIC:
-                return None
+                return not_elf
             handle.seek(0, 2)
-            reader = _Reader(handle, label or host_path, handle.tell())
-            return _parse(reader, head)
+            return parse(_Reader(handle, label or host_path, handle.tell()), head)
     except OSError as err:
         raise ElfError(f"{label or host_path}: cannot read ELF file: {err.strerror or err}") from err
     except struct.error as err:  # defensive: every unpack is length-checked
@@ -224,19 +236,12 @@ def undefined_symbols(host_path: str, label: str | None = None) -> frozenset[str
     Raises:
         ElfError: the file is ELF but truncated or corrupt, or unreadable.
     """
-    try:
-        with open(host_path, "rb") as handle:
-            head = handle.read(64)
-            if head[:4] != ELF_MAGIC:
-                return frozenset()
-            handle.seek(0, 2)
-            reader = _Reader(handle, label or host_path, handle.tell())
-            ei_class, little, layout, _machine, segments = _headers(reader, head)
-            return _undefined(reader, layout, little, segments)
-    except OSError as err:
-        raise ElfError(f"{label or host_path}: cannot read ELF file: {err.strerror or err}") from err
-    except struct.error as err:
-        raise ElfError(f"{label or host_path}: corrupt ELF file ({err})") from err
+    return _read_with(host_path, label, _parse_undefined, frozenset())
+
+
+def _parse_undefined(reader: _Reader, head: bytes) -> frozenset[str]:
+    _ei_class, little, layout, _machine, segments = _headers(reader, head)
+    return _undefined(reader, layout, little, segments)
 
 
 def _undefined(reader: _Reader, layout: _Layout, little: bool, segments: list[_Segment]) -> frozenset[str]:
