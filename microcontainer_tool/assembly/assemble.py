@@ -336,6 +336,10 @@ class _Assembler:
                 st = self.sysroot.lstat(real)
                 if st is None:
                     continue
+                if stat.S_ISLNK(st.st_mode):
+                    resolved = self.sysroot.resolve(real)
+                    if resolved is not None and self._excluded(resolved.path):
+                        continue  # excludes match the resolved path too: the link would bring it back
                 if stat.S_ISDIR(st.st_mode):
                     self.tree.add(Entry(real, EntryKind.DIR, DIR_MODE, provenance=(prov,)))
                     stack.append((real, shown))
