@@ -300,6 +300,15 @@ def test_glibc_version_from_file_names_and_banners(tmp_path: Path) -> None:
     (lib / "libc.so.6").unlink()
     (lib / "libc.so.6").symlink_to("libc-2.17.so")
     assert packs.glibc_version(SysRoot(str(tmp_path)), "/usr/lib64/libc.so.6") == (2, 17)
+    # CentOS 7's RPM layout: /lib64 -> usr/lib64, and the closure names libc by its real file
+    (tmp_path / "lib64").symlink_to("usr/lib64")
+    for path in ("/lib64/libc.so.6", "/lib64/libc-2.17.so", "/usr/lib64/libc-2.17.so"):
+        assert packs.glibc_version(SysRoot(str(tmp_path)), path) == (2, 17), path
+    (lib / "libc-2.28.so").write_bytes(b"")  # a stale file beside it: the link's target answers
+    (lib / "libc.so.6").unlink()
+    (lib / "libc.so.6").symlink_to("libc-2.28.so")
+    assert packs.glibc_version(SysRoot(str(tmp_path)), "/lib64/libc.so.6") == (2, 28)
+    (lib / "libc-2.28.so").unlink()
     (lib / "libc.so.6").unlink()
     (lib / "libc-2.17.so").unlink()
     (lib / "libc.so.6").write_bytes(b"no banner")

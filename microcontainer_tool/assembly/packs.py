@@ -103,9 +103,12 @@ def libc_path(objects: Mapping[str, ElfInfo]) -> str | None:
 def glibc_version(root: SysRoot, libc: str) -> tuple[int, int] | None:
     """The glibc version of a sysroot, read from its files.
 
-    Old glibc ships ``libc-2.17.so`` beside the ``libc.so.6`` link: that name
-    answers. Otherwise the banner string every ``libc.so.6`` carries (``GNU C
-    Library (Debian GLIBC 2.36-9) stable release version 2.36.``) does.
+    Old glibc ships ``libc-2.17.so`` beside the ``libc.so.6`` link: the name
+    of the file ``libc`` resolves to answers (through directory links such as
+    RPM's ``/lib64 -> usr/lib64``), else such a name in its directory (a
+    ``libc.so.6`` copied without its link). Otherwise the banner string every
+    ``libc.so.6`` carries (``GNU C Library (Debian GLIBC 2.36-9) stable
+    release version 2.36.``) does.
 
     Args:
         root: the sysroot.
@@ -114,11 +117,12 @@ def glibc_version(root: SysRoot, libc: str) -> tuple[int, int] | None:
     Returns:
         ``(major, minor)``, or ``None`` when neither tells.
     """
-    for name in _listdir(root, posixpath.dirname(libc))[1]:
+    resolved = root.resolve(libc)
+    names = [posixpath.basename(resolved.path)] if resolved is not None else []
+    for name in names + _listdir(root, posixpath.dirname(libc))[1]:
         match = _LIBC_FILE.match(name)
         if match:
             return int(match.group(1)), int(match.group(2))
-    resolved = root.resolve(libc)
     if resolved is None or not stat.S_ISREG(resolved.st.st_mode) or resolved.st.st_size > MAX_LIBC:
         return None
     with open(root.host_path(resolved.path), "rb") as handle:
