@@ -6,12 +6,20 @@ with ``rpmbuild`` and signed by ``rpmsign --addsign`` with each of them. The
 oracle for the verdicts is ``rpmkeys --checksig`` with a temporary rpm
 database. Rocky Linux 9 packages are checked against the Rocky key shipped in
 their own ``rocky-gpg-keys`` package, and against our key ("unknown key").
+
+Packages as rpm < 4.14 made them (CentOS/RHEL 7, Amazon Linux 2) cannot be
+downloaded here; they are made from a built one by renaming its payload digest
+tags away (:func:`without_payload_digest`) and signing it with ``rpmsign
+--rpmv3``, which adds the legacy header+payload signature.
+CentOS 7's v3 signature packets are written by :func:`with_v3_signatures` with
+the RSA secret key exported from ``gpg``; ``rpmkeys`` accepts each of them.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -19,7 +27,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_RPMS, require_shared_rpms
+from conftest import SHARED_RPMS, assert_one_line_error, make_repo, require_shared_rpms, run_cli
 from rpmbuild_fixtures import build_rpm, have_rpmbuild
 
 from microcontainer_tool.errors import MicrocontainerError, RpmError
@@ -118,7 +126,17 @@ def art(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
         }
         legacy = without_payload_digest(unsigned, work / "legacy.rpm")
         art["legacy"] = legacy
-        art["by-rsa-legacy"] = gpg.sign(legacy, rsa, work / "by-rsa-legacy.rpm")
+        # rpmsign adds a header+payload signature to a package without payload digest even
+        # without --rpmv3: remove it to get a header-only signature that does not cover the payload
+        signed = gpg.sign(legacy, rsa, work / "by-rsa-legacy-both.rpm")
+        art["by-rsa-legacy"] = work / "by-rsa-legacy.rpm"
+        art["by-rsa-legacy"].write_bytes(rewrite_signature_header(signed.read_bytes(), {1002: None}))
+        art["by-rsa-legacy-v3"] = gpg.sign(legacy, rsa, work / "by-rsa-legacy-v3.rpm", "--rpmv3")
+        secret = rsa_secret(gpg, rsa)
+        art["centos7-style"] = with_v3_signatures(art["by-rsa-legacy-v3"], secret,
+                                                  work / "centos7-style.rpm")
+        art["payload-sig-only"] = with_v3_signatures(art["by-rsa-legacy-v3"], secret,
+                                                     work / "payload-sig-only.rpm", header_sig=False)
     finally:
         gpg.stop()
     return art
@@ -174,6 +192,98 @@ def without_payload_digest(src: Path, dst: Path) -> Path:
             renamed += 1
     assert renamed == 3
     dst.write_bytes(fix_digests(data))
+    return dst
+
+
+def rsa_secret(gpg: Gpg, key: str) -> tuple[str, int, int]:
+    """(key id, n, d) of an unprotected RSA key, from its exported secret key packet."""
+    data = subprocess.run([GPG, "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+                           "--export-secret-keys", key], check=True, capture_output=True,
+                          env=gpg.env).stdout
+    first = data[0]
+    assert first & 0x80 and not first & 0x40 and (first >> 2) & 0x0F == 5, "a secret key packet"
+    size = 1 << (first & 0x03)
+    body = data[1 + size:1 + size + int.from_bytes(data[1:1 + size], "big")]
+    assert body[0] == 4 and body[5] == 1, "a v4 RSA key"
+
+    def mpis(pos: int, count: int) -> tuple[list[int], int]:
+        out = []
+        for _ in range(count):
+            length = (int.from_bytes(body[pos:pos + 2], "big") + 7) // 8
+            out.append(int.from_bytes(body[pos + 2:pos + 2 + length], "big"))
+            pos += 2 + length
+        return out, pos
+
+    (n, _e), pos = mpis(6, 2)
+    assert body[pos] == 0, "not passphrase-protected"
+    (d, _p, _q, _u), _ = mpis(pos + 1, 4)
+    return key, n, d
+
+
+def v3_signature(signed: bytes, secret: tuple[str, int, int]) -> bytes:
+    """An old-format v3 RSA/SHA256 binary-document signature packet, as CentOS 7 packages carry."""
+    key_id, n, d = secret
+    created = (1600000000).to_bytes(4, "big")
+    digest = hashlib.sha256(signed + b"\x00" + created).digest()
+    info = bytes.fromhex("3031300d060960864801650304020105000420") + digest  # PKCS#1 DigestInfo
+    size = (n.bit_length() + 7) // 8
+    encoded = b"\x00\x01" + b"\xff" * (size - len(info) - 3) + b"\x00" + info
+    s = pow(int.from_bytes(encoded, "big"), d, n)
+    body = (bytes([3, 5, 0]) + created + bytes.fromhex(key_id) + bytes([1, 8]) + digest[:2]
+            + s.bit_length().to_bytes(2, "big") + s.to_bytes((s.bit_length() + 7) // 8, "big"))
+    return b"\x89" + len(body).to_bytes(2, "big") + body
+
+
+def rewrite_signature_header(data: bytes, changes: dict[int, bytes | None]) -> bytes:
+    """The package with binary signature tags replaced (``None``: removed); the store is rebuilt."""
+    sig_store, sig_index, header, _ = _headers(data)
+    nindex, hsize = struct.unpack(">II", data[96 + 8:96 + 16])
+    store = data[sig_store:sig_store + hsize]
+    entries = [struct.unpack(">iIiI", data[sig_index + 16 * i:sig_index + 16 * i + 16])
+               for i in range(nindex)]
+    assert entries[0][0] == 62, "the signature region tag comes first"
+
+    def length(kind: int, offset: int, count: int) -> int:
+        if kind in (6, 8, 9):  # strings: up to the count-th NUL
+            end = offset
+            for _ in range(count):
+                end = store.index(b"\0", end) + 1
+            return end - offset
+        return count * {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1}[kind]
+
+    kept = []
+    for tag, kind, offset, count in entries[1:]:
+        blob = store[offset:offset + length(kind, offset, count)]
+        if tag in changes:
+            new = changes[tag]
+            if new is None:
+                continue
+            assert kind == 7
+            blob, count = new, len(new)
+        kept.append((offset, tag, kind, count, blob))
+    out = bytearray()
+    index = []
+    for _, tag, kind, count, blob in sorted(kept):  # the original data order
+        out += b"\0" * (-len(out) % {3: 2, 4: 4, 5: 8}.get(kind, 1))
+        index.append((tag, kind, len(out), count))
+        out += blob
+    total = len(kept) + 1
+    index.insert(0, (62, 7, len(out), 16))
+    out += struct.pack(">iIiI", 62, 7, -16 * total, 16)
+    blob = (b"\x8e\xad\xe8\x01\0\0\0\0" + struct.pack(">II", total, len(out))
+            + b"".join(struct.pack(">iIiI", *entry) for entry in sorted(index)) + bytes(out))
+    return data[:96] + blob + b"\0" * (-len(blob) % 8) + data[header:]
+
+
+def with_v3_signatures(src: Path, secret: tuple[str, int, int], dst: Path,
+                       header_sig: bool = True) -> Path:
+    """The package re-signed with v3 packets (RSAHEADER, if ``header_sig``, and header+payload)."""
+    data = src.read_bytes()
+    _, _, header, payload = _headers(data)
+    changes: dict[int, bytes | None] = {
+        268: v3_signature(data[header:payload], secret) if header_sig else None,
+        1002: v3_signature(data[header:], secret)}
+    dst.write_bytes(rewrite_signature_header(data, changes))
     return dst
 
 
@@ -270,21 +380,71 @@ def test_tampered_header_with_stale_digests(art: dict, tmp_path: Path) -> None:
     assert "digest mismatch" in one_line(err)
 
 
-def test_without_payload_digest(art: dict) -> None:
+def test_without_payload_digest(art: dict, tmp_path: Path) -> None:
     """rpm < 4.14 packages: the header signature does not commit to the payload."""
     keys = load_keys(str(art["rsa.asc"]), no_fetch)
     with pytest.raises(RpmError) as err:
         verify_signature(str(art["by-rsa-legacy"]), keys)
     assert "does not cover the payload" in one_line(err)
     assert verify_signature(str(art["by-rsa-legacy"]), keys, header_only_ok=True) == art["rsa"]
+    # rpm -K says OK: it does not require the payload to be signed; this tool does
+    assert rpmkeys_verdict(art["by-rsa-legacy"], art["rsa.asc"], tmp_path / "db") == "OK"
     with pytest.raises(RpmError, match="not signed"):
         verify_signature(str(art["legacy"]), keys, header_only_ok=True)
+
+
+LEGACY = ["by-rsa-legacy-v3", "centos7-style", "payload-sig-only"]
+
+
+@pytest.mark.parametrize("package", LEGACY)
+def test_legacy_header_and_payload_signature(art: dict, package: str, tmp_path: Path) -> None:
+    """rpm < 4.14 packages: the header+payload signature covers the payload."""
+    keys = load_keys(str(art["rsa.asc"]), no_fetch)
+    assert verify_signature(str(art[package]), keys) == art["rsa"]
+    assert rpmkeys_verdict(art[package], art["rsa.asc"], tmp_path / "db") == "OK"
+
+
+@pytest.mark.parametrize("package", LEGACY)
+def test_legacy_tampered_payload(art: dict, package: str, tmp_path: Path) -> None:
+    bad = tampered(art[package], tmp_path / "bad.rpm", "payload")
+    with pytest.raises(RpmError) as err:
+        verify_signature(str(bad), load_keys(str(art["rsa.asc"]), no_fetch),
+                         label="signme-1.0-1.x86_64 (from file:///repo)")
+    assert one_line(err) == ("signme-1.0-1.x86_64 (from file:///repo): bad signature by key "
+                             f"0x{art['rsa']} (the header and payload are not the signed ones: "
+                             "header+payload signature mismatch)")
+    assert rpmkeys_verdict(bad, art["rsa.asc"], tmp_path / "db") == "BAD"
+
+
+def test_legacy_md5_mismatch(art: dict, tmp_path: Path) -> None:
+    """The MD5 of header+payload is checked too (here it is the only thing that is wrong)."""
+    data = bytearray(Path(art["by-rsa-legacy-v3"]).read_bytes())
+    at, _ = _sig_entry(bytes(data), 1004)
+    data[at] ^= 0x01
+    bad = tmp_path / "md5.rpm"
+    bad.write_bytes(data)
+    with pytest.raises(RpmError) as err:
+        verify_signature(str(bad), load_keys(str(art["rsa.asc"]), no_fetch))
+    assert "bad signature: the header and payload are not the signed ones (md5 digest mismatch)" \
+        in one_line(err)
+    assert rpmkeys_verdict(bad, art["rsa.asc"], tmp_path / "db") == "BAD"
+
+
+@pytest.mark.parametrize("package", LEGACY)
+def test_legacy_with_another_key(art: dict, package: str, tmp_path: Path) -> None:
+    with pytest.raises(RpmError) as err:
+        verify_signature(str(art[package]), load_keys(str(art["ed.asc"]), no_fetch))
+    assert f"signed with unknown key 0x{art['rsa']}" in one_line(err)
+    assert rpmkeys_verdict(art[package], art["ed.asc"], tmp_path / "db") == "NOKEY"
 
 
 def test_verdicts_agree_with_rpmkeys(art: dict, tmp_path: Path) -> None:
     keys = load_keys(str(art["rsa.asc"]), no_fetch)
     rocky = sorted(glob.glob(f"{ROCKY}/*.rpm"))[:1]
-    for package in [art["by-rsa"], art["by-ed"], art["by-sub"], art["unsigned"], *rocky]:
+    legacy = [art[name] for name in LEGACY]
+    bad = [tampered(art[name], tmp_path / f"{name}-bad.rpm", "payload") for name in LEGACY]
+    for package in [art["by-rsa"], art["by-ed"], art["by-sub"], art["unsigned"], *rocky,
+                    *legacy, *bad]:
         want = rpmkeys_verdict(Path(package), art["rsa.asc"], tmp_path / "db")
         try:
             verify_signature(str(package), keys)
@@ -293,6 +453,33 @@ def test_verdicts_agree_with_rpmkeys(art: dict, tmp_path: Path) -> None:
             got = ("UNSIGNED" if "not signed" in str(exc) else
                    "NOKEY" if "unknown key" in str(exc) else "BAD")
         assert got == want, package
+
+
+def test_legacy_signed_package_builds_an_image(art: dict, tmp_path: Path) -> None:
+    """From a repository with gpgkey: accepted and built; a tampered copy is refused by NEVRA and URL."""
+    def build(name: str, package: Path) -> tuple[Path, subprocess.CompletedProcess]:
+        repo = make_repo(tmp_path / f"{name}-repo", [package])
+        spec = tmp_path / f"{name}-spec"
+        spec.mkdir()
+        (spec / "microimage.yaml").write_text(
+            f"packages: [signme]\narch: x86_64\n"
+            f"repos: [{{baseurl: 'file://{repo}', gpgkey: 'file://{art['rsa.asc']}'}}]\n")
+        return repo, run_cli("build", "-c", str(spec), "-o", str(tmp_path / f"{name}-image"),
+                             "--cache-dir", str(tmp_path / f"{name}-cache"))
+
+    _, proc = build("good", Path(art["centos7-style"]))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("inspect", "--json", str(tmp_path / "good-image"))
+    assert proc.returncode == 0, proc.stderr
+    assert "usr/share/signme/data" in {f["path"].lstrip("/") for f in json.loads(proc.stdout)["files"]}
+
+    (tmp_path / "bad").mkdir()
+    bad = tampered(Path(art["centos7-style"]), tmp_path / "bad" / "signme-1.0-1.x86_64.rpm", "payload")
+    repo, proc = build("bad", bad)
+    assert_one_line_error(proc, f"signme-1.0-1.x86_64 (from file://{repo}/): bad signature by key "
+                                f"0x{art['rsa']}")
+    assert "bad-cache" not in proc.stderr
+    assert not (tmp_path / "bad-image").exists()
 
 
 # --------------------------------------------------------------------------- Rocky Linux

@@ -134,6 +134,12 @@ class HashingReader:
         while self._raw_read(CHUNK):
             pass
 
+    def payload_digest_matches(self) -> bool | None:
+        """Whether the bytes read so far match the header's ``PAYLOADDIGEST`` (``None``: it has none)."""
+        if self._payload_hash is None:
+            return None
+        return self._payload_hash.hexdigest() == self._pkg.payload_digest
+
     def verify(self) -> None:
         """Check sizes and payload digests once everything was read."""
         pkg, path = self._pkg, self._path
@@ -142,7 +148,7 @@ class HashingReader:
             if actual < pkg.signed_size:
                 raise RpmError(f"{path}: truncated ({pkg.signed_size - actual} bytes missing)")
             raise RpmError(f"{path}: {actual - pkg.signed_size} unexpected bytes after the payload")
-        if self._payload_hash is not None and self._payload_hash.hexdigest() != pkg.payload_digest:
+        if self.payload_digest_matches() is False:
             raise RpmError(f"{path}: payload {pkg.payload_algo} digest mismatch (corrupt payload)")
         if self._md5 is not None and self._md5.digest() != pkg.md5:
             raise RpmError(f"{path}: md5 digest mismatch (corrupt package)")

@@ -164,6 +164,7 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
     from microcontainer_tool.sources.rpm.signature import load_keys, verify_signature
 
     gpgkeys = {r.id: r.gpgkey for r in spec.repos if r.gpgkey}
+    baseurls = {r.id: r.baseurl for r in spec.repos}
     # The keys are part of the key: a sysroot extracted before a key was added
     # is never reused unchecked (strings, not fetched keys: offline hits work).
     key = hashlib.sha256(json.dumps([[vars(p) for p in lock.packages], sorted(gpgkeys.items())],
@@ -188,7 +189,8 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
         if package.repo in gpgkeys:
             if package.repo not in rings:
                 rings[package.repo] = load_keys(gpgkeys[package.repo], fetch.get, base_dir=spec.base_dir)
-            verify_signature(path, rings[package.repo])
+            verify_signature(path, rings[package.repo],
+                             label=f"{package.nevra} (from {baseurls.get(package.repo, package.url)})")
         files.append(path)
     return _extract_all(lock, files, sysroots, root, meta)
 

@@ -16,14 +16,30 @@ What is checked, and how:
   EdDSA, ...), by ``rpm_rs.PackageMetadata.check_signatures`` on the lead and
   headers only, so a large payload is never held in memory;
 * the payload, by streaming it through the header's ``PAYLOADDIGEST`` (the
-  signed header commits to the payload through that digest, as in rpm itself).
+  signed header commits to the payload through that digest, as in rpm itself);
+* the legacy *header+payload* OpenPGP signature (``SIGPGP``; v3 or v4
+  signature packets) and the ``MD5`` digest of header+payload, which is all
+  that covers the payload of a package built by rpm < 4.14 (CentOS/RHEL 7,
+  Amazon Linux 2, Oracle Linux 7): ``rpm_rs`` does not verify these, so this
+  module does, as ``rpm -K`` does: the main header bytes and then the
+  compressed payload bytes are hashed while they are read (one pass, bounded
+  memory, together with the payload digest), and the signature is checked
+  with the RSA public key (PKCS#1 v1.5, SHA-1 or SHA-2) of the issuing
+  (sub)key in the ring (plain integer arithmetic, no extra dependency).
+  DSA (``SIGGPG``) cannot be checked: ``rpm_rs`` does not load DSA keys, so a
+  DSA ``gpgkey`` is refused when it is read.
 
-Packages built by rpm < 4.14 have no ``PAYLOADDIGEST``: their payload is only
-covered by the legacy header+payload signature (``SIGPGP``/``SIGGPG``), which
-``rpm_rs`` does not verify. They are refused unless ``header_only_ok=True``, in
-which case the caller must check every file against the (signed) header's file
-digests, as :func:`~microcontainer_tool.sources.rpm.cpio.extract_rpm` does by default for
-exactly such packages.
+A package is accepted when a signature by a key of the ring covers its payload:
+a verified header signature together with a matching ``PAYLOADDIGEST``, or a
+verified header+payload signature. Any signature or digest that is present and
+does not match refuses the package (as ``rpm -K`` says ``BAD``). A package whose
+only verified signature is the header one and that has no payload digest is
+refused unless ``header_only_ok=True``, in which case the caller must check
+every file against the (signed) header's file digests, as
+:func:`~microcontainer_tool.sources.rpm.cpio.extract_rpm` does by default for
+exactly such packages. A header+payload signature by a non-RSA key of the ring
+(EdDSA, ...) is not checked; it is ignored when the payload digest covers the
+payload, and refuses the package otherwise.
 
 Keys are parsed here too (ASCII armor with its CRC, or binary packets), so that
 a signature by a key that is not in the ring ("unknown key") is told apart from
@@ -51,8 +67,8 @@ from urllib.parse import unquote, urlparse
 import rpm_rs  # type: ignore[import-untyped]
 
 from microcontainer_tool.errors import RpmError
-from microcontainer_tool.sources.rpm.header import open_package, read_headers
-from microcontainer_tool.sources.rpm.payload import CHUNK
+from microcontainer_tool.sources.rpm.header import PackageHeaders, open_package, read_headers
+from microcontainer_tool.sources.rpm.payload import HashingReader
 
 __all__ = ["KeyRing", "PublicKey", "load_keys", "parse_keys", "verify_signature"]
 
@@ -68,7 +84,26 @@ _SIG_DSAHEADER = 267
 _SIG_RSAHEADER = 268
 _SIG_OPENPGP = 278
 _SIG_PGP = 1002   # legacy header+payload signatures
+_SIG_MD5 = 1004   # legacy MD5 of header+payload
 _SIG_GPG = 1005
+
+# Public-key algorithms and hash algorithms of header+payload signatures (RFC 4880, 9.1, 9.4).
+_PK_RSA = (1, 3)  # RSA, RSA sign-only
+_PK_NAMES = {1: "RSA", 3: "RSA", 16: "ElGamal", 17: "DSA", 18: "ECDH", 19: "ECDSA", 22: "EdDSA",
+             27: "Ed25519", 28: "Ed448"}
+_SIG_HASHES = {2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
+# The ASN.1 DigestInfo prefix of EMSA-PKCS1-v1_5 for each hash (RFC 4880, 5.2.2).
+_DIGEST_INFO = {
+    "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
+    "sha224": bytes.fromhex("302d300d06096086480165030402040500041c"),
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+_PKT_SIGNATURE = 2
+_SUB_ISSUER = 16
+_SUB_ISSUER_FPR = 33
+_SIGTYPE_BINARY = 0x00
 
 _MAX_KEY_FILE = 1 << 20
 _ARMOR = re.compile(rb"-----BEGIN PGP ([A-Z0-9 ,/]+)-----[ \t]*\r?\n(.*?)-----END PGP \1-----",
@@ -90,6 +125,8 @@ class PublicKey:
         subkey_ids: the key ids of its subkeys.
         user_ids: its user ids (``Name <mail>``), for messages.
         source: where it was read from.
+        material: ``(key id, algorithm, public integers n and e)`` of each of
+            its v4 RSA (sub)keys, to check legacy header+payload signatures with.
     """
 
     fingerprint: str
@@ -98,6 +135,7 @@ class PublicKey:
     subkey_ids: tuple[str, ...] = ()
     user_ids: tuple[str, ...] = ()
     source: str = ""
+    material: tuple[tuple[str, int, tuple[int, ...]], ...] = ()
 
     @property
     def all_ids(self) -> tuple[str, ...]:
@@ -193,6 +231,8 @@ class _Builder:
                         known,
                         subkey_fingerprints=known.subkey_fingerprints + tuple(f for f, _ in extra),
                         subkey_ids=known.subkey_ids + tuple(k for _, k in extra),
+                        material=known.material + tuple(m for m in key.material
+                                                        if m[0] in {k for _, k in extra}),
                         user_ids=known.user_ids + tuple(u for u in key.user_ids
                                                         if u not in known.user_ids))
                     break
@@ -271,10 +311,41 @@ def _parse(data: bytes, source: str) -> list[tuple[PublicKey, bytes]]:
 
 def _public_key(packets: list[tuple[int, bytes, bytes]], source: str) -> PublicKey:
     fingerprint, key_id = _fingerprint(packets[0][2], source)
-    subkeys = [_fingerprint(body, source) for tag, _, body in packets if tag == _PKT_PUBLIC_SUBKEY]
+    bodies = [body for tag, _, body in packets if tag == _PKT_PUBLIC_SUBKEY]
+    subkeys = [_fingerprint(body, source) for body in bodies]
     uids = tuple(body.decode("utf-8", "replace") for tag, _, body in packets if tag == _PKT_USER_ID)
+    material = []
+    for (_, kid), body in zip([(fingerprint, key_id), *subkeys], [packets[0][2], *bodies], strict=True):
+        numbers = _key_material(body)
+        if numbers is not None:
+            material.append((kid, *numbers))
     return PublicKey(fingerprint, key_id, tuple(f for f, _ in subkeys), tuple(i for _, i in subkeys),
-                     uids, source)
+                     uids, source, tuple(material))
+
+
+def _key_material(body: bytes) -> tuple[int, tuple[int, ...]] | None:
+    """(algorithm, (n, e)) of a v4 RSA (sub)key packet body, else ``None``."""
+    if len(body) < 6 or body[0] != 4 or body[5] not in _PK_RSA:
+        return None
+    try:
+        numbers, _ = _mpis(body, 6, 2)
+    except ValueError:
+        return None  # rpm_rs judged the key; a key we cannot read just signs nothing legacy
+    return body[5], numbers
+
+
+def _mpis(data: bytes, pos: int, count: int) -> tuple[tuple[int, ...], int]:
+    """``count`` OpenPGP multiprecision integers from ``pos``; ``ValueError`` if truncated."""
+    out = []
+    for _ in range(count):
+        if pos + 2 > len(data):
+            raise ValueError("truncated integer")
+        size = (int.from_bytes(data[pos:pos + 2], "big") + 7) // 8
+        if pos + 2 + size > len(data):
+            raise ValueError("truncated integer")
+        out.append(int.from_bytes(data[pos + 2:pos + 2 + size], "big"))
+        pos += 2 + size
+    return tuple(out), pos
 
 
 def _fingerprint(body: bytes, source: str) -> tuple[str, str]:
@@ -386,86 +457,242 @@ def _armor(data: bytes) -> bytes:
 # --------------------------------------------------------------------------- packages
 
 
-def verify_signature(path: str, keys: KeyRing, *, header_only_ok: bool = False) -> str:
+def verify_signature(path: str, keys: KeyRing, *, header_only_ok: bool = False,
+                     label: str | None = None) -> str:
     """Check that a package is signed by one of ``keys`` and intact.
 
     Args:
         path: a local ``.rpm`` file.
         keys: from :func:`load_keys`.
         header_only_ok: accept a package without a payload digest (rpm < 4.14)
-            on its header signature alone; the caller must then check each
-            file against the header's file digests (``extract_rpm`` does so by
-            default for such packages).
+            and without a verifiable header+payload signature on its header
+            signature alone; the caller must then check each file against the
+            header's file digests (``extract_rpm`` does so by default for such
+            packages).
+        label: what messages call the package (default: ``path``), e.g. its
+            NEVRA and repository URL rather than a cache file.
 
     Returns:
         The id (16 lowercase hex digits) of the key, or signing subkey, that
-        made the verified signature.
+        made the verified signature covering the payload.
 
     Raises:
-        RpmError: one line, ``PATH: not signed``, ``PATH: signed with unknown key
-            0x...``, ``PATH: bad signature ...`` (the header or the payload is
-            not what was signed), or the package is corrupt or unreadable.
+        RpmError: one line, ``LABEL: not signed``, ``LABEL: signed with unknown
+            key 0x...``, ``LABEL: bad signature ...`` (the header or the payload
+            is not what was signed, or a digest does not match), or the package
+            is corrupt or unreadable.
     """
+    what = label or path
     with open_package(path) as handle:
-        pkg = read_headers(handle, path)  # structure + header digests
-        if not any(pkg.signature.has(t) for t in (_SIG_RSAHEADER, _SIG_DSAHEADER, _SIG_OPENPGP)):
-            if any(pkg.signature.has(t) for t in (_SIG_PGP, _SIG_GPG)):
-                raise RpmError(f"{path}: only has a legacy header+payload signature, "
-                               "which cannot be verified (no header signature)")
-            raise RpmError(f"{path}: not signed")
+        pkg = read_headers(handle, what)  # structure + header digests
+        has_header_sig = any(pkg.signature.has(t) for t in (_SIG_RSAHEADER, _SIG_DSAHEADER, _SIG_OPENPGP))
+        legacy_tag = next((t for t in (_SIG_PGP, _SIG_GPG) if pkg.signature.has(t)), None)
+        if not has_header_sig and legacy_tag is None:
+            raise RpmError(f"{what}: not signed")
 
-        meta = _call(lambda: rpm_rs.PackageMetadata.from_bytes(pkg.prefix),
-                     f"{path}: unreadable header")
-        report = _call(lambda: meta.check_signatures(keys._verifier),
-                       f"{path}: bad signature: unreadable signature")
-        results = list(report.signatures)
-        if not results:
-            raise RpmError(f"{path}: bad signature: no readable signature packet")
-
-        verified = None
+        verified: str | None = None
         unknown: list[str] = []
-        bad: list[str] = []
-        for result in results:
-            info = result.info
-            key_id = (info.key_id or "").lower()
-            fingerprint = (info.fingerprint or "").lower()
-            if not key_id and fingerprint:  # v4: the fingerprint's tail; v6: its head
-                key_id = fingerprint[:16] if len(fingerprint) == 64 else fingerprint[-16:]
-            if result.is_verified():
-                verified = key_id
-                break
-            error = _one_line_text(result.error or "verification failed")
-            if not key_id:
-                bad.append(f"(the signature names no key: {error})")
-            elif keys.find(key_id, fingerprint) is None:
-                unknown.append(key_id)
-            elif any(marker in error for marker in _NO_KEY_MARKERS):
-                bad.append(f"by key 0x{key_id} (gpgkey has the key, but it cannot verify: {error})")
-            else:  # the header, or the signature itself, is not what the key signed
-                bad.append(f"by key 0x{key_id} (altered header or signature: "
-                           f"{error.rsplit(': ', 1)[-1]})")
-        if verified is None:
-            if bad:
-                raise RpmError(f"{path}: bad signature {bad[0]}")
-            raise RpmError(f"{path}: signed with unknown key 0x{unknown[0]}"
-                           f" (not in gpgkey {' '.join(keys.sources)})".rstrip())
+        if has_header_sig:
+            verified, unknown = _check_header_signature(pkg, keys, what)
+        legacy = legacy_key = None
+        if legacy_tag is not None:
+            legacy = _parse_signature(pkg.signature.binary(legacy_tag), what)
+            found = keys.find(legacy.key_id)
+            if found is None:
+                unknown.append(legacy.key_id)
+            else:
+                legacy_key = next((m for m in found.material if m[0] == legacy.key_id), None)
+                if legacy_key is None and not (verified and pkg.payload_digest):
+                    algo = _PK_NAMES.get(legacy.algo, str(legacy.algo))
+                    raise RpmError(f"{what}: cannot check the header+payload signature by key "
+                                   f"0x{legacy.key_id}: {algo} keys are not supported for it "
+                                   "(only RSA)")
+                if legacy_key is not None and legacy.algo not in _PK_RSA:
+                    raise RpmError(f"{what}: bad signature by key 0x{legacy.key_id} (a "
+                                   f"{_PK_NAMES.get(legacy.algo, legacy.algo)} signature by a "
+                                   f"{_PK_NAMES.get(legacy_key[1])} key)")
 
-        if pkg.payload_digest is None:
-            if header_only_ok:
+        if not (verified and pkg.payload_digest) and legacy_key is None:
+            if unknown:
+                raise RpmError(f"{what}: signed with unknown key 0x{unknown[0]}"
+                               f" (not in gpgkey {' '.join(keys.sources)})".rstrip())
+            if verified and header_only_ok:
                 return verified
-            raise RpmError(f"{path}: the signature does not cover the payload "
+            raise RpmError(f"{what}: the signature does not cover the payload "
                            "(no payload digest: built by rpm < 4.14)")
+
+        # One pass over the payload: its digest, MD5 and the header+payload signature.
+        header_blob = pkg.prefix[pkg.header_offset:]
+        md5 = hashlib.md5(header_blob) if pkg.signature.has(_SIG_MD5) else None
+        signed = hashlib.new(legacy.hash_name, header_blob) if legacy and legacy_key else None
         handle.seek(pkg.payload_offset)
-        hasher = hashlib.new(pkg.payload_algo)
-        try:
-            while chunk := handle.read(CHUNK):
-                hasher.update(chunk)
-        except OSError as exc:
-            raise RpmError(f"{path}: cannot read: {_one_line(exc)}") from None
-    if hasher.hexdigest() != pkg.payload_digest:
-        raise RpmError(f"{path}: bad signature: the payload is not the signed one "
+        reader = HashingReader(handle, what, pkg, [h for h in (md5, signed) if h is not None])
+        reader.drain()
+
+    if reader.payload_digest_matches() is False:
+        raise RpmError(f"{what}: bad signature: the payload is not the signed one "
                        f"({pkg.payload_algo} digest mismatch)")
+    if legacy is not None and legacy_key is not None and signed is not None:
+        signed.update(legacy.trailer)
+        if not _signature_holds(legacy, legacy_key, signed.digest()):
+            raise RpmError(f"{what}: bad signature by key 0x{legacy.key_id} (the header and "
+                           "payload are not the signed ones: header+payload signature mismatch)")
+        verified = verified or legacy.key_id
+    if md5 is not None and md5.digest() != pkg.signature.binary(_SIG_MD5):
+        raise RpmError(f"{what}: bad signature: the header and payload are not the signed ones "
+                       "(md5 digest mismatch)")
+    assert verified is not None  # either the header signature or the legacy one verified
     return verified
+
+
+def _check_header_signature(pkg: PackageHeaders, keys: KeyRing, what: str) -> tuple[str | None, list[str]]:
+    """Verify the header-only signature(s) with ``rpm_rs``: (key id, or ``None``; unknown key ids).
+
+    Raises:
+        RpmError: a bad header signature (by a key of the ring, or naming no key).
+    """
+    meta = _call(lambda: rpm_rs.PackageMetadata.from_bytes(pkg.prefix), f"{what}: unreadable header")
+    report = _call(lambda: meta.check_signatures(keys._verifier),
+                   f"{what}: bad signature: unreadable signature")
+    results = list(report.signatures)
+    if not results:
+        raise RpmError(f"{what}: bad signature: no readable signature packet")
+    unknown: list[str] = []
+    bad: list[str] = []
+    for result in results:
+        info = result.info
+        key_id = (info.key_id or "").lower()
+        fingerprint = (info.fingerprint or "").lower()
+        if not key_id and fingerprint:  # v4: the fingerprint's tail; v6: its head
+            key_id = fingerprint[:16] if len(fingerprint) == 64 else fingerprint[-16:]
+        if result.is_verified():
+            return key_id, []
+        error = _one_line_text(result.error or "verification failed")
+        if not key_id:
+            bad.append(f"(the signature names no key: {error})")
+        elif keys.find(key_id, fingerprint) is None:
+            unknown.append(key_id)
+        elif any(marker in error for marker in _NO_KEY_MARKERS):
+            bad.append(f"by key 0x{key_id} (gpgkey has the key, but it cannot verify: {error})")
+        else:  # the header, or the signature itself, is not what the key signed
+            bad.append(f"by key 0x{key_id} (altered header or signature: "
+                       f"{error.rsplit(': ', 1)[-1]})")
+    if bad:
+        raise RpmError(f"{what}: bad signature {bad[0]}")
+    return None, unknown
+
+
+# --------------------------------------------------------------------------- header+payload signatures
+
+
+@dataclass(frozen=True)
+class _Signature:
+    """A v3 or v4 OpenPGP signature packet over a binary document (rpm's header+payload one).
+
+    Attributes:
+        algo: the public-key algorithm.
+        hash_name: the ``hashlib`` name of its hash.
+        key_id: the issuer's key id (16 lowercase hex digits).
+        trailer: what is hashed after the signed data (v3: type and time; v4:
+            the hashed part and its length trailer).
+        left16: the first two bytes of the digest, as the packet states them.
+        numbers: the signature integer ``s`` of an RSA signature (others: empty).
+    """
+
+    algo: int
+    hash_name: str
+    key_id: str
+    trailer: bytes
+    left16: bytes
+    numbers: tuple[int, ...]
+
+
+def _parse_signature(blob: bytes, what: str) -> _Signature:
+    """The signature packet of a ``SIGPGP``/``SIGGPG`` tag.
+
+    Raises:
+        RpmError: not one well-formed binary-document signature packet, or an
+            unsupported hash.
+    """
+    try:
+        packets = _packets(blob)
+        if len(packets) != 1 or packets[0][0] != _PKT_SIGNATURE:
+            raise ValueError("not one signature packet")
+        body = packets[0][2]
+        version = body[0]
+        key_id: str | None
+        if version == 3:
+            if body[1] != 5:
+                raise ValueError("bad v3 hashed length")
+            sigtype, trailer = body[2], body[2:7]
+            key_id, algo, hash_algo = body[7:15].hex(), body[15], body[16]
+            pos = 17
+        elif version == 4:
+            sigtype, algo, hash_algo = body[1], body[2], body[3]
+            hashed_end = 6 + int.from_bytes(body[4:6], "big")
+            unhashed_end = hashed_end + 2 + int.from_bytes(body[hashed_end:hashed_end + 2], "big")
+            if unhashed_end > len(body):
+                raise ValueError("truncated subpackets")
+            trailer = body[:hashed_end] + b"\x04\xff" + hashed_end.to_bytes(4, "big")
+            key_id = _issuer(body[6:hashed_end]) or _issuer(body[hashed_end + 2:unhashed_end])
+            pos = unhashed_end
+        else:
+            raise ValueError(f"unsupported signature version {version}")
+        if sigtype != _SIGTYPE_BINARY:
+            raise ValueError(f"signature type 0x{sigtype:02x}, not a binary document one")
+        if not key_id:
+            raise ValueError("the signature names no key")
+        left16 = body[pos:pos + 2]
+        if len(left16) != 2:
+            raise ValueError("truncated signature")
+        numbers: tuple[int, ...] = ()
+        if algo in _PK_RSA:  # others are not checked (see the module docstring)
+            numbers, end = _mpis(body, pos + 2, 1)
+            if end != len(body):
+                raise ValueError("trailing bytes after the signature integers")
+    except (ValueError, IndexError) as exc:
+        raise RpmError(f"{what}: bad signature: unreadable header+payload signature "
+                       f"({_one_line(exc)})") from None
+    if hash_algo not in _SIG_HASHES:
+        raise RpmError(f"{what}: bad signature: header+payload signature with unsupported "
+                       f"hash algorithm {hash_algo}")
+    return _Signature(algo, _SIG_HASHES[hash_algo], key_id, bytes(trailer), bytes(left16), numbers)
+
+
+def _issuer(subpackets: bytes) -> str | None:
+    """The issuer key id named by signature subpackets (issuer, or v4 issuer fingerprint)."""
+    pos = 0
+    while pos < len(subpackets):
+        first = subpackets[pos]
+        if first < 192:
+            length, pos = first, pos + 1
+        elif first < 255:
+            length, pos = ((first - 192) << 8) + subpackets[pos + 1] + 192, pos + 2
+        else:
+            length, pos = int.from_bytes(subpackets[pos + 1:pos + 5], "big"), pos + 5
+        if length < 1 or pos + length > len(subpackets):
+            raise ValueError("truncated subpacket")
+        kind, data = subpackets[pos] & 0x7F, subpackets[pos + 1:pos + length]
+        if kind == _SUB_ISSUER and len(data) == 8:
+            return data.hex()
+        if kind == _SUB_ISSUER_FPR and len(data) == 21 and data[0] == 4:
+            return data[-8:].hex()
+        pos += length
+    return None
+
+
+def _signature_holds(sig: _Signature, key: tuple[str, int, tuple[int, ...]], digest: bytes) -> bool:
+    """Whether ``sig`` is a valid RSA (EMSA-PKCS1-v1_5) signature of ``digest`` by ``key``."""
+    if digest[:2] != sig.left16:
+        return False
+    n, e = key[2]
+    (s,) = sig.numbers
+    size = (n.bit_length() + 7) // 8
+    payload = _DIGEST_INFO[sig.hash_name] + digest
+    if not 0 < s < n or size < len(payload) + 11:
+        return False
+    expected = b"\x00\x01" + b"\xff" * (size - len(payload) - 3) + b"\x00" + payload
+    return pow(s, e, n).to_bytes(size, "big") == expected
 
 
 # --------------------------------------------------------------------------- helpers
