@@ -139,6 +139,7 @@ def garbage_gzip_layout() -> Layout:
     return Layout([bytes(layer)], diff_ids=[sha256(b"whatever")])
 
 
+NOT_UTF8 = b"usr/bin/h\xffllo".decode("utf-8", "surrogateescape")
 ELF_HEAD = Path("/usr/bin/cat").read_bytes()[:200]  # a valid ELF header, then nothing
 
 CASES = [
@@ -172,6 +173,9 @@ CASES = [
          ("/dev/sda",)),
     Case("fifo", build_from(BASE + [("dir", "run"), ("fifo", "run/pipe")], paths="[/run/pipe]"),
          ("/run/pipe", "fifo")),
+    # a member name that is not UTF-8, selected (README: refused, naming the layer and the member)
+    Case("non-utf8-name-selected", build_from(BASE + [("file", NOT_UTF8, b"x", 0o755)], paths="[/usr/bin]"),
+         ("not UTF-8", "'/usr/bin/h\\xffllo'", ": layer sha256:")),
     # digests and sizes that lie
     Case("blob-bytes-flipped", build_layout(lambda: Layout([base_layer()]), corrupt_blob),
          ("corrupt layer blob",)),
@@ -224,3 +228,13 @@ def test_hostile_input_is_refused_in_one_line(case: Case, tmp_path: Path) -> Non
 
 def test_the_corpus_is_counted() -> None:
     assert len(CASES) == len({c.name for c in CASES}) >= 30
+
+
+def test_an_unselected_member_named_in_no_utf8_does_not_break_a_build(tmp_path: Path) -> None:
+    image = image_of(tmp_path / "image", BASE + [("file", NOT_UTF8, b"x", 0o755)])
+    spec = write_spec(tmp_path / "spec", f"from: {image}\narch: amd64\npaths: [/usr/bin/hello]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "img"),
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    listed = run_cli("inspect", str(tmp_path / "img"))
+    assert "/usr/bin/hello" in listed.stdout and "llo" not in listed.stdout.replace("/usr/bin/hello", "")
