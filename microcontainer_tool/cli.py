@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--docker-config", metavar="PATH",
                        help="config.json (or its directory) with registry credentials"
                             " (default: $DOCKER_CONFIG or ~/.docker)")
+    build.add_argument("--deadline", type=_positive_seconds, default=300, metavar="SECONDS",
+                       help=DEADLINE_HELP + " (from:/parent: images)")
     build.add_argument("--sbom", nargs="?", const="cyclonedx", choices=tuple(SBOM_FORMATS), metavar="FORMAT",
                        help="also write an SBOM (cyclonedx, the default, or spdx) beside the output as "
                             "OUT.cdx.json / OUT.spdx.json; an OCI layout also gets it attached as an OCI 1.1 "
@@ -208,7 +210,7 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         layer_cache=LayerCache(args.layer_cache) if args.layer_cache else None,
         cache_dir=args.cache_dir, offline=args.offline,
         registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
-                                 docker_config=args.docker_config),
+                                 docker_config=args.docker_config, deadline=args.deadline),
     )
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
@@ -294,6 +296,21 @@ def _write_sbom(result: Any, sbom_format: str, epoch: int, stamp: bool) -> str:
     return f"{path}, attached as {desc.digest}"
 
 
+DEADLINE_HELP = ("seconds each manifest or blob download may take in all, plus 1 s per 256 KiB of its "
+                 "declared size (default: 300)")
+
+
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _add_registry_parsers(sub: Any) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-u", "--username",
@@ -305,6 +322,8 @@ def _add_registry_parsers(sub: Any) -> None:
                             help="do not verify the registry's TLS certificate")
         parser.add_argument("--timeout", type=float, default=30, metavar="SECONDS",
                             help="connect and read timeout of each request (default: 30)")
+        parser.add_argument("--deadline", type=_positive_seconds, default=300, metavar="SECONDS",
+                            help=DEADLINE_HELP)
         parser.add_argument("--retries", type=int, default=3,
                             help="attempts for connection errors and 5xx answers (default: 3)")
 
@@ -411,7 +430,7 @@ def _client(args: argparse.Namespace, registry: str) -> Any:
     creds = load_credentials(registry, username=args.username, password=password,
                              docker_config=args.docker_config)
     return RegistryClient(registry, auth=creds, plain_http=args.plain_http, insecure=args.insecure,
-                          timeout=args.timeout, retries=args.retries)
+                          timeout=args.timeout, retries=args.retries, deadline=args.deadline)
 
 
 def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -75,7 +75,7 @@ import SCons.Tool
 import SCons.Util
 import yaml
 
-from microcontainer_tool import FORMAT_VERSION
+from microcontainer_tool import FORMAT_VERSION, jsontext
 from microcontainer_tool.errors import MicrocontainerError
 
 TOOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site_tools")
@@ -393,7 +393,7 @@ def _format_by_suffix(name: str) -> str:
 def _spec_of(payload: str, top: str) -> Any:
     from microcontainer_tool.spec.imagespec import spec_from_canonical
 
-    data = json.loads(payload)
+    data = jsontext.loads(payload)
     return spec_from_canonical(data["spec"], os.path.normpath(os.path.join(top, data["base"])),
                                "MicroImage spec", project_dir=top)
 

@@ -12,12 +12,12 @@ it is as reproducible as the rest of the layer.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import LayoutError, SourceError
 from microcontainer_tool.model.tree import (
     DIR_MODE,
@@ -138,9 +138,9 @@ def parse_record(data: bytes, image: str) -> dict[str, Any]:
         LayoutError: not valid JSON, or not a record of this schema.
     """
     try:
-        record = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise LayoutError(f"{image}: {RECORD_PATH} is not valid JSON") from None
+        record = jsontext.loads(data)
+    except ValueError as error:
+        raise LayoutError(f"{image}: {RECORD_PATH} is not valid JSON: {error}") from None
     if not isinstance(record, dict) or record.get("schema") != SCHEMA or \
             not isinstance(record.get("files"), dict) or not isinstance(record.get("packages"), dict):
         raise LayoutError(f"{image}: {RECORD_PATH} is not a {SCHEMA} record")

@@ -8,9 +8,9 @@ and size) and parsed the same way, with the same messages.
 
 from __future__ import annotations
 
-import json
 from typing import Any, BinaryIO
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import DigestMismatchError, LayoutError
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.model import Descriptor
@@ -55,8 +55,8 @@ def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
         LayoutError: not valid JSON, or not an object.
     """
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
+        obj = jsontext.loads(data)
+    except ValueError as error:
         raise LayoutError(f"{what} is not valid JSON: {error}") from None
     if not isinstance(obj, dict):
         raise LayoutError(f"{what} is not a JSON object")

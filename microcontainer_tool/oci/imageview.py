@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import platform as _platform
 import posixpath
@@ -22,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, MicrocontainerError
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.blobs import MAX_JSON_BLOB, parse_json_object, read_json_blob
@@ -335,8 +335,8 @@ def _read_json(source: _Source, name: str, label: str) -> Any:
     if len(data) > MAX_JSON_BLOB:
         raise LayoutError(f"{label}: {name} is too large")
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
+        return jsontext.loads(data, MAX_JSON_BLOB)
+    except ValueError as error:
         raise LayoutError(f"{label}: {name} is not valid JSON: {error}") from None
 
 

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 
-from microcontainer_tool import FORMAT_VERSION
+from microcontainer_tool import FORMAT_VERSION, jsontext
 from microcontainer_tool.errors import LayoutError, OutputError
 from microcontainer_tool.hostfs.atomic import atomic_file
 from microcontainer_tool.model.tree import FileTree
@@ -77,8 +77,7 @@ class LayerCache:
     @staticmethod
     def _read(blob: str, meta: str) -> LayerInfo | None:
         try:
-            with open(meta, encoding="utf-8") as handle:
-                data = json.load(handle)
+            data = jsontext.load_file(meta)
             info = LayerInfo(**data)
             if os.path.getsize(blob) != info.size:
                 return None

@@ -18,7 +18,6 @@ members sorted parents-first, mtime 0, uid/gid 0, no owner names, modes
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import DigestMismatchError, LayoutError
 from microcontainer_tool.hostfs.atomic import (
     atomic_file,
@@ -432,7 +432,7 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
             raise LayoutError(f"{archive}: no index.json: not an oci-archive")
         index_bytes = _extract(tar, index_member, archive)
         try:
-            index = json.loads(index_bytes)
+            index = jsontext.loads(index_bytes)
             descs = [Descriptor.from_dict(d) for d in index["manifests"]]
         except (ValueError, KeyError, TypeError) as error:
             raise LayoutError(f"{archive}: invalid index.json ({error})") from None

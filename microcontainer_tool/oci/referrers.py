@@ -25,13 +25,13 @@ Pushing referrers to a registry and fetching them from one is
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import LayoutError
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.model import Descriptor, canonical_json
@@ -123,11 +123,11 @@ def _check_layout(layout_dir: str) -> None:
 def _read_index(layout_dir: str) -> list[Descriptor]:
     try:
         with open(os.path.join(layout_dir, INDEX_FILE), "rb") as handle:
-            index = json.loads(handle.read(MAX_MANIFEST + 1))
+            index = jsontext.loads(handle.read(MAX_MANIFEST + 1), MAX_MANIFEST)
     except OSError as error:
         raise LayoutError(f"{layout_dir}: cannot read index.json: {error.strerror or error}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise LayoutError(f"{layout_dir}: index.json is not valid JSON") from None
+    except ValueError as error:
+        raise LayoutError(f"{layout_dir}: index.json is not valid JSON: {error}") from None
     entries = index.get("manifests") if isinstance(index, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise LayoutError(f"{layout_dir}: malformed index.json")

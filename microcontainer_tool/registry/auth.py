@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import RegistryError, SpecError
 from microcontainer_tool.registry.reference import DOCKER_HUB, normalize_registry
 
@@ -157,15 +157,15 @@ def load_credentials(registry: str, *, username: str | None = None, password: st
         return Credentials(username, password, source="--username")
     path = docker_config_path(docker_config)
     try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = jsontext.load_file(path)
     except FileNotFoundError:
         return ANONYMOUS
     except OSError as error:
         raise RegistryError(f"{path}: cannot read: {error.strerror or error}") from None
     except ValueError as error:
-        # json's messages name positions only, never content.
-        raise RegistryError(f"{path}: not valid JSON ({error.__class__.__name__})") from None
+        # A parse error: only its class (stay safe); a bound exceeded: its own text (no content).
+        detail = str(error) if isinstance(error, jsontext.JsonLimitError) else error.__class__.__name__
+        raise RegistryError(f"{path}: not valid JSON ({detail})") from None
     if not isinstance(config, dict):
         raise RegistryError(f"{path}: not a JSON object")
     return _from_config(registry, config, path)
@@ -243,7 +243,7 @@ def run_credential_helper(name: str, server: str) -> Credentials | None:
             return None
         raise RegistryError(f"credential helper {program} failed for {server} (exit {proc.returncode})")
     try:
-        data = json.loads(proc.stdout)
+        data = jsontext.loads(proc.stdout)
         username, secret = data["Username"], data["Secret"]
     except (ValueError, KeyError, TypeError):
         raise RegistryError(f"credential helper {program} printed malformed output for {server}") from None
@@ -456,7 +456,7 @@ class Authenticator:
             raise RegistryError(f"{self.registry}: the token service {realm_host} failed "
                                 f"(HTTP {response.status_code})")
         try:
-            body = response.json()
+            body = jsontext.loads(response.content)
             value = body.get("token") or body.get("access_token") or ""
             lifetime = int(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
         except (ValueError, AttributeError, TypeError):

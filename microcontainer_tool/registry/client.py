@@ -2,7 +2,10 @@
 
 What it guarantees:
 
-* every request has explicit (connect, read) timeouts; connection errors,
+* every request has explicit (connect, read) timeouts, and every manifest or
+  blob transfer an overall deadline (``deadline`` seconds plus one second per
+  :data:`MIN_TRANSFER_RATE` bytes of its declared size), so a registry that
+  trickles a byte at a time cannot hold a pull forever; connection errors,
   timeouts, ``429`` and ``5xx`` replies are retried a bounded number of times
   with exponential backoff; TLS is verified unless ``insecure``;
 * manifests are sent as the caller's exact bytes, so the digest a build prints
@@ -23,18 +26,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, OutputError, RegistryError
 from microcontainer_tool.hostfs.atomic import atomic_file
 from microcontainer_tool.oci import model as oci
@@ -49,6 +52,12 @@ DEFAULT_CHUNK_SIZE = 16 << 20
 READ_SIZE = 1 << 20
 MAX_MANIFEST = 4 << 20
 """Largest manifest accepted (the distribution reference limit)."""
+
+DEFAULT_DEADLINE = 300.0
+"""Seconds every manifest or blob transfer may take, before its size is counted."""
+
+MIN_TRANSFER_RATE = 256 << 10
+"""Bytes per second a transfer must average: each such byte of a declared size adds 1 s to its deadline."""
 
 MANIFEST_ACCEPT = (oci.MEDIA_TYPE_MANIFEST, oci.MEDIA_TYPE_INDEX, oci.DOCKER_MANIFEST,
                    oci.DOCKER_MANIFEST_LIST)
@@ -75,7 +84,8 @@ def _cause(error: BaseException) -> str:
         return "TLS handshake failed (a plain HTTP registry needs --plain-http)"
     if isinstance(error, requests.exceptions.ConnectTimeout):
         return "connection timed out"
-    if isinstance(error, (requests.exceptions.ReadTimeout, TimeoutError)):
+    if isinstance(error, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError,
+                          TimeoutError)):
         return "read timed out"
     match = _ERRNO_RE.search(str(error))
     if match:
@@ -89,7 +99,7 @@ def error_detail(response: requests.Response) -> str:
     """One line from a registry error reply: ``CODE: message; …`` or the HTTP reason."""
     text = ""
     try:
-        body = json.loads(response.content[:65536]) if response.content else None
+        body = jsontext.loads(response.content[:65536]) if response.content else None
         errors = body.get("errors") if isinstance(body, dict) else None
         if isinstance(errors, list):
             parts = []
@@ -162,7 +172,7 @@ class RegistryClient:
     def __init__(self, ref_registry: str, session: requests.Session | None = None,
                  auth: Credentials | None = None, plain_http: bool = False, insecure: bool = False,
                  timeout: float = 30, retries: int = 3, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 backoff: float = 0.5) -> None:
+                 backoff: float = 0.5, deadline: float = DEFAULT_DEADLINE) -> None:
         """Create a client.
 
         Args:
@@ -175,9 +185,12 @@ class RegistryClient:
             retries: retries after the first attempt on connection errors, 429 and 5xx.
             chunk_size: blobs larger than this are uploaded in ``PATCH`` chunks this big.
             backoff: first retry delay in seconds (doubles each time, at most 10 s).
+            deadline: seconds a manifest or blob download may take in all, plus one
+                second per :data:`MIN_TRANSFER_RATE` bytes of its declared size
+                (checked between reads, each of which waits at most ``timeout``).
         """
-        if chunk_size < 1 or retries < 0 or timeout <= 0:
-            raise ValueError("chunk_size and timeout must be positive, retries not negative")
+        if chunk_size < 1 or retries < 0 or timeout <= 0 or deadline <= 0:
+            raise ValueError("chunk_size, timeout and deadline must be positive, retries not negative")
         self.registry = normalize_registry(ref_registry)
         self.base_url = f"{'http' if plain_http else 'https'}://{self.registry}"
         self._own_session = session is None
@@ -187,6 +200,7 @@ class RegistryClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.deadline = deadline
         self.chunk_size = chunk_size
         self.auth = Authenticator(self.registry, auth or ANONYMOUS, self._request)
         self.requests_sent = 0
@@ -481,7 +495,8 @@ class RegistryClient:
             if response.status_code != 200:
                 _ = response.content  # read the error body for the message
                 raise self._fail(f"get manifest {repo}:{ref}", response)
-            data = _read_limited(response, MAX_MANIFEST, f"{self.registry}: manifest {repo}:{ref}")
+            data = _read_limited(response, MAX_MANIFEST, f"{self.registry}: manifest {repo}:{ref}",
+                                 self._budget(0))
         digest = oci.sha256_digest(data)
         if ref.startswith("sha256:") and digest != ref:
             raise DigestMismatchError(f"{self.registry}: manifest {repo}@{ref} has content {digest}")
@@ -544,8 +559,9 @@ class RegistryClient:
             sha = hashlib.sha256()
             count = 0
             limit = size if size is not None else None
+            label = f"{self.registry}: blob {digest} from {repo}"
             try:
-                for chunk in response.iter_content(READ_SIZE):
+                for chunk in _chunks(response, READ_SIZE, self._budget(total), label):
                     count += len(chunk)
                     if limit is not None and count > limit:
                         raise DigestMismatchError(f"{self.registry}: blob {digest} from {repo} is larger "
@@ -555,9 +571,13 @@ class RegistryClient:
                     if progress is not None:
                         progress(digest, count, total)
             except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                    requests.exceptions.Timeout) as error:
+                    requests.exceptions.Timeout, urllib3.exceptions.HTTPError) as error:
                 raise _Interrupted(_cause(error)) from None
         return count, "sha256:" + sha.hexdigest()
+
+    def _budget(self, size: int) -> float:
+        """The seconds a transfer of ``size`` bytes may take in all."""
+        return self.deadline + max(size, 0) / MIN_TRANSFER_RATE
 
     def tags(self, repo: str) -> list[str]:
         """List ``repo``'s tags (first page)."""
@@ -565,7 +585,7 @@ class RegistryClient:
         if response.status_code != 200:
             raise self._fail(f"list tags of {repo}", response)
         try:
-            tags = response.json().get("tags") or []
+            tags = jsontext.loads(response.content).get("tags") or []
         except (ValueError, AttributeError):
             raise RegistryError(f"{self.registry}: malformed tag list for {repo}") from None
         return [t for t in tags if isinstance(t, str)]
@@ -575,17 +595,38 @@ class _Interrupted(Exception):
     """A streamed download broke off (retryable)."""
 
 
-def _read_limited(response: requests.Response, limit: int, label: str) -> bytes:
+def _chunks(response: requests.Response, size: int, seconds: float, label: str) -> Iterator[bytes]:
+    """The body of ``response`` in pieces of at most ``size`` bytes, as they arrive.
+
+    Each read returns what one receive brings (``read1``), so a server that
+    trickles cannot keep one read going: the deadline is checked between reads.
+
+    Raises:
+        RegistryError: the transfer is still going after ``seconds``.
+        urllib3.exceptions.HTTPError: the connection broke or a read timed out.
+    """
+    raw = response.raw
+    deadline = time.monotonic() + seconds
+    while True:
+        if time.monotonic() > deadline:
+            raise RegistryError(f"{label}: not received within its transfer deadline of {seconds:.0f} s")
+        chunk = raw.read1(size, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _read_limited(response: requests.Response, limit: int, label: str, seconds: float) -> bytes:
     parts: list[bytes] = []
     count = 0
     try:
-        for chunk in response.iter_content(65536):
+        for chunk in _chunks(response, 65536, seconds, label):
             count += len(chunk)
             if count > limit:
                 raise RegistryError(f"{label} is larger than {limit} bytes")
             parts.append(chunk)
     except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-            requests.exceptions.Timeout) as error:
+            requests.exceptions.Timeout, urllib3.exceptions.HTTPError) as error:
         raise RegistryError(f"{label}: transfer failed: {_cause(error)}") from None
     return b"".join(parts)
 
@@ -593,9 +634,9 @@ def _read_limited(response: requests.Response, limit: int, label: str) -> bytes:
 def _manifest_type(data: bytes, content_type: str) -> str:
     declared = content_type.split(";", 1)[0].strip()
     try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise RegistryError("registry sent a manifest that is not JSON") from None
+        body = jsontext.loads(data)
+    except ValueError as error:
+        raise RegistryError(f"registry sent a manifest that is not JSON: {error}") from None
     if not isinstance(body, dict):
         raise RegistryError("registry sent a manifest that is not a JSON object")
     if body.get("schemaVersion") == 1:

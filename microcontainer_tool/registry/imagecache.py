@@ -31,6 +31,8 @@ class RegistryOptions:
             (default ``$DOCKER_CONFIG`` or ``~/.docker``).
         timeout: seconds per request.
         retries: attempts after a connection error or 5xx.
+        deadline: seconds each manifest or blob download may take, plus one per
+            256 KiB of its declared size (see :class:`~.client.RegistryClient`).
     """
 
     plain_http: bool = False
@@ -38,6 +40,7 @@ class RegistryOptions:
     docker_config: str | None = None
     timeout: float = 30.0
     retries: int = 3
+    deadline: float = 300.0
 
 
 def platform_for(arch: str) -> str:
@@ -94,7 +97,8 @@ def fetch_image(location: ImageLocation, cache_dir: str, options: RegistryOption
     creds = load_credentials(ref.registry, docker_config=options.docker_config)
     plain_http = options.plain_http or location.plain_http
     with RegistryClient(ref.registry, auth=creds, plain_http=plain_http, insecure=options.insecure,
-                        timeout=options.timeout, retries=options.retries) as client:
+                        timeout=options.timeout, retries=options.retries,
+                        deadline=options.deadline) as client:
         digest = resolve_manifest(ref, client, platform)
         path = _cache_path(images, ref.digest or digest, platform)
         if not os.path.isfile(os.path.join(path, "index.json")):

@@ -10,11 +10,11 @@ is :mod:`microcontainer_tool.oci.referrers`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import LayoutError, RegistryError
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.model import Descriptor, canonical_json
@@ -56,9 +56,9 @@ def _get_index(client: Any, url: str, repo: str, push: bool, what: str,
         if len(data) > MAX_MANIFEST:
             raise RegistryError(f"{client.registry}: {what}: larger than {MAX_MANIFEST} bytes")
         try:
-            index = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise RegistryError(f"{client.registry}: {what}: not JSON") from None
+            index = jsontext.loads(data)
+        except ValueError as error:
+            raise RegistryError(f"{client.registry}: {what}: not JSON: {error}") from None
         if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
             raise RegistryError(f"{client.registry}: {what}: not an image index")
     except RegistryError:
@@ -184,9 +184,10 @@ def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutSt
         seen.add(listed.digest)
         data, media_type, digest = client.get_manifest(repo, listed.digest, accept=(oci.MEDIA_TYPE_MANIFEST,))
         try:
-            manifest = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise LayoutError(f"{client.registry}: referrer {digest} in {repo} is not JSON") from None
+            manifest = jsontext.loads(data)
+        except ValueError as error:
+            raise LayoutError(f"{client.registry}: referrer {digest} in {repo} is not JSON: "
+                              f"{error}") from None
         subject = manifest.get("subject") if isinstance(manifest, dict) else None
         if not isinstance(subject, dict) or subject.get("digest") != subject_digest:
             continue

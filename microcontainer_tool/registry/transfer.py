@@ -28,7 +28,6 @@ digest before it is stored. A failure leaves ``out`` as it was.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform as _platform
 import shutil
@@ -38,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TextIO
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import LayoutError, RegistryError
 from microcontainer_tool.hostfs.atomic import make_temp_dir, replace_dir, write_atomic
 from microcontainer_tool.oci import layout
@@ -333,9 +333,9 @@ def choose_platform(descs: list[Descriptor], wanted: Mapping[str, str], label: s
 
 def _json(data: bytes, label: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise LayoutError(f"{label}: not valid JSON") from None
+        obj = jsontext.loads(data)
+    except ValueError as error:
+        raise LayoutError(f"{label}: not valid JSON: {error}") from None
     if not isinstance(obj, dict):
         raise LayoutError(f"{label}: not a JSON object")
     return obj

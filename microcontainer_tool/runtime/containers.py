@@ -43,6 +43,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import RunError
 from microcontainer_tool.hostfs.atomic import write_atomic
 from microcontainer_tool.runtime.bundle import Bundle, make_bundle
@@ -117,8 +118,7 @@ def load_record(name: str, state_dir: str) -> dict[str, Any]:
     """
     path = os.path.join(container_dir(state_dir, name), _RECORD)
     try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
+        record = jsontext.load_file(path)
     except FileNotFoundError:
         raise RunError(f"no container named {name!r} in {state_dir}") from None
     except (OSError, ValueError) as error:

@@ -28,13 +28,13 @@ confined to the container's namespaces without one, as crashcart did).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 from collections.abc import Sequence
 from typing import Any
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import MicrocontainerError, RunError
 from microcontainer_tool.hostfs.cachedir import default_cache_dir
 from microcontainer_tool.runtime.containers import container_dir, load_record, runtime_state
@@ -127,8 +127,7 @@ def detach_toolbox(pid: int) -> None:
 
 def _container_env(directory: str) -> list[str]:
     try:
-        with open(os.path.join(directory, "config.json"), encoding="utf-8") as handle:
-            config: dict[str, Any] = json.load(handle)
+        config: dict[str, Any] = jsontext.load_file(os.path.join(directory, "config.json"))
         env = config.get("process", {}).get("env", [])
         return [item for item in env if isinstance(item, str)]
     except (OSError, ValueError, AttributeError):

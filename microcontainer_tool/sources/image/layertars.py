@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
 from microcontainer_tool.hostfs.atomic import atomic_file, temp_file, unlink_quietly
 from microcontainer_tool.oci.imageview import HashingReader, ImageView
@@ -371,8 +372,7 @@ class LayerCache:
     @staticmethod
     def _cached(diff_id: str, tar_path: str, index_path: str) -> list[list[Any]] | None:
         try:
-            with open(index_path, "rb") as handle:
-                index = json.loads(handle.read())
+            index = jsontext.load_file(index_path)
             size = os.path.getsize(tar_path)
         except (OSError, ValueError):
             return None

@@ -106,6 +106,7 @@ class ImageRoot(SysRoot):
             raise SourceError(f"{cache_dir}: cannot create the cache: {error.strerror or error}") from None
         self._next_ino = 1
         self._tree = self._new("d", 0o755)
+        self._not_utf8: dict[str, str] = {}  # image path -> "IMAGE: layer DIGEST" of a member named so
         for number, layer in enumerate(layers):
             self._apply(number, layer, f"{image}: layer {layer.digest}")
         self._entries: dict[str, _Node] = {}
@@ -214,6 +215,8 @@ class ImageRoot(SysRoot):
         for path, kind, mode, size, offset, link in layer.members:
             if kind in ("w", "o"):
                 continue
+            if not path.isascii() and not _is_utf8(path):
+                self._not_utf8["/" + path] = where
             parent = self._parent(path, where)
             assert parent.children is not None
             name = posixpath.basename(path)
@@ -262,12 +265,28 @@ class ImageRoot(SysRoot):
         own ``st_ino`` (hardlinks share their target's, with ``st_nlink`` the
         number of paths); uid, gid and every time are 0.
         """
+        if not image_path.isascii() and not _is_utf8(image_path):
+            self._refuse_name(image_path)
         node = self._node(image_path)
         if node is None:
             return None
         nlink = 2 if node.kind == "d" else self._nlink.get(node.ino, 1)
         return os.stat_result((_IFMT[node.kind] | node.mode, node.ino, IMAGE_DEV, nlink, 0, 0,
                                node.size, 0, 0, 0))
+
+    def _refuse_name(self, image_path: str) -> None:
+        """Refuse a selected path whose name is not UTF-8: OCI JSON (provenance) cannot carry it.
+
+        Raises:
+            SourceError: always; naming the layer and the member (its bytes escaped).
+        """
+        path = image_path.rstrip("/") or "/"
+        while path != "/" and path not in self._not_utf8 and not _is_utf8(posixpath.dirname(path)):
+            path = posixpath.dirname(path)
+        where = self._not_utf8.get(path, self.root)
+        shown = ascii(path.encode("utf-8", "surrogateescape"))[1:]
+        raise SourceError(f"{where}: member {shown} has a name that is not UTF-8; "
+                          "an image cannot record it: leave it out of paths")
 
     def readlink(self, image_path: str) -> str:
         """The stored target of the symlink at ``image_path``.
@@ -372,6 +391,15 @@ class ImageRoot(SysRoot):
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether ``name`` (decoded with ``surrogateescape``) was valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _copy_range(src: int, dst: int, offset: int, size: int, kernel: bool = True) -> int:

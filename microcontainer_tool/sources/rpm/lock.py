@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import OutputError, SourceError
 from microcontainer_tool.hostfs.atomic import atomic_file
 from microcontainer_tool.sources.rpm.package import Checksum, PackageInfo
@@ -217,8 +218,7 @@ def read_lock(path: str) -> Lock:
             entry (one line naming the file and the entry).
     """
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = jsontext.load_file(path)
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}") from None
     except (ValueError, UnicodeDecodeError) as exc:

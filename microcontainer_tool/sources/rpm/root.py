@@ -26,6 +26,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
+from microcontainer_tool import jsontext
 from microcontainer_tool.errors import MicrocontainerError, SourceError, SpecError
 from microcontainer_tool.hostfs.atomic import make_temp_dir, replace_dir
 from microcontainer_tool.sources.rpm.lock import Lock, LockedPackage, inputs_digest, read_lock, write_lock
@@ -174,8 +175,7 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
     meta = os.path.join(sysroots, f"{key}.json")
     if os.path.isdir(root) and os.path.isfile(meta):
         try:
-            with open(meta, encoding="utf-8") as handle:
-                data = json.load(handle)
+            data = jsontext.load_file(meta)
             return PackageRoot(root, data["owners"], data["packages"], frozenset(data["local"]), data["meta"])
         except (OSError, ValueError, KeyError):
             pass  # rebuilt below

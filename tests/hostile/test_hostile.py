@@ -1,0 +1,240 @@
+"""Hostile inputs through the real CLI: one clear line, non-zero exit, no traceback, nothing written.
+
+Each case of the corpus (``corpus.py``) crafts an input — an OCI layout whose
+layers slip out of the root, lie about digests or are corrupt, JSON nested
+200,000 levels deep, a YAML bomb, a registry that trickles — and runs
+``python -m microcontainer_tool`` on it. The output goes into a directory that
+also holds a canary: afterwards that directory holds the canary, untouched,
+and nothing else (no output, no temporary sibling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import corpus
+import pytest
+from conftest import assert_one_line_error, run_cli
+from corpus import BASE, DEEP_JSON, Layout, gzip_bytes, image_of, sha256, tar_bytes, write_spec
+
+CANARY = {"canary": None, "canary/keep": b"do not touch"}
+
+
+Maker = Callable[[Path, Path], list[str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input: ``make(inputs, work)`` writes it and returns the CLI arguments."""
+
+    name: str
+    make: Callable[[Path, Path], list[str]]
+    words: tuple[str, ...] = ()
+
+
+def build_from(*layers: list, paths: str = "[/usr/bin/hello]", **lies: object) -> Maker:
+    """A case: ``build`` with ``from:`` a layout of ``layers`` (gzip tars), ``lies`` as for Layout."""
+    def make(inputs: Path, work: Path) -> list[str]:
+        image = image_of(inputs / "image", *layers, **lies)
+        spec = write_spec(inputs / "spec", f"from: {image}\npaths: {paths}\n")
+        return ["build", "-c", str(spec), "-o", str(work / "img")]
+    return make
+
+
+def build_layout(layout: Callable[[], Layout], then: Callable[[Path], None] | None = None
+                 ) -> Callable[[Path, Path], list[str]]:
+    """A case: ``build`` with ``from:`` a raw :class:`Layout` (changed by ``then`` after writing)."""
+    def make(inputs: Path, work: Path) -> list[str]:
+        image = layout().write(inputs / "image")
+        if then is not None:
+            then(image)
+        spec = write_spec(inputs / "spec", f"from: {image}\npaths: [/usr/bin/hello]\n")
+        return ["build", "-c", str(spec), "-o", str(work / "img")]
+    return make
+
+
+def spec_case(text: str) -> Callable[[Path, Path], list[str]]:
+    def make(inputs: Path, work: Path) -> list[str]:
+        return ["build", "-c", str(write_spec(inputs / "spec", text)), "-o", str(work / "img")]
+    return make
+
+
+def base_layer() -> bytes:
+    return gzip_bytes(tar_bytes(BASE))
+
+
+def deep_manifest_layout() -> Layout:
+    return Layout([base_layer()], manifest=DEEP_JSON)
+
+
+def deep_config_layout() -> Layout:
+    return Layout([base_layer()], config=DEEP_JSON)
+
+
+def deep_index_layout() -> Layout:
+    return Layout([base_layer()], index=DEEP_JSON)
+
+
+def inspect_deep_index(inputs: Path, work: Path) -> list[str]:
+    return ["inspect", str(deep_index_layout().write(inputs / "image"))]
+
+
+def sbom_deep_provenance(inputs: Path, work: Path) -> list[str]:
+    record = [("dir", "var"), ("dir", "var/lib"), ("dir", "var/lib/microcontainer"),
+              ("file", "var/lib/microcontainer/provenance.json", DEEP_JSON)]
+    image = image_of(inputs / "image", BASE + record)
+    return ["sbom", "-o", str(work / "sbom.json"), str(image)]
+
+
+def pull_with_deep_docker_config(inputs: Path, work: Path) -> list[str]:
+    inputs.mkdir(parents=True, exist_ok=True)
+    (inputs / "config.json").write_bytes(DEEP_JSON)
+    return ["pull", "--docker-config", str(inputs / "config.json"), "--plain-http",
+            "127.0.0.1:9/hostile:latest", "-o", str(work / "img")]
+
+
+def corrupt_blob(image: Path) -> None:
+    """Replace the layer blob's bytes (same length) so they no longer match their name."""
+    index = json.loads((image / "index.json").read_text())
+    manifest = json.loads(_blob(image, index["manifests"][0]["digest"]))
+    path = image / "blobs" / "sha256" / manifest["layers"][0]["digest"].split(":")[1]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+OTHER_DIGEST = sha256(b"another layer")
+
+
+def lie_about_manifest_size(image: Path) -> None:
+    """index.json claims the manifest is bigger than it is."""
+    index = image / "index.json"
+    index.write_text(index.read_text().replace('"size": ', '"size": 1'))
+
+
+def misname_layer(image: Path) -> None:
+    """Store the layer under the digest the manifest claims for it (which is not its own)."""
+    blobs = image / "blobs" / "sha256"
+    true_name = sha256(base_layer()).split(":")[1]
+    (blobs / OTHER_DIGEST.split(":")[1]).write_bytes((blobs / true_name).read_bytes())
+
+
+def _blob(image: Path, digest: str) -> bytes:
+    return (image / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+
+
+def truncated_gzip_layout() -> Layout:
+    layer = gzip_bytes(tar_bytes(BASE + [("file", "usr/bin/big", os.urandom(64 << 10))]))
+    return Layout([layer[:len(layer) // 2]], diff_ids=[sha256(b"whatever")])
+
+
+def garbage_gzip_layout() -> Layout:
+    layer = bytearray(gzip_bytes(tar_bytes(BASE + [("file", "usr/bin/big", os.urandom(64 << 10))])))
+    layer[40:200] = bytes(160)
+    return Layout([bytes(layer)], diff_ids=[sha256(b"whatever")])
+
+
+NOT_UTF8 = b"usr/bin/h\xffllo".decode("utf-8", "surrogateescape")
+ELF_HEAD = Path("/usr/bin/cat").read_bytes()[:200]  # a valid ELF header, then nothing
+
+CASES = [
+    # JSON nested 200,000 levels deep, wherever JSON is read
+    Case("deep-index-build", build_layout(deep_index_layout), ("index.json", "nested deeper than 256")),
+    Case("deep-manifest-build", build_layout(deep_manifest_layout), ("nested deeper than 256",)),
+    Case("deep-config-build", build_layout(deep_config_layout), ("nested deeper than 256",)),
+    Case("deep-index-inspect", inspect_deep_index, ("index.json", "nested deeper than 256")),
+    Case("deep-provenance-sbom", sbom_deep_provenance, ("provenance.json", "nested deeper than 256")),
+    Case("deep-docker-config-pull", pull_with_deep_docker_config, ("config.json", "nested deeper than 256")),
+    Case("index-not-json", build_layout(lambda: Layout([base_layer()], index=b"{not json")), ("index.json",)),
+    # members that climb out of the root
+    Case("tar-slip", build_from(BASE, [("file", "../evil", b"x")]), ("'../evil'", "climbs above the root")),
+    Case("tar-slip-inner", build_from(BASE, [("file", "usr/../../evil", b"x")]), ("climbs above the root",)),
+    Case("absolute-member", build_from(BASE, [("file", "/etc/evil", b"x")]),
+         ("'/etc/evil'", "absolute path")),
+    Case("symlink-escape", build_from(BASE + [("symlink", "usr/bin/evil", "../../../../../etc/passwd")],
+                                      paths="[/usr/bin/evil]"), ("/usr/bin/evil",)),
+    Case("symlink-dir-escape", build_from(BASE + [("symlink", "usr/lib", "../../../../../etc")],
+                                          paths="[/usr/lib/passwd]"), ("/usr/lib/passwd",)),
+    Case("hardlink-escape", build_from(BASE, [("hardlink", "usr/bin/shadow", "../../etc/shadow")]),
+         ("climbs above the root",)),
+    Case("hardlink-absolute", build_from(BASE, [("hardlink", "usr/bin/shadow", "/etc/shadow")]),
+         ("'/etc/shadow'", "absolute path")),
+    Case("whiteout-escape", build_from(BASE, [("file", "../.wh.etc", b"")]), ("climbs above the root",)),
+    Case("whiteout-malformed", build_from(BASE, [("file", "usr/.wh..", b"")]), ("malformed whiteout",)),
+    # special files and bits (README: device nodes refused, setuid bits dropped — see the tests below)
+    Case("char-device", build_from(BASE + [("dir", "dev"), ("char", "dev/mem", 1, 1)], paths="[/dev/mem]"),
+         ("/dev/mem", "device node")),
+    Case("block-device", build_from(BASE + [("dir", "dev"), ("block", "dev/sda", 8, 0)], paths="[/dev/sda]"),
+         ("/dev/sda",)),
+    Case("fifo", build_from(BASE + [("dir", "run"), ("fifo", "run/pipe")], paths="[/run/pipe]"),
+         ("/run/pipe", "fifo")),
+    # a member name that is not UTF-8, selected (README: refused, naming the layer and the member)
+    Case("non-utf8-name-selected", build_from(BASE + [("file", NOT_UTF8, b"x", 0o755)], paths="[/usr/bin]"),
+         ("not UTF-8", "'/usr/bin/h\\xffllo'", ": layer sha256:")),
+    # digests and sizes that lie
+    Case("blob-bytes-flipped", build_layout(lambda: Layout([base_layer()]), corrupt_blob),
+         ("corrupt layer blob",)),
+    Case("blob-digest-lie", build_layout(lambda: Layout([base_layer()], layer_digests=[OTHER_DIGEST]),
+                                         misname_layer),
+         ("does not match",)),
+    Case("blob-size-lie", build_layout(lambda: Layout([base_layer()], layer_sizes=[len(base_layer()) + 7])),
+         ("does not match its digest",)),
+    Case("diff-id-lie", build_layout(lambda: Layout([base_layer()], diff_ids=[sha256(b"other")])),
+         ("config says",)),
+    Case("manifest-size-lie", build_layout(lambda: Layout([base_layer()]), lie_about_manifest_size),
+         ("does not match its content",)),
+    # corrupt content
+    Case("truncated-gzip", build_layout(truncated_gzip_layout), ("corrupt layer blob",)),
+    Case("garbage-gzip", build_layout(garbage_gzip_layout), ("corrupt layer blob",)),
+    Case("not-gzip", build_layout(lambda: Layout([b"\x1f\x8b" + bytes(100)], diff_ids=[sha256(b"x")])),
+         ("corrupt layer blob",)),
+    Case("truncated-elf", build_from(BASE + [("file", "usr/bin/broken", ELF_HEAD, 0o755)],
+                                     paths="[/usr/bin/broken]"), ("/usr/bin/broken",)),
+    Case("corrupt-rpm", lambda inputs, work: (
+        write_spec(inputs / "spec", "packages: [./broken.rpm]\n")
+        and (inputs / "spec" / "broken.rpm").write_bytes(b"\xed\xab\xee\xdb" + os.urandom(300))
+        and ["build", "-c", str(inputs / "spec"), "-o", str(work / "img")]), ("broken.rpm",)),
+    # YAML bombs in the spec
+    Case("yaml-billion-laughs", spec_case(corpus.billion_laughs()), ("microimage.yaml",)),
+    Case("yaml-billion-laughs-in-paths", spec_case(
+        "paths:\n" + "".join(f"  - &a{n} [{', '.join([f'*a{n - 1}'] * 10) if n else 'lol'}]\n"
+                              for n in range(12))),
+        ("microimage.yaml",)),
+    Case("yaml-deep-nesting", spec_case("paths: " + "[" * 200_000 + "]" * 200_000 + "\n"),
+         ("microimage.yaml", "nesting depth")),
+]
+
+
+def run_case(case: Case, tmp_path: Path) -> subprocess.CompletedProcess:
+    inputs, work = tmp_path / "in", tmp_path / "work"
+    (work / "canary").mkdir(parents=True)
+    (work / "canary" / "keep").write_bytes(CANARY["canary/keep"])  # type: ignore[arg-type]
+    args = case.make(inputs, work)
+    proc = run_cli(*args, "--cache-dir", str(tmp_path / "cache")) if args[0] == "build" else run_cli(*args)
+    return proc
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_input_is_refused_in_one_line(case: Case, tmp_path: Path) -> None:
+    proc = run_case(case, tmp_path)
+    assert_one_line_error(proc, *case.words)
+    assert corpus.listing(tmp_path / "work") == CANARY
+
+
+def test_the_corpus_is_counted() -> None:
+    assert len(CASES) == len({c.name for c in CASES}) >= 30
+
+
+def test_an_unselected_member_named_in_no_utf8_does_not_break_a_build(tmp_path: Path) -> None:
+    image = image_of(tmp_path / "image", BASE + [("file", NOT_UTF8, b"x", 0o755)])
+    spec = write_spec(tmp_path / "spec", f"from: {image}\narch: amd64\npaths: [/usr/bin/hello]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "img"),
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    listed = run_cli("inspect", str(tmp_path / "img"))
+    assert "/usr/bin/hello" in listed.stdout and "llo" not in listed.stdout.replace("/usr/bin/hello", "")
