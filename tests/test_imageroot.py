@@ -506,7 +506,9 @@ def host_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     libdir = "/usr/lib/x86_64-linux-gnu"
     libs: dict[str, None] = {}
     confs = sorted(str(p) for p in Path("/etc/ld.so.conf.d").iterdir())
-    for path in ["/etc/ld.so.cache", "/etc/ld.so.conf", *confs, *ldd_files("/usr/bin/curl")[1:]]:
+    # os-release (and its link chain) too: a build takes the sysroot's, from an image as from /
+    for path in ["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/os-release", *confs,
+                 *ldd_files("/usr/bin/curl")[1:]]:
         libs.update(dict.fromkeys(with_links(path)))
     bulk = 0
     for name in sorted(os.listdir(libdir)):  # every soname link, and ~40 MB of other libraries

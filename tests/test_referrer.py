@@ -9,6 +9,7 @@ check the result with skopeo.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import have, run_cli
+from scanners import syft_scan
 
 from microcontainer_tool.errors import LayoutError
 from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, InlineContent, Provenance
@@ -29,6 +31,7 @@ from microcontainer_tool.oci.referrers import (
     EMPTY_DESCRIPTOR,
     EMPTY_JSON,
     MEDIA_TYPE_EMPTY,
+    REFERRERS_ANNOTATION,
     attach,
     referrers,
     referrers_tag,
@@ -61,6 +64,14 @@ def _build(out: Path, text: bytes = b"one\n", fmt: str | None = None) -> str:
 
 def _index(layout: Path) -> list[dict[str, Any]]:
     return json.loads((layout / "index.json").read_bytes())["manifests"]
+
+
+def _nested(layout: Path) -> list[dict[str, Any]]:
+    """The referrers index of the layout's one image (named by its ``index.json`` entry)."""
+    [entry] = _index(layout)
+    index = json.loads(_blob(layout, entry["annotations"][REFERRERS_ANNOTATION]))
+    assert index["mediaType"] == oci.MEDIA_TYPE_INDEX and index["schemaVersion"] == 2
+    return index["manifests"]
 
 
 def _blob(layout: Path, digest: str) -> bytes:
@@ -104,11 +115,11 @@ def test_attach_writes_an_oci_1_1_artifact_manifest(layout: tuple[Path, str]) ->
     }
     assert _blob(out, EMPTY_DESCRIPTOR.digest) == EMPTY_JSON == b"{}"
     assert _blob(out, oci.sha256_digest(b"sbom bytes")) == b"sbom bytes"
-    entries = _index(out)
-    assert len(entries) == 2 and entries[0]["digest"] == subject
-    assert entries[1] == {"mediaType": oci.MEDIA_TYPE_MANIFEST, "digest": desc.digest, "size": len(data),
-                          "artifactType": CDX, "annotations": manifest["annotations"]}
-    assert "org.opencontainers.image.ref.name" not in entries[1]["annotations"]
+    # index.json lists the image only; its entry names the referrers index (an OCI image index)
+    [entry] = _index(out)
+    assert entry["digest"] == subject and entry["annotations"][oci.ANNOTATION_REF_NAME] == "latest"
+    assert _nested(out) == [{"mediaType": oci.MEDIA_TYPE_MANIFEST, "digest": desc.digest, "size": len(data),
+                             "artifactType": CDX, "annotations": manifest["annotations"]}]
     assert referrers(str(out), subject) == [desc]
     assert referrers(str(out), desc.digest) == []
 
@@ -117,7 +128,7 @@ def test_attach_without_epoch_has_no_created_annotation(layout: tuple[Path, str]
     out, subject = layout
     desc = attach(str(out), subject, b"x", CDX)
     assert "annotations" not in json.loads(_blob(out, desc.digest))
-    assert "annotations" not in _index(out)[1]
+    assert "annotations" not in _nested(out)[0]
 
 
 def test_attach_is_deterministic_and_idempotent(tmp_path: Path) -> None:
@@ -163,6 +174,27 @@ def test_a_referrer_of_a_referrer(layout: tuple[Path, str]) -> None:
     sig = attach(str(out), sbom.digest, b"signature", "application/vnd.example.sig")
     assert referrers(str(out), sbom.digest) == [sig]
     assert json.loads(_blob(out, sig.digest))["subject"]["digest"] == sbom.digest
+
+
+def test_referrers_listed_in_index_json_are_read_and_moved_to_the_referrers_index(
+        layout: tuple[Path, str]) -> None:
+    """The OCI 1.1 form other tools write (referrer manifests in ``index.json``) is read, then rewritten."""
+    out, subject = layout
+    sbom = attach(str(out), subject, b"sbom", CDX)
+    [entry] = _index(out)
+    nested = _nested(out)
+    del entry["annotations"][REFERRERS_ANNOTATION]
+    (out / "index.json").write_bytes(oci.canonical_json(
+        {"schemaVersion": 2, "mediaType": oci.MEDIA_TYPE_INDEX, "manifests": [entry, *nested]}))
+    os.unlink(out / "blobs/sha256" / hashlib.sha256(oci.canonical_json(
+        {"schemaVersion": 2, "mediaType": oci.MEDIA_TYPE_INDEX, "manifests": nested})).hexdigest())
+    assert referrers(str(out), subject) == [sbom]
+    with open_image(str(out)) as view:
+        assert view.manifest_digest == subject
+    spdx = attach(str(out), subject, b"spdx", SPDX)
+    assert [e["digest"] for e in _index(out)] == [subject]
+    assert {e["digest"] for e in _nested(out)} == {sbom.digest, spdx.digest}
+    assert {d.digest for d in referrers(str(out), subject)} == {sbom.digest, spdx.digest}
 
 
 def test_attach_refuses_bad_input(layout: tuple[Path, str], tmp_path: Path) -> None:
@@ -230,14 +262,16 @@ def test_gc_keeps_the_blobs_of_kept_referrers_and_chains(layout: tuple[Path, str
     # Referrers are ordered by (subject digest, artifact type, digest): which
     # comes first depends on the digests' values, not on the chain.
     order = sorted([(subject, CDX, sbom.digest), (sbom.digest, "application/vnd.example.sig", sig.digest)])
-    assert [d.digest for d in kept] == [digest for _subject, _type, digest in order]
+    assert [e.desc.digest for e in kept] == [digest for _subject, _type, digest in order]
     assert set(blobs) == {sbom.digest, sig.digest, EMPTY_DESCRIPTOR.digest, oci.sha256_digest(b"sbom"),
                           oci.sha256_digest(b"sig")}
     assert surviving_referrers(str(out), ["sha256:" + "1" * 64]) == ([], [])
     _build(out)
     assert orphan.digest not in _blobs(out)
     assert set(blobs) <= _blobs(out)
-    assert {e["digest"] for e in _index(out)} == {subject, sbom.digest, sig.digest}
+    assert [e["digest"] for e in _index(out)] == [subject]
+    assert {e["digest"] for e in _nested(out)} == {sbom.digest, sig.digest}  # the chain, transitively
+    assert referrers(str(out), subject) == [sbom] and referrers(str(out), sbom.digest) == [sig]
 
 
 def test_a_referrer_with_a_missing_blob_is_dropped_on_rebuild(layout: tuple[Path, str]) -> None:
@@ -272,16 +306,16 @@ def test_external_tools_read_a_layout_with_referrers(layout: tuple[Path, str], t
     # more referrers, and a referrer of a referrer: umoci and skopeo still read the image
     attach(str(out), subject, b'{"spdxVersion":"SPDX-2.3"}', SPDX, epoch=0)
     attach(str(out), sbom.digest, b"sig", "application/vnd.example.sig")
-    _check_tools(out, subject, tmp_path / "three", validate=False)
+    _check_tools(out, subject, tmp_path / "three")
 
 
-def _check_tools(out: Path, subject: str, work: Path, validate: bool = True) -> None:
-    """umoci unpacks, skopeo inspects and oci-image-tool validates the image tagged latest.
+def _check_tools(out: Path, subject: str, work: Path) -> None:
+    """umoci unpacks, skopeo inspects, oci-image-tool validates and syft scans the layout.
 
-    oci-image-tool 1.0.0-rc1 (Debian's, and the archived upstream's HEAD) cannot
-    pick ``name=latest`` once ``index.json`` lists two or more untagged entries:
-    its filter skips the entry after each one it drops and then finds the
-    reference "not unique". One referrer is fine.
+    Without a tag or ref too: ``index.json`` lists the image only (its referrers
+    are in the index blob its entry names). oci-image-tool 1.0.0-rc1 calls the
+    type ``image`` (``--type imageLayout`` is "unimplemented"; ``image``
+    autodetects a layout) and validates every entry when given no ref.
     """
     def ok(*args: str) -> str:
         proc = subprocess.run(list(args), capture_output=True, text=True, timeout=120)
@@ -292,9 +326,12 @@ def _check_tools(out: Path, subject: str, work: Path, validate: bool = True) -> 
     ok("umoci", "unpack", "--image", f"{out}:latest", str(work / "bundle"))
     assert (work / "bundle/rootfs").is_dir()
     assert json.loads(ok("skopeo", "inspect", f"oci:{out}:latest"))["Digest"] == subject
-    if validate:
-        assert "Validation succeeded" in ok("oci-image-tool", "validate", "--type", "image", "--ref",
-                                            "name=latest", str(out))
+    assert json.loads(ok("skopeo", "inspect", f"oci:{out}"))["Digest"] == subject
+    assert "Validation succeeded" in ok("oci-image-tool", "validate", "--type", "image", "--ref",
+                                        "name=latest", str(out))
+    assert "Validation succeeded" in ok("oci-image-tool", "validate", "--type", "image", str(out))
+    document = syft_scan(f"oci-dir:{out}", work / "syft")
+    assert document["source"]["metadata"]["manifestDigest"] == subject
 
 
 # --- build --sbom ----------------------------------------------------------------------------------------

@@ -115,6 +115,8 @@ def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot
 #: when ``paths`` defaults to the requested packages' files.
 DOC_DIRS = ("/usr/share/doc", "/usr/share/man", "/usr/share/info", "/usr/share/licenses")
 RPM_MANIFEST = "/var/lib/rpmmanifest/container-manifest-2"
+OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
+"""Where scanners read the distribution (os-release(5)): the first one the sysroot has goes in."""
 
 
 class _Assembler:
@@ -139,6 +141,7 @@ class _Assembler:
         self._add_rootfs()
         layered = LayeredRoot(self.sysroot, self.overlay)
         closure = self._add_closure(layered)
+        self._add_os_release()
         if self.packages is not None:
             self._add_rpm_manifest()
         if self.dpkg is not None:
@@ -264,6 +267,28 @@ class _Assembler:
                 if path not in self.overlay:
                     self._inline(path, deb.stanza.encode(), "dpkg status (packages that contributed files)",
                                  "dpkg status")
+
+    def _add_os_release(self) -> None:
+        """The sysroot's ``os-release``, so that scanners know the distribution (as distroless images).
+
+        ``/etc/os-release`` with its link chain (Debian: ``../usr/lib/os-release``),
+        else ``/usr/lib/os-release``; from its package (an RPM sysroot holds the
+        locked release package's, e.g. ``rocky-release``). Nothing when the
+        sysroot has none, when the spec excludes it, or when the image
+        already has one (a ``rootfs/`` overlay, a ``paths`` entry).
+        """
+        if any(p in self.overlay or self.tree.get(p) is not None for p in OS_RELEASE):
+            return
+        for path in OS_RELEASE:
+            resolved = self.sysroot.resolve(path)
+            if resolved is None or not stat.S_ISREG(resolved.st.st_mode):
+                continue
+            if self._excluded(path, resolved.path, *(link for link, _target in resolved.links)):
+                return
+            why = Provenance("os-release (the distribution, for scanners)", self._source_of(path),
+                             "os-release", path)
+            self._add_sys_path(path, why)
+            return
 
     def _add_rpm_manifest(self) -> None:
         """``container-manifest-2``: exactly the packages that contributed files."""

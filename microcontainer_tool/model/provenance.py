@@ -166,6 +166,8 @@ def describe(reason: Mapping[str, Any]) -> str:
         return f"interpreter of {reason.get('by', '')}"
     if kind == "pack":
         return f"pack {reason.get('selector', '')} ({reason.get('rule', '')})"
+    if kind == "os-release":
+        return f"os-release: {reason.get('selector', '')} (the distribution, for scanners)"
     return f"generated: {reason.get('selector', '')}"
 
 

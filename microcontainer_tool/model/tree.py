@@ -41,7 +41,8 @@ class Provenance:
         source: the input it came from: ``rpm:NEVRA``, ``deb:NAME:ARCH``,
             ``dir:FROM``, ``image:REF@DIGEST``, ``project:PATH`` or ``generated``.
         kind: the machine-readable reason: ``paths``, ``package``, ``files``,
-            ``rootfs``, ``libs``, ``needed``, ``interpreter``, ``pack`` or ``generated``.
+            ``rootfs``, ``libs``, ``needed``, ``interpreter``, ``pack``, ``os-release``
+            or ``generated``.
         selector: the spec value that selected it (pattern, image path,
             library, package, pack name), or what was generated.
         by: for ``needed``/``interpreter``: the ELF object that needs it; for

@@ -42,7 +42,12 @@ from microcontainer_tool.oci.compression import open_compressor
 from microcontainer_tool.oci.layer import CHUNK_SIZE, LayerInfo, TarStreamWriter, normalized_info, write_layer
 from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.model import Descriptor, canonical_json
-from microcontainer_tool.oci.referrers import surviving_referrers
+from microcontainer_tool.oci.referrers import (
+    IndexEntry,
+    link_referrers,
+    split_index,
+    surviving_referrers,
+)
 from microcontainer_tool.oci.store import BLOBS_DIR, INDEX_FILE, OCI_LAYOUT, OCI_LAYOUT_FILE, LayoutStore
 
 FORMATS = ("oci", "oci-archive", "smith", "docker-archive")
@@ -310,10 +315,10 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
     if os.path.isfile(os.path.join(target, OCI_LAYOUT_FILE)):
         store = LayoutStore(target)
         kept, kept_blobs = surviving_referrers(target, [manifest_desc.digest])
-        _fill_layout(store, layer_blob_path, layer_desc, config_bytes, manifest_bytes, manifest_desc,
-                     move_layer, base_layers, kept)
+        nested = _fill_layout(store, layer_blob_path, layer_desc, config_bytes, manifest_bytes,
+                              manifest_desc, move_layer, base_layers, kept)
         store.collect_garbage([layer_desc.digest, manifest_desc.digest, oci.sha256_digest(config_bytes)]
-                              + [base.desc.digest for base in base_layers] + kept_blobs)
+                              + [base.desc.digest for base in base_layers] + kept_blobs + nested)
         return
     parent, base = os.path.split(target)
     try:
@@ -333,7 +338,8 @@ def _write_layout_dir(target: str, layer_blob_path: str, layer_desc: Descriptor,
 
 def _fill_layout(store: LayoutStore, layer_blob_path: str, layer_desc: Descriptor, config_bytes: bytes,
                  manifest_bytes: bytes, manifest_desc: Descriptor, move_layer: bool,
-                 base_layers: Sequence[BaseLayer] = (), referrers: Sequence[Descriptor] = ()) -> None:
+                 base_layers: Sequence[BaseLayer] = (), referrers: Sequence[IndexEntry] = ()) -> list[str]:
+    """Store the image's blobs and write ``index.json``; return the referrers index blobs written."""
     for base in base_layers:
         if not store.has_blob(base.desc.digest):
             store.put_file(base.path, base.desc.media_type, base.desc.digest)
@@ -343,9 +349,11 @@ def _fill_layout(store: LayoutStore, layer_blob_path: str, layer_desc: Descripto
         store.put_file(layer_blob_path, layer_desc.media_type, layer_desc.digest)
     store.put_blob(config_bytes, oci.MEDIA_TYPE_CONFIG)
     store.put_blob(manifest_bytes, oci.MEDIA_TYPE_MANIFEST)
+    entries, nested = link_referrers(store, [manifest_desc], referrers)
     store.sync()
-    store.write_index([manifest_desc, *referrers])
+    store.write_index(entries)
     fsync_dir(store.root)
+    return nested
 
 
 def _dirs_of(names: Sequence[str]) -> list[str]:
@@ -452,21 +460,24 @@ def sync_layout_from_archive(archive: str, out: str) -> str:
                 if stream is None:
                     raise LayoutError(f"{archive}: cannot read {name}")
                 store.put_blob(cast(BinaryIO, stream), expected_digest=digest)
-            kept: list[Descriptor] = []
+            kept: list[IndexEntry] = []
             kept_blobs: list[str] = []
+            images, carried = split_index(store, descs, archive)  # the archive's own referrers
             if existing:
-                kept, kept_blobs = surviving_referrers(root, [d.digest for d in descs])
+                kept, kept_blobs = surviving_referrers(root, [d.digest for d in images])
+            entries, nested = link_referrers(store, images, carried + [e for e in kept if e not in carried])
             store.sync()
-            store.write_index(descs + kept)
+            store.write_index(entries)
             if existing:
-                store.collect_garbage(["sha256:" + n[len(BLOBS_DIR) + 1:] for n in blobs] + kept_blobs)
+                store.collect_garbage(["sha256:" + n[len(BLOBS_DIR) + 1:] for n in blobs] + kept_blobs
+                                      + nested)
             else:
                 replace_dir(root, target)
         except BaseException:
             if not existing:
                 shutil.rmtree(root, ignore_errors=True)
             raise
-    return descs[0].digest if descs else ""
+    return images[0].digest if images else ""
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str) -> bytes:

@@ -5,12 +5,24 @@ with ``artifactType``, the *empty* config (``application/vnd.oci.empty.v1+json``
 the two bytes ``{}``), one layer holding the data (its media type is the
 artifact type), and ``subject`` pointing at the image manifest it describes.
 
-In a layout, :func:`attach` lists that manifest in ``index.json`` *without* a
-``ref.name`` (it is not an image to pick by tag); attaching again with the
-same artifact type for the same subject replaces the previous one, so
-rebuilding does not accumulate. Referrers are ordered after the images, by
-(subject, artifact type, digest), so ``index.json`` does not depend on the
-order things were attached in. Every write is deterministic: same data, same
+In a layout, ``index.json`` lists the *images* only, so that every client
+reads the layout without being told a tag (syft, ``skopeo inspect oci:DIR``,
+``oci-image-tool validate``: each refuses an ``index.json`` with more than one
+entry, or fails on an artifact's empty config). An image's entry in
+``index.json`` carries the annotation :data:`REFERRERS_ANNOTATION`: the digest
+of an OCI image index blob listing its referrers -- those whose ``subject``
+is the image, and those of them, transitively -- exactly as the registry
+referrers API answers (each entry a manifest descriptor with
+``artifactType`` and the manifest's annotations). The annotation is on the
+index entry, not in the image manifest: the image digest does not depend on
+its artifacts. Layouts written by other tools (or earlier versions), with
+referrer manifests listed in ``index.json`` itself, are read too, and
+rewritten to this form by the next :func:`attach` or rebuild.
+
+Attaching again with the same artifact type for the same subject replaces
+the previous one, so rebuilding does not accumulate. Referrers are ordered
+by (subject, artifact type, digest), so the bytes do not depend on the order
+things were attached in. Every write is deterministic: same data, same
 bytes.
 
 **Which referrers survive a rebuild**: a layout keeps a referrer only while
@@ -28,7 +40,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from microcontainer_tool import jsontext
@@ -44,6 +56,8 @@ EMPTY_DESCRIPTOR = Descriptor(MEDIA_TYPE_EMPTY, oci.sha256_digest(EMPTY_JSON), l
 
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_TITLE = "org.opencontainers.image.title"
+REFERRERS_ANNOTATION = "dev.microcontainer.referrers"
+"""On an image's ``index.json`` entry: the digest of the image index blob listing its referrers."""
 
 MAX_MANIFEST = 4 << 20
 _MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
@@ -170,19 +184,12 @@ def order_entries(entries: Sequence[IndexEntry]) -> list[Descriptor]:
     return images + [e.desc for e in refs]
 
 
-def _subject_descriptor(store: LayoutStore, descs: Sequence[Descriptor], digest: str,
-                        label: str) -> Descriptor:
+def _subject_descriptor(descs: Sequence[Descriptor], digest: str, label: str) -> Descriptor:
+    """The descriptor of an image or a referrer of the layout (what an artifact may refer to)."""
     for desc in descs:
         if desc.digest == digest:
             return Descriptor(desc.media_type, desc.digest, desc.size)
-    if not store.has_blob(digest):
-        raise LayoutError(f"{label}: no manifest {digest} in the layout")
-    size = os.path.getsize(store.blob_path(digest))
-    manifest = store.read_json(Descriptor(oci.MEDIA_TYPE_MANIFEST, digest, size), label, MAX_MANIFEST)
-    media_type = manifest.get("mediaType")
-    if not isinstance(media_type, str) or not media_type:
-        media_type = oci.MEDIA_TYPE_INDEX if "manifests" in manifest else oci.MEDIA_TYPE_MANIFEST
-    return Descriptor(media_type, digest, size)
+    raise LayoutError(f"{label}: no manifest {digest} in the layout (neither an image nor a referrer)")
 
 
 def attach(layout_dir: str, subject_digest: str, data: bytes, artifact_type: str,
@@ -191,14 +198,15 @@ def attach(layout_dir: str, subject_digest: str, data: bytes, artifact_type: str
     """Attach ``data`` to the manifest ``subject_digest`` of a layout, as an OCI 1.1 referrer.
 
     Stores ``data`` and the empty config as blobs, writes the artifact
-    manifest, and atomically rewrites ``index.json`` with it (no ``ref.name``),
-    dropping any earlier referrer of the same ``artifact_type`` for the same
-    subject (whose blobs are removed unless something else still uses them).
+    manifest and the image's referrers index, and atomically rewrites
+    ``index.json`` to name that index (see the module docstring), dropping
+    any earlier referrer of the same ``artifact_type`` for the same subject
+    (whose blobs are removed unless something else still uses them).
 
     Args:
         layout_dir: an OCI image layout directory.
-        subject_digest: the image manifest (or index) the artifact describes;
-            listed in ``index.json`` or at least present as a blob.
+        subject_digest: the image manifest (or index) the artifact describes: an
+            image of ``index.json``, or a referrer of one.
         data: the artifact's content.
         artifact_type: its media type (``application/vnd.cyclonedx+json``...).
         annotations: the manifest's annotations.
@@ -219,7 +227,9 @@ def attach(layout_dir: str, subject_digest: str, data: bytes, artifact_type: str
         notes[ANNOTATION_CREATED] = oci.rfc3339(epoch)
     store = LayoutStore(layout_dir)
     descs = _read_index(layout_dir)
-    subject = _subject_descriptor(store, descs, oci.check_digest(subject_digest), layout_dir)
+    images, refs = split_index(store, descs, layout_dir)
+    subject = _subject_descriptor(images + [e.desc for e in refs], oci.check_digest(subject_digest),
+                                  layout_dir)
 
     layer = store.put_blob(bytes(data), artifact_type)
     if title:
@@ -230,14 +240,105 @@ def attach(layout_dir: str, subject_digest: str, data: bytes, artifact_type: str
     desc = ArtifactDescriptor(oci.MEDIA_TYPE_MANIFEST, stored.digest, stored.size, notes or None, None,
                               artifact_type)
 
-    entries = [read_index_entry(store, d, layout_dir) for d in descs]
-    replaced = [e for e in entries if e.subject == subject.digest and e.artifact_type == artifact_type]
-    kept = [e for e in entries if e not in replaced]
-    kept.append(IndexEntry(desc, subject.digest, artifact_type, ()))
+    replaced = [e for e in refs if e.subject == subject.digest and e.artifact_type == artifact_type]
+    kept = [e for e in refs if e not in replaced]
+    kept.append(IndexEntry(desc, subject.digest, artifact_type,
+                           (desc.digest, EMPTY_DESCRIPTOR.digest, layer.digest)))
+    linked, nested = link_referrers(store, images, kept)
     store.sync()
-    store.write_index(order_entries(kept))
-    _remove_unused(store, kept, [b for e in replaced for b in e.blobs], layout_dir)
+    store.write_index(linked)
+    candidates = [b for e in replaced for b in e.blobs] + _nested_digests(descs)
+    _remove_unused(store, linked, nested + [b for e in kept for b in e.blobs], candidates, layout_dir)
     return desc
+
+
+def _nested_digests(descs: Sequence[Descriptor]) -> list[str]:
+    """The referrers index blobs that ``index.json`` entries name."""
+    return [str((d.annotations or {})[REFERRERS_ANNOTATION]) for d in descs
+            if REFERRERS_ANNOTATION in (d.annotations or {})]
+
+
+def split_index(store: LayoutStore, descs: Sequence[Descriptor],
+                label: str) -> tuple[list[Descriptor], list[IndexEntry]]:
+    """Split ``index.json`` entries into the images and every referrer of the layout.
+
+    Referrers come from each image's referrers index (:data:`REFERRERS_ANNOTATION`)
+    and from referrer manifests listed in ``index.json`` itself (the form
+    other tools write). The images are returned without the annotation.
+
+    Raises:
+        DigestMismatchError: a manifest or referrers index does not match its digest.
+        LayoutError: one is missing, unreadable or malformed.
+    """
+    images: list[Descriptor] = []
+    refs: dict[str, IndexEntry] = {}
+    for desc in descs:
+        entry = read_index_entry(store, desc, label)
+        if entry.subject is not None:
+            refs.setdefault(desc.digest, entry)
+            continue
+        notes = dict(desc.annotations or {})
+        nested = notes.pop(REFERRERS_ANNOTATION, None)
+        images.append(replace(desc, annotations=notes or None))
+        if nested is None:
+            continue
+        digest = oci.check_digest(nested)
+        if not store.has_blob(digest):
+            raise LayoutError(f"{label}: no referrers index {digest} (named by {desc.digest})")
+        size = os.path.getsize(store.blob_path(digest))
+        index = store.read_json(Descriptor(oci.MEDIA_TYPE_INDEX, digest, size), label, MAX_MANIFEST)
+        listed = index.get("manifests")
+        if not isinstance(listed, list) or not all(isinstance(e, dict) for e in listed):
+            raise LayoutError(f"{label}: malformed referrers index {digest}")
+        for raw in listed:
+            entry = read_index_entry(store, _descriptor(raw), label)
+            if entry.subject is None:
+                raise LayoutError(f"{label}: referrers index {digest} lists {entry.desc.digest},"
+                                  " which has no subject")
+            refs.setdefault(entry.desc.digest, entry)
+    return images, list(refs.values())
+
+
+def _referrers_of(root: str, refs: Sequence[IndexEntry]) -> list[IndexEntry]:
+    """The referrers of ``root``, and theirs, transitively."""
+    present = {root}
+    found: list[IndexEntry] = []
+    changed = True
+    while changed:
+        changed = False
+        for entry in refs:
+            if entry not in found and entry.subject in present and entry.desc.digest != root:
+                found.append(entry)
+                present.add(entry.desc.digest)
+                changed = True
+    return found
+
+
+def link_referrers(store: LayoutStore, images: Sequence[Descriptor],
+                   refs: Sequence[IndexEntry]) -> tuple[list[Descriptor], list[str]]:
+    """The ``index.json`` entries of ``images`` with their referrers linked in.
+
+    Stores, for each image that has referrers among ``refs`` (transitively),
+    the image index listing them (ordered as :func:`order_entries` orders
+    them) and names it in the image entry's :data:`REFERRERS_ANNOTATION`.
+    Referrers that reach no image are left out.
+
+    Returns:
+        ``(entries, blobs)``: the image entries for ``index.json``, and the
+        digests of the referrers index blobs written.
+    """
+    out: list[Descriptor] = []
+    nested: list[str] = []
+    for image in images:
+        notes = dict(image.annotations or {})
+        notes.pop(REFERRERS_ANNOTATION, None)
+        mine = _referrers_of(image.digest, refs)
+        if mine:
+            stored = store.put_blob(canonical_json(oci.index(order_entries(mine))), oci.MEDIA_TYPE_INDEX)
+            notes[REFERRERS_ANNOTATION] = stored.digest
+            nested.append(stored.digest)
+        out.append(replace(image, annotations=notes or None))
+    return out, nested
 
 
 def _reachable(store: LayoutStore, descs: Sequence[Descriptor], label: str) -> set[str]:
@@ -256,16 +357,16 @@ def _reachable(store: LayoutStore, descs: Sequence[Descriptor], label: str) -> s
     return seen
 
 
-def _remove_unused(store: LayoutStore, kept: Sequence[IndexEntry], candidates: Sequence[str],
-                   label: str) -> None:
-    """Remove the ``candidates`` blobs that nothing in the index reaches any more."""
+def _remove_unused(store: LayoutStore, kept: Sequence[Descriptor], used: Sequence[str],
+                   candidates: Sequence[str], label: str) -> None:
+    """Remove the ``candidates`` blobs that neither ``kept`` reaches nor ``used`` names."""
     if not candidates:
         return
     try:
-        used = _reachable(store, [e.desc for e in kept], label)
+        reached = _reachable(store, kept, label) | set(used)
     except LayoutError:
         return  # something unreadable: removing nothing is the safe answer
-    for digest in sorted(set(candidates) - used):
+    for digest in sorted(set(candidates) - reached):
         try:
             os.unlink(store.blob_path(digest))
         except OSError:
@@ -273,7 +374,7 @@ def _remove_unused(store: LayoutStore, kept: Sequence[IndexEntry], candidates: S
 
 
 def referrers(layout_dir: str, subject_digest: str) -> list[Descriptor]:
-    """The referrers of ``subject_digest`` listed in the layout's ``index.json``, in index order.
+    """The referrers of ``subject_digest`` in the layout, ordered as :func:`order_entries` orders them.
 
     Each is an :class:`ArtifactDescriptor` (``artifact_type`` set when known).
 
@@ -283,21 +384,22 @@ def referrers(layout_dir: str, subject_digest: str) -> list[Descriptor]:
     _check_layout(layout_dir)
     oci.check_digest(subject_digest)
     store = LayoutStore(layout_dir)
-    entries = [read_index_entry(store, d, layout_dir) for d in _read_index(layout_dir)]
-    return [e.desc for e in entries if e.subject == subject_digest]
+    _images, refs = split_index(store, _read_index(layout_dir), layout_dir)
+    return order_entries([e for e in refs if e.subject == subject_digest])
 
 
-def surviving_referrers(layout_dir: str, subjects: Sequence[str]) -> tuple[list[Descriptor], list[str]]:
+def surviving_referrers(layout_dir: str, subjects: Sequence[str]) -> tuple[list[IndexEntry], list[str]]:
     """The referrers of a layout that a rewrite whose index lists ``subjects`` keeps.
 
     The GC rule: a referrer is kept while its subject is in the index (one of
     ``subjects``, or another kept referrer); the blobs it needs are returned so
     garbage collection keeps them. A referrer with a missing or unreadable blob
     is dropped; an unreadable layout keeps nothing (it never fails a build).
+    Give the entries to :func:`link_referrers` with the new images.
 
     Returns:
-        ``(descriptors, blob digests)``: index entries to add after the
-        images (ordered as :func:`attach` orders them), and every blob they need.
+        ``(entries, blob digests)``: the kept referrers (ordered as
+        :func:`order_entries` orders them), and every blob they need.
     """
     try:
         _check_layout(layout_dir)
@@ -305,22 +407,19 @@ def surviving_referrers(layout_dir: str, subjects: Sequence[str]) -> tuple[list[
         descs = _read_index(layout_dir)
     except LayoutError:
         return [], []
-    candidates: list[IndexEntry] = []
+    candidates: dict[str, IndexEntry] = {}
     for desc in descs:
         try:
-            entry = read_index_entry(store, desc, layout_dir)
+            _images, refs = split_index(store, [desc], layout_dir)
         except LayoutError:
             continue
-        if entry.subject is not None and all(store.has_blob(b) for b in entry.blobs):
-            candidates.append(entry)
-    present = set(subjects)
+        for entry in refs:
+            if all(store.has_blob(b) for b in entry.blobs):
+                candidates.setdefault(entry.desc.digest, entry)
     kept: list[IndexEntry] = []
-    changed = True
-    while changed:
-        changed = False
-        for entry in candidates:
-            if entry not in kept and entry.subject in present and entry.desc.digest not in set(subjects):
-                kept.append(entry)
-                present.add(entry.desc.digest)
-                changed = True
-    return order_entries(kept), sorted({b for e in kept for b in e.blobs})
+    for subject in subjects:
+        kept += [e for e in _referrers_of(subject, list(candidates.values()))
+                 if e not in kept and e.desc.digest not in set(subjects)]
+    order = {d.digest: n for n, d in enumerate(order_entries(kept))}
+    kept.sort(key=lambda e: order[e.desc.digest])
+    return kept, sorted({b for e in kept for b in e.blobs})

@@ -152,15 +152,16 @@ def push_referrers(client: Any, repo: str, layout_dir: str, subject_digest: str,
 
 
 def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutStore,
-                    progress: Any = None) -> list[Descriptor]:
+                    progress: Any = None) -> list[IndexEntry]:
     """Download the referrers of ``subject_digest`` into ``store`` (referrers API, else the tag).
 
     Only OCI manifests whose ``subject`` really is ``subject_digest`` are
     taken; each manifest and blob is verified. Nothing listed: ``[]``.
 
     Returns:
-        Their index entries (:class:`~microcontainer_tool.oci.referrers.ArtifactDescriptor`), sorted as
-        :func:`~microcontainer_tool.oci.referrers.attach` sorts them.
+        Their entries (each ``desc`` an :class:`~microcontainer_tool.oci.referrers.ArtifactDescriptor`),
+        sorted as :func:`~microcontainer_tool.oci.referrers.order_entries` sorts them; give them to
+        :func:`~microcontainer_tool.oci.referrers.link_referrers`.
 
     Raises:
         DigestMismatchError: a manifest or blob does not match its digest.
@@ -202,4 +203,5 @@ def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutSt
         desc = ArtifactDescriptor(stored.media_type, stored.digest, stored.size, notes or None, None,
                                   entry.artifact_type)
         entries.append(IndexEntry(desc, entry.subject, entry.artifact_type, entry.blobs))
-    return order_entries(entries)
+    order = {d.digest: n for n, d in enumerate(order_entries(entries))}
+    return sorted(entries, key=lambda e: order[e.desc.digest])

@@ -46,6 +46,7 @@ from microcontainer_tool.oci.blobs import MAX_JSON_BLOB
 from microcontainer_tool.oci.imageview import open_image
 from microcontainer_tool.oci.layout import format_for_path
 from microcontainer_tool.oci.model import Descriptor, canonical_json
+from microcontainer_tool.oci.referrers import link_referrers
 from microcontainer_tool.oci.store import BLOBS_DIR, INDEX_FILE, OCI_LAYOUT, OCI_LAYOUT_FILE, LayoutStore
 from microcontainer_tool.registry.client import Progress, RegistryClient
 from microcontainer_tool.registry.reference import Reference, normalize_registry
@@ -426,9 +427,10 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
         config = store.read_json(config_desc, f"{ref}: config")
         annotations = {oci.ANNOTATION_REF_NAME: ref.tag} if ref.tag else None
         referrers = fetch_referrers(client, ref.repository, digest, store, progress)  # SBOMs and the like
+        image = Descriptor(media_type, digest, len(data), annotations, oci.platform_of(config))
+        entries, _nested = link_referrers(store, [image], referrers)
         store.sync()
-        store.write_index([Descriptor(media_type, digest, len(data), annotations, oci.platform_of(config)),
-                           *referrers])
+        store.write_index(entries)
         if fmt == "oci":
             replace_dir(tmp, target)
             tmp = ""
