@@ -14,9 +14,11 @@ venv=${MCT_VENV:-$top/.venv}
 # the virtual environment; qemu-user-static runs ld.so and the layer compressor as other
 # CPUs (qemu-x86_64-static -cpu Haswell-v4/Nehalem/max), since their answers depend on the CPU;
 # curl is the host program several tests image, gnupg (gpg) makes the keys the RPM signature
-# tests sign with.
+# tests sign with; podman and containerd (ctr) are the container clients the tests load, name and
+# run the outputs with (tests/test_clients.py).
 apt_packages=(runc umoci skopeo oci-image-tool gcc libc6-dev python3-venv rpm rpm2cpio cpio createrepo-c
-              docker-registry apache2-utils openssl busybox-static debootstrap qemu-user-static curl gnupg)
+              docker-registry apache2-utils openssl busybox-static debootstrap qemu-user-static curl gnupg
+              podman containerd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -19,7 +19,7 @@ from microcontainer_tool.model.provenance import add_record
 from microcontainer_tool.model.tree import HostFile
 from microcontainer_tool.oci.layer import LayerInfo
 from microcontainer_tool.oci.layercache import LayerCache
-from microcontainer_tool.oci.layout import format_for_path, write_tree_image
+from microcontainer_tool.oci.layout import format_for_path, split_reference, write_tree_image
 from microcontainer_tool.oci.model import image_config
 from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image, platform_for
 from microcontainer_tool.sources.image.locate import ImageLocation, locate_image
@@ -100,7 +100,7 @@ def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int
     return config
 
 
-def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str = "latest",
+def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str | None = None,
                 name: str | None = None, compression: str = "gzip", epoch: int = 0,
                 allow_missing: bool = False, layer_cache: LayerCache | None = None,
                 cache_dir: str | None = None, offline: bool = False,
@@ -111,8 +111,11 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         spec: the validated spec.
         output: output path (directory, ``.tar``, ``.tar.gz``/``.tgz``).
         fmt: output format, or ``None`` to choose by ``output``'s suffix.
-        tag: the image's tag (``org.opencontainers.image.ref.name``).
-        name: repository name for docker-archive RepoTags (default: output stem).
+        tag: the image's tag (``org.opencontainers.image.ref.name``; default: the
+            tag in ``name``, else ``latest``).
+        name: the image's name, ``[HOST[:PORT]/]REPO[:TAG]`` (default: output
+            stem): ``io.containerd.image.name`` (podman and containerd name the
+            loaded image by it) and docker-archive's ``RepoTags``.
         compression: ``gzip``, ``zstd`` or ``none``.
         epoch: ``SOURCE_DATE_EPOCH``: every timestamp in the output.
         allow_missing: warn instead of failing on missing libraries.
@@ -131,6 +134,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str =
         MicrocontainerError: any input or output problem (nothing is written).
     """
     fmt = format_for_path(output, fmt)
+    name, tag = split_reference(name, tag)
     packages = None
     sysroot = None
     notes: list[str] = []

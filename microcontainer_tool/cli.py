@@ -52,9 +52,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="spec file or its directory (default: ./microimage.yaml, else ./smith.yaml)")
     build.add_argument("-o", "--output", metavar="OUT", required=True,
                        help="output: DIR (OCI layout), OUT.tar (oci-archive), OUT.tar.gz/.tgz (smith)")
-    build.add_argument("-t", "--tag", default="latest", help="tag (ref.name) of the image (default: latest)")
-    build.add_argument("--name",
-                       help="repository name used in docker-archive RepoTags (default: output's stem)")
+    build.add_argument("-t", "--tag",
+                       help="tag (ref.name) of the image (default: the tag in --name, else latest)")
+    build.add_argument("--name", metavar="[HOST[:PORT]/]REPO[:TAG]",
+                       help="the image's name: podman and containerd name the loaded image by it"
+                            " (io.containerd.image.name), docker-archive's RepoTags carry it"
+                            " (default: output's stem)")
     build.add_argument("--format", choices=FORMATS, help="output format (default: by OUT's suffix)")
     build.add_argument("--compression", choices=COMPRESSIONS, default="gzip",
                        help="layer compression (default: gzip; zstd is opt-in)")
@@ -198,11 +201,13 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from microcontainer_tool.build import build_image
     from microcontainer_tool.oci.layercache import LayerCache
+    from microcontainer_tool.oci.layout import split_reference
     from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.spec.imagespec import load_spec
 
     spec = load_spec(args.config)
     epoch = source_date_epoch(env)
+    args.name, args.tag = split_reference(args.name, args.tag)
     result = build_image(
         spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
         compression=args.compression, epoch=epoch,

@@ -124,7 +124,7 @@ def generate(env: Any) -> None:
     env.SetDefault(
         MCT_COMPRESSION="gzip",
         MCT_FORMAT="",
-        MCT_TAG="latest",
+        MCT_TAG="",
         MCT_NAME="",
         MCT_SOURCE_DATE_EPOCH=os.environ.get("SOURCE_DATE_EPOCH", "0"),
         MCT_ALLOW_MISSING=False,
@@ -412,7 +412,7 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
         if not epoch.isdigit():
             raise MicrocontainerError(f"MCT_SOURCE_DATE_EPOCH={epoch!r} is not a non-negative integer")
         result = build_image(
-            spec, out, fmt=env.subst("$_MCT_FORMAT"), tag=env.subst("$MCT_TAG"),
+            spec, out, fmt=env.subst("$_MCT_FORMAT"), tag=env.subst("$MCT_TAG") or None,
             name=env.subst("$MCT_NAME") or None, compression=env.subst("$MCT_COMPRESSION"),
             epoch=int(epoch), allow_missing=bool(env.get("MCT_ALLOW_MISSING")),
             layer_cache=LayerCache(env.Dir(cache_dir).abspath) if cache_dir else None,

@@ -41,10 +41,11 @@ def test_cache_output_equals_uncached(tmp_path):
     spec = tmp_path / "spec"
     spec.mkdir()
     (spec / "microimage.yaml").write_text("paths: [/usr/bin/true]\n")
-    plain = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "a.tar"), "-q")
-    cached = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "b.tar"), "-q",
+    # one --name: the image's name (default: the output's stem) is in index.json
+    plain = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "a.tar"), "-q", "--name", "img")
+    cached = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "b.tar"), "-q", "--name", "img",
                      "--layer-cache", str(tmp_path / "cache"))
-    again = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "c.tar"), "-q",
+    again = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "c.tar"), "-q", "--name", "img",
                     "--layer-cache", str(tmp_path / "cache"))
     assert plain.stdout == cached.stdout == again.stdout
     a, b, c = ((tmp_path / name).read_bytes() for name in ("a.tar", "b.tar", "c.tar"))

@@ -28,6 +28,8 @@ from microcontainer_tool.oci.layout import (
     FORMATS,
     ImageResult,
     format_for_path,
+    image_name,
+    split_reference,
     write_image,
     write_tree_image,
 )
@@ -139,7 +141,8 @@ def test_oci_layout_validates_unpacks_and_inspects(tree: FileTree, out_dir: Path
             "mediaType": oci.MEDIA_TYPE_MANIFEST,
             "digest": result.manifest_digest,
             "size": result.manifest_size,
-            "annotations": {oci.ANNOTATION_REF_NAME: TAG},
+            "annotations": {oci.ANNOTATION_REF_NAME: TAG,
+                            oci.ANNOTATION_CONTAINERD_NAME: "example.com/team/app:v1.2"},
             "platform": {"architecture": "amd64", "os": "linux"},
         }],
     }
@@ -339,12 +342,31 @@ def test_wrong_kind_of_existing_target(tree: FileTree, out_dir: Path) -> None:
     assert sorted(os.listdir(out_dir)) == ["dir.tar", "file"]
 
 
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
 @pytest.mark.parametrize(
     "tag,name", [("bad tag", "app"), ("v1", "Upper/Case"), (".v1", "app"), ("v1", "a//b")])
-def test_invalid_tag_or_name(tree: FileTree, out_dir: Path, tag: str, name: str) -> None:
+def test_invalid_tag_or_name(tree: FileTree, out_dir: Path, tag: str, name: str, fmt: str) -> None:
     with pytest.raises(LayoutError):
-        write_tree_image(str(out_dir / "x.tar"), "docker-archive", tree, "gzip", 0, make_config, tag, name)
+        write_tree_image(str(out_dir / "x.tar"), fmt, tree, "gzip", 0, make_config, tag, name)
     assert os.listdir(out_dir) == []
+
+
+def test_split_reference_and_image_name() -> None:
+    assert split_reference(None, None) == (None, "latest")
+    assert split_reference(None, "v2") == (None, "v2")
+    assert split_reference("app", None) == ("app", "latest")
+    assert split_reference("app:1.0", None) == ("app", "1.0")
+    assert split_reference("app:1.0", "1.0") == ("app", "1.0")
+    assert split_reference("localhost:5000/team/app", None) == ("localhost:5000/team/app", "latest")
+    assert split_reference("localhost:5000/team/app:v3", None) == ("localhost:5000/team/app", "v3")
+    for name, tag in [("app:1.0", "2.0"), ("app@sha256:" + "0" * 64, None), ("App", None), ("app:", None),
+                      ("app", "bad tag")]:
+        with pytest.raises(LayoutError):
+            split_reference(name, tag)
+    assert image_name("app", "1.0") == "docker.io/library/app:1.0"
+    assert image_name("team/app", "1.0") == "docker.io/team/app:1.0"
+    assert image_name("localhost/app", "1.0") == "localhost/app:1.0"
+    assert image_name("example.com:5000/app", "1.0") == "example.com:5000/app:1.0"
 
 
 def test_store_put_blob_is_idempotent_and_atomic(tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def test_excludes_prune_a_pack(tmp_path: Path) -> None:
 
 
 def test_pack_images_are_reproducible(iconv_image: Path, tmp_path: Path) -> None:
-    again = tmp_path / "again"
+    again = tmp_path / "image"  # the same name (the output's stem) as iconv_image's, in index.json
     build(EXAMPLE, again)
     assert (again / "index.json").read_bytes() == (iconv_image / "index.json").read_bytes()
 

@@ -93,9 +93,9 @@ def test_parent_from_a_docker_archive_keeps_digests(base: Path, tmp_path: Path) 
 
 def test_parent_build_is_reproducible(base: Path, tmp_path: Path) -> None:
     child = spec_dir(tmp_path / "child", f"parent: {base}:1\npaths: [/usr/bin/false]\n")
-    one = run_cli("build", "-c", str(child), "-o", str(tmp_path / "one.tar"), "-q",
+    one = run_cli("build", "-c", str(child), "-o", str(tmp_path / "one.tar"), "-q", "--name", "child",
                   "--cache-dir", str(tmp_path / "c1"))
-    two = run_cli("build", "-c", str(child), "-o", str(tmp_path / "two.tar"), "-q",
+    two = run_cli("build", "-c", str(child), "-o", str(tmp_path / "two.tar"), "-q", "--name", "child",
                   "--cache-dir", str(tmp_path / "c2"))
     assert one.returncode == 0 and one.stdout == two.stdout
     assert (tmp_path / "one.tar").read_bytes() == (tmp_path / "two.tar").read_bytes()
@@ -173,10 +173,10 @@ def test_offline_needs_a_cached_digest_pin(fat: tuple[Path, str], tmp_path: Path
         subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
                         f"docker://{reg.host}/fat:1"], check=True, capture_output=True)
         pinned = spec_dir(tmp_path / "pinned", f"from: {reg.host}/fat:1@{digest}\npaths: [/usr/bin/cat]\n")
-        build(pinned, tmp_path / "one.tar", "--plain-http")
+        build(pinned, tmp_path / "one.tar", "--plain-http", "--name", "pinned")
     finally:
         reg.stop()
-    build(pinned, tmp_path / "two.tar", "--offline")  # no network: from the cache
+    build(pinned, tmp_path / "two.tar", "--offline", "--name", "pinned")  # no network: from the cache
     assert (tmp_path / "one.tar").read_bytes() == (tmp_path / "two.tar").read_bytes()
     tagged = spec_dir(tmp_path / "tagged", f"from: {reg.host}/fat:1\npaths: [/usr/bin/cat]\n")
     proc = run_cli("build", "-c", str(tagged), "-o", str(tmp_path / "three.tar"), "--offline",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, have, run_cli
+from conftest import REPO, assert_one_line_error, have, run_cli
 
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, RunError
 from microcontainer_tool.runtime import bundle as bundle_module
@@ -36,6 +36,7 @@ from microcontainer_tool.runtime.config import runtime_config
 from microcontainer_tool.runtime.extractor import extract_image
 from microcontainer_tool.runtime.namespaces import host_id_map, userns_supported
 from microcontainer_tool.runtime.toolbox import _static_busybox
+from microcontainer_tool.runtime.volumes import prepare_write_dir
 
 # --------------------------------------------------------------------------- image helpers
 
@@ -381,6 +382,74 @@ def test_read_only_root_write_volume_user_and_caps(images: dict[str, str], dirs:
     assert status["CapEff"].strip() == status["CapPrm"].strip() == status["CapBnd"].strip() == "0" * 16
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Uid"].split()[0] == "10"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root needed (chown)")
+def test_prepare_write_dir_gives_only_fresh_own_dirs(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o755)
+    note = prepare_write_dir(str(fresh), 100010, 100011, {0})  # a plain bind: the mapped host ids
+    assert note is not None and "100010:100011" in note
+    assert (fresh.stat().st_uid, fresh.stat().st_gid) == (100010, 100011)
+    assert prepare_write_dir(str(fresh), 100010, 100011, {0}) is None  # writable now: untouched
+    group = tmp_path / "group"
+    group.mkdir()
+    group.chmod(0o775)
+    os.chown(group, 0, 100011)
+    assert prepare_write_dir(str(group), 100010, 100011, {0}) is None  # group-writable: left as it is
+    assert group.stat().st_uid == 0
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    with pytest.raises(RunError, match="owned by uid 0"):
+        prepare_write_dir(str(theirs), 10, 10, {1234})  # not the invoking user's
+    assert theirs.stat().st_uid == 0
+
+
+@needs_runc
+@pytest.mark.parametrize("userns", [True, False])
+def test_run_write_gives_a_fresh_dir_to_the_container_user(images: dict[str, str], dirs: tuple[str, str],
+                                                           tmp_path: Path, userns: bool) -> None:
+    """``run --write FRESH`` (root-owned 0755, as ``mkdir`` under sudo makes it) works, as podman's ``:U``."""
+    state, cache = dirs
+    opts = ["--state-dir", state, "--cache-dir", cache] + ([] if userns else ["--no-userns"])
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o755)
+    assert fresh.stat().st_uid == 0 and stat.S_IMODE(fresh.stat().st_mode) == 0o755
+    proc = run_cli("run", *opts, "--write", str(fresh), images["core"], "--", "/usr/bin/touch", "/write/x")
+    assert proc.returncode == 0, proc.stderr
+    made = fresh / "x"
+    assert made.is_file()
+    # the file is the container user's (10:10) as the host sees it, and so is the directory now
+    assert (made.stat().st_uid, made.stat().st_gid) == (fresh.stat().st_uid, fresh.stat().st_gid)
+    assert made.stat().st_uid in (10, host_id_map().uid + 10)
+    # a second run writes to the (now non-empty) directory it already owns
+    proc = run_cli("run", *opts, "--write", str(fresh), images["core"], "--", "/usr/bin/touch", "/write/y")
+    assert proc.returncode == 0, proc.stderr
+    assert (fresh / "y").is_file()
+
+    # a non-empty root-owned directory is not given away: refused before the container starts
+    full = tmp_path / "full"
+    full.mkdir(mode=0o755)
+    (full / "data").write_text("keep")
+    proc = run_cli("run", *opts, "--write", str(full), images["core"], "--", "/usr/bin/touch", "/write/x")
+    owner = made.stat().st_uid
+    assert_one_line_error(proc, str(full), "not empty", f"chown {owner}:{owner} {full}")
+    assert sorted(os.listdir(full)) == ["data"] and full.stat().st_uid == 0
+    # nor an empty one someone else owns
+    other = tmp_path / "other"
+    other.mkdir(mode=0o755)
+    os.chown(other, 4321, 4321)
+    proc = run_cli("run", *opts, "--write", str(other), images["core"], "--", "/usr/bin/touch", "/write/x")
+    assert_one_line_error(proc, "owned by uid 4321")
+    assert other.stat().st_uid == 4321 and os.listdir(other) == []
+    # a directory the user can write to already is left as it is
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o1777)
+    proc = run_cli("run", *opts, "--write", str(open_dir), images["core"], "--", "/usr/bin/touch", "/write/x")
+    assert proc.returncode == 0, proc.stderr
+    assert (open_dir / "x").is_file() and open_dir.stat().st_uid == 0
+    assert os.listdir(os.path.join(state, "containers")) == []
 
 
 @needs_runc

@@ -114,6 +114,44 @@ def docker_reference(name: str) -> str:
     return f"docker.io/{name}"
 
 
+def split_reference(name: str | None, tag: str | None) -> tuple[str | None, str]:
+    """Split a user's ``NAME[:TAG]`` and ``TAG`` into a repository name and a tag.
+
+    The tag after the last ``/`` of ``name`` (``host:5000/app`` has none) and
+    ``tag`` must agree when both are given; neither gives ``latest``.
+
+    Returns:
+        ``(name or None, tag)``, both checked.
+
+    Raises:
+        LayoutError: an invalid name or tag, a digest, or two different tags.
+    """
+    if name is not None:
+        if "@" in name:
+            raise LayoutError(f"invalid image name {name!r}: an image to build is named by a tag,"
+                              " not a digest")
+        slash = name.rfind("/")
+        if ":" in name[slash + 1:]:
+            name, _, own = name.rpartition(":")
+            check_tag(own)
+            if tag is not None and tag != own:
+                raise LayoutError(f"two tags given: {own!r} in the name {name}:{own} and {tag!r}; give one")
+            tag = own
+        check_name(name)
+    tag = tag or "latest"
+    check_tag(tag)
+    return name, tag
+
+
+def image_name(name: str, tag: str) -> str:
+    """Return the full reference of ``name:tag`` as containerd, podman and Docker store it.
+
+    ``app`` and ``1.0`` give ``docker.io/library/app:1.0``; a name with a
+    registry host (``example.org/app``, ``localhost/app``) is kept as it is.
+    """
+    return f"{docker_reference(name)}:{tag}"
+
+
 def check_tag(tag: str) -> None:
     """Raise :class:`LayoutError` unless ``tag`` is a valid image tag."""
     if not _TAG_RE.match(tag):
@@ -184,7 +222,9 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
         layer: the layer's digests and media type.
         config: the image config (see :func:`~microcontainer_tool.oci.model.image_config`).
         tag: the image tag (``org.opencontainers.image.ref.name``).
-        name: repository name, used by ``docker-archive`` (``RepoTags``).
+        name: repository name: ``io.containerd.image.name`` is its full
+            reference with ``tag`` (see :func:`image_name`), and
+            ``docker-archive``'s ``RepoTags`` is ``name:tag``.
         move_layer: the caller hashed ``layer_blob_path`` while writing it and
             hands it over: it is moved (not copied, not re-hashed) into an
             ``oci`` layout, and removed in every case.
@@ -201,8 +241,7 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
     """
     fmt = format_for_path(out, fmt)
     check_tag(tag)
-    if fmt == "docker-archive":
-        check_name(name)
+    check_name(name)
     target = os.path.abspath(out)
     parent = os.path.dirname(target)
     if not os.path.isdir(parent):
@@ -216,9 +255,10 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
     layer_desc = Descriptor(layer.media_type, layer.digest, layer.size)
     layer_descs = [base.desc for base in base_layers] + [layer_desc]
     manifest_bytes = canonical_json(oci.manifest(config_desc, layer_descs))
-    annotations = {oci.ANNOTATION_REF_NAME: tag}
-    if fmt == "docker-archive":
-        annotations[oci.ANNOTATION_CONTAINERD_NAME] = f"{docker_reference(name)}:{tag}"
+    # ref.name is the tag (skopeo's oci-archive:FILE:TAG, umoci's --image DIR:TAG); podman and
+    # containerd name a loaded image by io.containerd.image.name (a bare tag would become
+    # localhost/TAG:latest in podman and import-DATE:TAG in containerd).
+    annotations = {oci.ANNOTATION_REF_NAME: tag, oci.ANNOTATION_CONTAINERD_NAME: image_name(name, tag)}
     manifest_desc = Descriptor(oci.MEDIA_TYPE_MANIFEST, oci.sha256_digest(manifest_bytes),
                                len(manifest_bytes), annotations, oci.platform_of(config))
     result = ImageResult(out, fmt, manifest_desc.digest, manifest_desc.size, config_desc.digest, layer)
@@ -266,7 +306,7 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
         epoch: build time stamped on the layer's members.
         make_config: builds the image config from the written layer (its ``diff_id``).
         tag: image tag.
-        name: repository name (``docker-archive``).
+        name: repository name (see :func:`write_image`).
         layer_cache: reuse and keep compressed layers there, by tree digest.
         base_layers: a parent image's layers, under ours (see :func:`write_image`).
 
@@ -276,8 +316,7 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
     """
     fmt = format_for_path(out, fmt)
     check_tag(tag)
-    if fmt == "docker-archive":
-        check_name(name)
+    check_name(name)
     target = os.path.abspath(out)
     parent, base = os.path.split(target)
     if not os.path.isdir(parent):

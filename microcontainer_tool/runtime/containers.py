@@ -21,9 +21,11 @@ namespace (the image's ``0:0`` files appear owned by root; a ``--write``
 directory must be writable by the container's user, e.g. mode ``0777`` or
 owned by uid 10). If the file system cannot be idmapped the stage is a plain
 bind: files then appear as ``nobody`` and a ``--write`` directory must be
-writable by the host uid ``100000 + N``. Without user namespaces (disabled, or
-the kernel refuses them) ids map 1:1 and nothing is staged; the container still
-has no capabilities, ``noNewPrivileges`` and a read-only root.
+writable by the host uid ``100000 + N``. A fresh (empty, ours) ``--write``
+directory is given to those ids (:mod:`~microcontainer_tool.runtime.volumes`).
+Without user namespaces (disabled, or the kernel refuses them) ids map 1:1 and
+nothing is staged; the container still has no capabilities, ``noNewPrivileges``
+and a read-only root.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from microcontainer_tool.runtime.bundle import Bundle, make_bundle
 from microcontainer_tool.runtime.config import bind_mount, runtime_config
 from microcontainer_tool.runtime.namespaces import IdMap, detach_mount, host_id_map, stage_mount
 from microcontainer_tool.runtime.toolbox import CRASHCART, toolbox_dir
+from microcontainer_tool.runtime.volumes import invoking_uids, prepare_write_dir
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _RECORD = "container.json"
@@ -203,6 +206,21 @@ def _stage(config: dict[str, Any], directory: str, idmap: IdMap | None, staged: 
         mount["source"] = target
 
 
+def _prepare_write(config: dict[str, Any], source: str, record: dict[str, Any]) -> str | None:
+    """Make the ``--write`` directory ``source`` writable by the container's user (see :mod:`.volumes`).
+
+    The user's host ids: its own through an idmapped stage or without a user
+    namespace, the mapped ones (``uidMappings``) through a plain bind.
+    """
+    user = config["process"]["user"]
+    uid, gid = int(user["uid"]), int(user["gid"])
+    idmapped = any(entry["source"] == source and entry["idmapped"] for entry in record["staged"])
+    if record["userns"] and not idmapped:
+        uid += int(config["linux"]["uidMappings"][0]["hostID"])
+        gid += int(config["linux"]["gidMappings"][0]["hostID"])
+    return prepare_write_dir(source, uid, gid, invoking_uids(os.environ))
+
+
 def _unstage(record: dict[str, Any]) -> None:
     for entry in reversed(record.get("staged") or []):
         try:
@@ -284,6 +302,7 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
     except OSError as error:
         raise RunError(f"{containers}: cannot create: {error.strerror or error}") from None
     userns = any(ns["type"] == "user" for ns in config["linux"]["namespaces"])
+    write_source = next((m["source"] for m in config["mounts"] if m.get("destination") == "/write"), None)
     record: dict[str, Any] = {
         "name": name, "image": os.path.abspath(image) if os.path.exists(image) else image,
         "digest": bundle.digest, "runtime": runtime_path, "detach": detach, "debug": debug,
@@ -305,6 +324,8 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
                 _stage(config, directory, None, record["staged"])
             except OSError as error:
                 raise RunError(f"cannot prepare the bundle's mounts: {error}") from None
+        if write_source is not None:
+            record["write_dir_given"] = _prepare_write(config, write_source, record)
         _write_record(directory, record)
         with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2)
