@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
                             " (default: $DOCKER_CONFIG or ~/.docker)")
     build.add_argument("--deadline", type=_positive_seconds, default=300, metavar="SECONDS",
                        help=DEADLINE_HELP + " (from:/parent: images)")
+    build.add_argument("--max-layer-size", type=_size, metavar="SIZE",
+                       help="refuse a layer of a from:/parent: image that decompresses to more than SIZE "
+                            "(bytes, or with K, M, G, T; default: 16G)")
+    build.add_argument("--max-layer-ratio", type=_positive_int, metavar="N",
+                       help="refuse a layer of a from:/parent: image that decompresses to more than N times "
+                            "its compressed size, once past 64 MiB (default: 1000)")
     build.add_argument("--sbom", nargs="?", const="cyclonedx", choices=tuple(SBOM_FORMATS), metavar="FORMAT",
                        help="also write an SBOM (cyclonedx, the default, or spdx) beside the output as "
                             "OUT.cdx.json / OUT.spdx.json; an OCI layout also gets it attached as an OCI 1.1 "
@@ -197,6 +203,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
 
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from microcontainer_tool.build import build_image
+    from microcontainer_tool.oci.layer import layer_limits
     from microcontainer_tool.oci.layercache import LayerCache
     from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.spec.imagespec import load_spec
@@ -211,6 +218,7 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         cache_dir=args.cache_dir, offline=args.offline,
         registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
                                  docker_config=args.docker_config, deadline=args.deadline),
+        layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
     )
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
@@ -298,6 +306,23 @@ def _write_sbom(result: Any, sbom_format: str, epoch: int, stamp: bool) -> str:
 
 DEADLINE_HELP = ("seconds each manifest or blob download may take in all, plus 1 s per 256 KiB of its "
                  "declared size (default: 300)")
+
+
+def _size(text: str) -> int:
+    """An argparse type: a positive size (``parse_size``)."""
+    from microcontainer_tool.oci.layer import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a positive whole number."""
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _positive_seconds(text: str) -> float:

@@ -73,6 +73,29 @@ def gzip_stream(chunks: Iterable[bytes]) -> bytes:
     return b"".join(compressor.compress(chunk) for chunk in chunks) + compressor.flush()
 
 
+def zeros_tar_chunks(name: str, size: int, chunk: int = 1 << 20) -> Iterable[bytes]:
+    """A tar holding one file of ``size`` zero bytes, as chunks (never all in memory)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 1_700_000_000
+    yield info.tobuf(tarfile.PAX_FORMAT)
+    for start in range(0, size, chunk):
+        yield bytes(min(chunk, size - start))
+    yield bytes(-size % tarfile.BLOCKSIZE) + bytes(2 * tarfile.BLOCKSIZE)
+
+
+def zeros_layer(name: str, size: int) -> tuple[bytes, str]:
+    """A gzip layer of one file of ``size`` zeros (a decompression bomb) and its diff_id."""
+    sha = hashlib.sha256()
+
+    def hashed() -> Iterable[bytes]:
+        for piece in zeros_tar_chunks(name, size):
+            sha.update(piece)
+            yield piece
+
+    blob = gzip_stream(hashed())
+    return blob, "sha256:" + sha.hexdigest()
+
+
 @dataclass
 class Layout:
     """An OCI layout to write, each part replaceable by raw (possibly lying) bytes.

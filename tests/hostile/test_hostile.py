@@ -19,8 +19,20 @@ from pathlib import Path
 
 import corpus
 import pytest
+import zstandard
 from conftest import assert_one_line_error, run_cli
-from corpus import BASE, DEEP_JSON, Layout, gzip_bytes, image_of, sha256, tar_bytes, write_spec
+from corpus import (
+    BASE,
+    DEEP_JSON,
+    Layout,
+    gzip_bytes,
+    image_of,
+    sha256,
+    tar_bytes,
+    write_spec,
+    zeros_layer,
+    zeros_tar_chunks,
+)
 
 CANARY = {"canary": None, "canary/keep": b"do not touch"}
 
@@ -139,6 +151,35 @@ def garbage_gzip_layout() -> Layout:
     return Layout([bytes(layer)], diff_ids=[sha256(b"whatever")])
 
 
+def bomb(size: int, *options: str, diff_id: str | None = None, zstd: bool = False) -> Maker:
+    """A case: ``build`` from an image whose second layer is ``size`` zeros (nothing of it selected)."""
+    def make(inputs: Path, work: Path) -> list[str]:
+        if zstd:
+            compressor = zstandard.ZstdCompressor(level=19).compressobj()
+            chunks = zeros_tar_chunks("usr/bin/zeros", size)
+            blob = b"".join(compressor.compress(c) for c in chunks) + compressor.flush()
+            real = "sha256:" + "0" * 64
+        else:
+            blob, real = zeros_layer("usr/bin/zeros", size)
+        image = Layout([base_layer(), blob], diff_ids=[sha256(tar_bytes(BASE)), diff_id or real]
+                       ).write(inputs / "image")
+        spec = write_spec(inputs / "spec", f"from: {image}\narch: amd64\npaths: [/usr/bin/hello]\n")
+        return ["build", "-c", str(spec), "-o", str(work / "img"), *options]
+    return make
+
+
+def bomb_for(command: str) -> Maker:
+    """A case: ``sbom`` or ``run`` of an image with a zstd bomb layer, under the default limits."""
+    def make(inputs: Path, work: Path) -> list[str]:
+        build_args = bomb(256 << 20, zstd=True)(inputs, work)
+        image = build_args[2].replace("/spec", "/image")
+        if command == "sbom":
+            return ["sbom", "-o", str(work / "sbom.json"), image]
+        return ["run", "--state-dir", str(inputs / "state"), "--cache-dir", str(inputs / "cache"), image,
+                "--", "/usr/bin/hello"]
+    return make
+
+
 NOT_UTF8 = b"usr/bin/h\xffllo".decode("utf-8", "surrogateescape")
 ELF_HEAD = Path("/usr/bin/cat").read_bytes()[:200]  # a valid ELF header, then nothing
 
@@ -188,6 +229,17 @@ CASES = [
          ("config says",)),
     Case("manifest-size-lie", build_layout(lambda: Layout([base_layer()]), lie_about_manifest_size),
          ("does not match its content",)),
+    # decompression bombs: stopped at the limit, whatever the diff_id says
+    Case("bomb-size", bomb(64 << 20, "--max-layer-size", "16M"),
+         (": layer sha256:", "expands past the limit of 16 MiB", "--max-layer-size")),
+    Case("bomb-size-lying-diff-id", bomb(64 << 20, "--max-layer-size", "16M", diff_id=sha256(b"x")),
+         ("expands past the limit of 16 MiB",)),
+    Case("bomb-ratio", bomb(96 << 20, "--max-layer-ratio", "10"),
+         (": layer sha256:", "more than 10 times its compressed size", "--max-layer-ratio")),
+    Case("bomb-zstd-default-limits", bomb(256 << 20, zstd=True),
+         (": layer sha256:", "more than 1000 times its compressed size")),
+    Case("bomb-zstd-sbom", bomb_for("sbom"), ("more than 1000 times its compressed size",)),
+    Case("bomb-zstd-run", bomb_for("run"), ("more than 1000 times its compressed size",)),
     # corrupt content
     Case("truncated-gzip", build_layout(truncated_gzip_layout), ("corrupt layer blob",)),
     Case("garbage-gzip", build_layout(garbage_gzip_layout), ("corrupt layer blob",)),
@@ -238,3 +290,46 @@ def test_an_unselected_member_named_in_no_utf8_does_not_break_a_build(tmp_path: 
     assert proc.returncode == 0, proc.stderr
     listed = run_cli("inspect", str(tmp_path / "img"))
     assert "/usr/bin/hello" in listed.stdout and "llo" not in listed.stdout.replace("/usr/bin/hello", "")
+
+
+def test_a_bomb_leaves_nothing_in_the_cache_but_the_good_layer(tmp_path: Path) -> None:
+    proc = run_case(Case("bomb", bomb(64 << 20, "--max-layer-size", "16M")), tmp_path)
+    assert_one_line_error(proc, "expands past the limit of 16 MiB")
+    base = sha256(tar_bytes(BASE)).split(":")[1]
+    assert sorted(os.listdir(tmp_path / "cache" / "layertars")) == [base + ".json", base + ".tar"]
+
+
+def test_a_raised_limit_lets_a_big_layer_through(tmp_path: Path) -> None:
+    proc = run_case(Case("big", bomb(64 << 20, "--max-layer-size", "65M", "--max-layer-ratio", "2000")),
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "work" / "img" / "index.json").is_file()
+
+
+def test_the_layer_stream_returns_nothing_past_the_limit() -> None:
+    import io
+
+    from microcontainer_tool.errors import LayerLimitError
+    from microcontainer_tool.oci.layer import LayerLimits, open_layer_stream
+
+    blob, _ = zeros_layer("zeros", 8 << 20)
+    stream = open_layer_stream(io.BytesIO(blob), LayerLimits(max_size=3 << 20, max_ratio=10**9), "L")
+    returned = 0
+    with pytest.raises(LayerLimitError, match="^L: expands past the limit of 3 MiB"):
+        while chunk := stream.read(100_000):
+            returned += len(chunk)
+    assert 0 < returned <= 3 << 20
+
+
+@pytest.mark.parametrize(("text", "size"), [("16G", 16 << 30), ("16GiB", 16 << 30), ("512m", 512 << 20),
+                                            ("1000", 1000), ("4KB", 4096)])
+def test_sizes_are_parsed(text: str, size: int) -> None:
+    from microcontainer_tool.oci.layer import parse_size
+
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1", "1.5G", "G", "16X", "lots"])
+def test_bad_sizes_are_refused_by_the_cli(text: str, tmp_path: Path) -> None:
+    proc = run_cli("build", "-c", str(tmp_path), "-o", str(tmp_path / "img"), f"--max-layer-size={text}")
+    assert proc.returncode == 2 and "--max-layer-size" in proc.stderr and "Traceback" not in proc.stderr
