@@ -180,6 +180,48 @@ def bomb_for(command: str) -> Maker:
     return make
 
 
+def rpm_case(damage: Callable[[Path, Path], Path]) -> Maker:
+    """A case: ``build`` of ``packages: [./x.rpm]``, a small real rpm (no payload compression) damaged."""
+    def make(inputs: Path, work: Path) -> list[str]:
+        from rpmbuild_fixtures import build_rpm
+
+        rpm = build_rpm(inputs / "rpmbuild", "hostile", files={"/usr/bin/hello": b"#!/bin/sh\necho hi\n",
+                                                                 "/usr/share/hostile/data": os.urandom(64 << 10)},
+                        dirs=["/usr/share/hostile"], payload="none", autoreqprov=False)
+        spec = write_spec(inputs / "spec", "arch: amd64\npackages: [./x.rpm]\npaths: [/usr/bin/hello]\n")
+        damage(rpm, spec / "x.rpm")
+        return ["build", "-c", str(spec), "-o", str(work / "img")]
+    return make
+
+
+def truncate_payload(rpm: Path, out: Path) -> Path:
+    from test_rpm import payload_of
+
+    data = rpm.read_bytes()
+    out.write_bytes(data[:len(data) - len(payload_of(rpm)) // 2])
+    return out
+
+
+def rename_cpio_member(rpm: Path, out: Path) -> Path:
+    """A cpio member renamed to a path the header does not list (digests fixed, so only cpio is wrong)."""
+    from test_rpm import parse_newc, payload_of, rewrite_payload, write_newc
+
+    members = parse_newc(payload_of(rpm))
+    member = next(m for m in members if m["name"] == b"./usr/share/hostile/data")
+    member["name"] = b"./usr/share/hostile/dat\xff"
+    return rewrite_payload(rpm, out, write_newc(members))
+
+
+def inflate_cpio_dir(rpm: Path, out: Path) -> Path:
+    """A directory member carrying 8 MiB of data in the payload (the header says none)."""
+    from test_rpm import parse_newc, payload_of, rewrite_payload, write_newc
+
+    members = parse_newc(payload_of(rpm))
+    member = next(m for m in members if m["name"] == b"./usr/share/hostile")
+    member["data"] = bytes(8 << 20)
+    return rewrite_payload(rpm, out, write_newc(members))
+
+
 NOT_UTF8 = b"usr/bin/h\xffllo".decode("utf-8", "surrogateescape")
 ELF_HEAD = Path("/usr/bin/cat").read_bytes()[:200]  # a valid ELF header, then nothing
 
@@ -251,6 +293,10 @@ CASES = [
         write_spec(inputs / "spec", "packages: [./broken.rpm]\n")
         and (inputs / "spec" / "broken.rpm").write_bytes(b"\xed\xab\xee\xdb" + os.urandom(300))
         and ["build", "-c", str(inputs / "spec"), "-o", str(work / "img")]), ("broken.rpm",)),
+    Case("rpm-truncated-payload", rpm_case(truncate_payload), ("x.rpm",)),
+    Case("rpm-cpio-member-not-in-header", rpm_case(rename_cpio_member), ("x.rpm", "is not in the header")),
+    Case("rpm-cpio-dir-with-data", rpm_case(inflate_cpio_dir),
+         ("x.rpm", "/usr/share/hostile: payload has 8388608 bytes, the header says")),
     # YAML bombs in the spec
     Case("yaml-billion-laughs", spec_case(corpus.billion_laughs()), ("microimage.yaml",)),
     Case("yaml-billion-laughs-in-paths", spec_case(
