@@ -27,8 +27,8 @@ DEEP_JSON = b"[" * 200_000
 """JSON nested 200,000 levels: Python's parser raises RecursionError on it."""
 
 Member = tuple
-"""("file", name, data[, mode]) ("dir", name[, mode]) ("symlink", name, target) ("hardlink", name, target)
-("char", name, major, minor) ("block", name, major, minor) ("fifo", name)"""
+"""("file", name, data[, mode[, pax records]]) ("dir", name[, mode]) ("symlink", name, target)
+("hardlink", name, target) ("char", name, major, minor) ("block", name, major, minor) ("fifo", name)"""
 
 
 def sha256(data: bytes) -> str:
@@ -48,6 +48,7 @@ def tar_bytes(members: Iterable[Member]) -> bytes:
                 data = rest[0]
                 info.size = len(data)
                 info.mode = rest[1] if len(rest) > 1 else 0o644
+                info.pax_headers = rest[2] if len(rest) > 2 else {}
             elif kind == "dir":
                 info.type, info.mode = tarfile.DIRTYPE, rest[0] if rest else 0o755
             elif kind == "symlink":
@@ -179,6 +180,27 @@ def billion_laughs(levels: int = 12, width: int = 10) -> str:
         lines.append(f"a{level}: &a{level} [{refs}]")
     lines.append(f"paths: *a{levels}")
     return "\n".join(lines) + "\n"
+
+
+def elf_with(data: bytes, *, phoff: int | None = None, dynamic_offset: int | None = None) -> bytes:
+    """A 64-bit little-endian ELF file with its program header table moved to ``phoff``, or its
+    PT_DYNAMIC's file offset set to ``dynamic_offset``."""
+    import struct
+
+    out = bytearray(data)
+    assert out[:4] == b"\x7fELF" and out[4] == 2 and out[5] == 1
+    table, = struct.unpack_from("<Q", out, 0x20)
+    size, count = struct.unpack_from("<HH", out, 0x36)
+    if phoff is not None:
+        struct.pack_into("<Q", out, 0x20, phoff)
+    if dynamic_offset is not None:
+        for entry in range(table, table + size * count, size):
+            if struct.unpack_from("<I", out, entry)[0] == 2:  # PT_DYNAMIC
+                struct.pack_into("<Q", out, entry + 8, dynamic_offset)
+                break
+        else:
+            raise AssertionError("no PT_DYNAMIC")
+    return bytes(out)
 
 
 def truncated(data: bytes, keep: float = 0.5) -> bytes:

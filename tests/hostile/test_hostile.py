@@ -185,8 +185,9 @@ def rpm_case(damage: Callable[[Path, Path], Path]) -> Maker:
     def make(inputs: Path, work: Path) -> list[str]:
         from rpmbuild_fixtures import build_rpm
 
-        rpm = build_rpm(inputs / "rpmbuild", "hostile", files={"/usr/bin/hello": b"#!/bin/sh\necho hi\n",
-                                                                 "/usr/share/hostile/data": os.urandom(64 << 10)},
+        files: dict[str, bytes | Path] = {"/usr/bin/hello": b"#!/bin/sh\necho hi\n",
+                                          "/usr/share/hostile/data": os.urandom(64 << 10)}
+        rpm = build_rpm(inputs / "rpmbuild", "hostile", files=files,
                         dirs=["/usr/share/hostile"], payload="none", autoreqprov=False)
         spec = write_spec(inputs / "spec", "arch: amd64\npackages: [./x.rpm]\npaths: [/usr/bin/hello]\n")
         damage(rpm, spec / "x.rpm")
@@ -222,8 +223,15 @@ def inflate_cpio_dir(rpm: Path, out: Path) -> Path:
     return rewrite_payload(rpm, out, write_newc(members))
 
 
+def elf_case(**damage: int) -> Maker:
+    """A case: ``build`` selecting a copy of ``cat`` with damaged program headers (``corpus.elf_with``)."""
+    return build_from(BASE + [("file", "usr/bin/broken", corpus.elf_with(CAT, **damage), 0o755)],
+                      paths="[/usr/bin/broken]")
+
+
 NOT_UTF8 = b"usr/bin/h\xffllo".decode("utf-8", "surrogateescape")
-ELF_HEAD = Path("/usr/bin/cat").read_bytes()[:200]  # a valid ELF header, then nothing
+CAT = Path("/usr/bin/cat").read_bytes()
+ELF_HEAD = CAT[:200]  # a valid ELF header, then nothing
 
 CASES = [
     # JSON nested 200,000 levels deep, wherever JSON is read
@@ -289,6 +297,9 @@ CASES = [
          ("corrupt layer blob",)),
     Case("truncated-elf", build_from(BASE + [("file", "usr/bin/broken", ELF_HEAD, 0o755)],
                                      paths="[/usr/bin/broken]"), ("/usr/bin/broken",)),
+    Case("elf-phdrs-outside", elf_case(phoff=1 << 40), ("/usr/bin/broken",)),
+    Case("elf-phdrs-past-end", elf_case(phoff=len(CAT) - 8), ("/usr/bin/broken",)),
+    Case("elf-dynamic-outside", elf_case(dynamic_offset=len(CAT) + 4096), ("/usr/bin/broken",)),
     Case("corrupt-rpm", lambda inputs, work: (
         write_spec(inputs / "spec", "packages: [./broken.rpm]\n")
         and (inputs / "spec" / "broken.rpm").write_bytes(b"\xed\xab\xee\xdb" + os.urandom(300))
@@ -325,7 +336,7 @@ def test_hostile_input_is_refused_in_one_line(case: Case, tmp_path: Path) -> Non
 
 
 def test_the_corpus_is_counted() -> None:
-    assert len(CASES) == len({c.name for c in CASES}) >= 30
+    assert len(CASES) == len({c.name for c in CASES}) >= 45
 
 
 def test_an_unselected_member_named_in_no_utf8_does_not_break_a_build(tmp_path: Path) -> None:
@@ -379,3 +390,36 @@ def test_sizes_are_parsed(text: str, size: int) -> None:
 def test_bad_sizes_are_refused_by_the_cli(text: str, tmp_path: Path) -> None:
     proc = run_cli("build", "-c", str(tmp_path), "-o", str(tmp_path / "img"), f"--max-layer-size={text}")
     assert proc.returncode == 2 and "--max-layer-size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _output_layer_members(layout: Path) -> list:
+    import tarfile
+
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    with tarfile.open(blobs / manifest["layers"][-1]["digest"].split(":")[1], "r:*") as tar:
+        return tar.getmembers()
+
+
+def test_setuid_bits_and_capability_xattrs_of_a_source_image_are_dropped(tmp_path: Path) -> None:
+    capability = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+    xattrs = {"SCHILY.xattr.security.capability": capability, "SCHILY.xattr.user.note": "x"}
+    layer = BASE + [("dir", "usr/shared", 0o1777),
+                    ("file", "usr/bin/suid", b"#!/bin/sh\n", 0o6755, xattrs),
+                    ("file", "usr/bin/sgid", b"#!/bin/sh\n", 0o2755),
+                    ("file", "usr/bin/capped", b"#!/bin/sh\n", 0o755, xattrs)]
+    source = corpus.tar_bytes(layer)
+    assert b"security.capability" in source and b"0006755" in source  # the input really carries them
+    image = image_of(tmp_path / "image", layer)
+    spec = write_spec(tmp_path / "spec", f"from: {image}\narch: amd64\n"
+                      "paths: [/usr/bin/suid, /usr/bin/sgid, /usr/bin/capped, /usr/shared]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "img"),
+                   "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    members = {m.name: m for m in _output_layer_members(tmp_path / "img")}
+    assert {"usr/bin/suid", "usr/bin/sgid", "usr/bin/capped", "usr/shared"} <= set(members)
+    for name in ("usr/bin/suid", "usr/bin/sgid", "usr/bin/capped"):
+        assert members[name].mode & 0o7000 == 0, (name, oct(members[name].mode))
+    assert members["usr/shared"].mode == 0o755, oct(members["usr/shared"].mode)  # (only /tmp, /run: 1777)
+    assert not [(m.name, key) for m in members.values() for key in m.pax_headers if "xattr" in key.lower()]

@@ -473,7 +473,8 @@ class _Extractor:
         if info.index in self.results:
             raise RpmError(f"{self.path}: payload member {image_path} appears twice")
         if size > info.size and not info.ghost:  # the payload writes at most the header's file sizes
-            raise RpmError(f"{self.path}: {image_path}: payload has {size} bytes, the header says {info.size}")
+            raise RpmError(f"{self.path}: {image_path}: payload has {size} bytes,"
+                           f" the header says {info.size}")
         parts = tuple(image_path[1:].split("/")) if image_path != "/" else ()
         mode = info.mode
         if not parts and not stat.S_ISDIR(mode):
