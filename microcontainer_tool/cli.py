@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -147,6 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread (exit 143 after the clean-up that Ctrl-C gets)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
          stderr: TextIO | None = None, environ: dict[str, str] | None = None) -> int:
     """Run the CLI.
@@ -164,6 +174,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     err = stderr or sys.stderr
     env = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so `finally` blocks remove temporary outputs
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.command == "build":
             return _build(args, out, err, env)
@@ -196,9 +210,15 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         where = f"{error.filename}: " if error.filename else ""
         print(f"microcontainer: error: {where}{error.strerror or error}", file=err)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        if isinstance(error, _Terminated):
+            print("microcontainer: terminated", file=err)
+            return 128 + signal.SIGTERM
         print("microcontainer: interrupted", file=err)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
