@@ -423,3 +423,24 @@ def test_setuid_bits_and_capability_xattrs_of_a_source_image_are_dropped(tmp_pat
         assert members[name].mode & 0o7000 == 0, (name, oct(members[name].mode))
     assert members["usr/shared"].mode == 0o755, oct(members["usr/shared"].mode)  # (only /tmp, /run: 1777)
     assert not [(m.name, key) for m in members.values() for key in m.pax_headers if "xattr" in key.lower()]
+
+
+@pytest.mark.parametrize(("variables", "words"), [
+    ("MCT_MAX_LAYER_SIZE='16M'", ("expands past the limit of 16 MiB", "MCT_MAX_LAYER_SIZE")),
+    ("MCT_MAX_LAYER_RATIO=10", ("more than 10 times its compressed size",)),
+    ("MCT_MAX_LAYER_SIZE='lots'", ("MCT_MAX_LAYER_SIZE", "'lots' is not a size")),
+    ("MCT_MAX_LAYER_RATIO='0'", ("MCT_MAX_LAYER_RATIO='0' is not a positive whole number",)),
+], ids=["size", "ratio", "bad-size", "bad-ratio"])
+def test_scons_variables_set_the_layer_limits(tmp_path: Path, variables: str, words: tuple[str, ...]) -> None:
+    from test_scons import TOOL_DIR, assert_scons_error, scons
+
+    blob, diff_id = zeros_layer("usr/bin/zeros", 96 << 20)
+    layout = Layout([base_layer(), blob], diff_ids=[sha256(tar_bytes(BASE)), diff_id])
+    image = layout.write(tmp_path / "image")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "SConstruct").write_text(
+        f"env = Environment(tools=['default', 'microimage'], toolpath=[{str(TOOL_DIR)!r}], {variables})\n"
+        f"env.MicroImage('img', FROM={str(image)!r}, ARCH='amd64', PATHS=['/usr/bin/hello'])\n")
+    assert_scons_error(scons(project), *words)
+    assert not (project / "img.tar").exists()
