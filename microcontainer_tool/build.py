@@ -17,7 +17,7 @@ from microcontainer_tool.assembly.assemble import Assembly, assemble
 from microcontainer_tool.errors import ProbeError, SpecError
 from microcontainer_tool.model.provenance import add_record
 from microcontainer_tool.model.tree import HostFile
-from microcontainer_tool.oci.layer import LayerInfo
+from microcontainer_tool.oci.layer import LayerInfo, LayerLimits
 from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.layout import format_for_path, split_reference, write_tree_image
 from microcontainer_tool.oci.model import image_config
@@ -104,7 +104,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
                 name: str | None = None, compression: str = "gzip", epoch: int = 0,
                 allow_missing: bool = False, layer_cache: LayerCache | None = None,
                 cache_dir: str | None = None, offline: bool = False,
-                registry: RegistryOptions | None = None) -> BuildResult:
+                registry: RegistryOptions | None = None,
+                layer_limits: LayerLimits | None = None) -> BuildResult:
     """Build the image a spec describes and write it to ``output``.
 
     Args:
@@ -126,6 +127,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         offline: never download: RPM specs use only the lock and the cache,
             registry images only what the cache holds (pinned by digest).
         registry: how to reach registries for ``from:``/``parent:`` images.
+        layer_limits: how far a layer of a ``from:``/``parent:`` image may expand
+            when decompressed (default: :class:`~microcontainer_tool.oci.layer.LayerLimits`).
 
     Returns:
         The build result.
@@ -148,7 +151,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         from microcontainer_tool.sources.image.root import ImageRoot
 
         path, image_name = fetch_image(source, cache, registry, platform_for(spec.arch), offline)
-        sysroot = ImageRoot.open(path, cache, name=image_name)
+        sysroot = ImageRoot.open(path, cache, name=image_name, limits=layer_limits)
         image_id = _image_id(source, image_name, sysroot.manifest_digest, sysroot.config_digest)
         sysroot.label = f"image:{image_id}"
         spec = inherit_from_image(spec, sysroot.config)
@@ -160,7 +163,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         location = locate_image(spec.parent, spec.base_dir, directory_ok=False)
         assert location is not None
         path, parent_name = fetch_image(location, cache, registry, platform_for(spec.arch), offline)
-        parent = open_parent(path, parent_name, cache)
+        parent = open_parent(path, parent_name, cache, layer_limits)
         parent_id = _image_id(location, parent.name, parent.manifest_digest, parent.config_digest)
         spec = inherit_from_image(spec, parent.config)
     if spec.packages:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -79,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
                             " (default: $DOCKER_CONFIG or ~/.docker)")
     build.add_argument("--deadline", type=_positive_seconds, default=300, metavar="SECONDS",
                        help=DEADLINE_HELP + " (from:/parent: images)")
+    build.add_argument("--max-layer-size", type=_size, metavar="SIZE",
+                       help="refuse a layer of a from:/parent: image that decompresses to more than SIZE "
+                            "(bytes, or with K, M, G, T; default: 16G)")
+    build.add_argument("--max-layer-ratio", type=_positive_int, metavar="N",
+                       help="refuse a layer of a from:/parent: image that decompresses to more than N times "
+                            "its compressed size, once past 64 MiB (default: 1000)")
     build.add_argument("--sbom", nargs="?", const="cyclonedx", choices=tuple(SBOM_FORMATS), metavar="FORMAT",
                        help="also write an SBOM (cyclonedx, the default, or spdx) beside the output as "
                             "OUT.cdx.json / OUT.spdx.json; an OCI layout also gets it attached as an OCI 1.1 "
@@ -144,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread (exit 143 after the clean-up that Ctrl-C gets)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
          stderr: TextIO | None = None, environ: dict[str, str] | None = None) -> int:
     """Run the CLI.
@@ -161,6 +177,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     err = stderr or sys.stderr
     env = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so `finally` blocks remove temporary outputs
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.command == "build":
             return _build(args, out, err, env)
@@ -193,13 +213,20 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         where = f"{error.filename}: " if error.filename else ""
         print(f"microcontainer: error: {where}{error.strerror or error}", file=err)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        if isinstance(error, _Terminated):
+            print("microcontainer: terminated", file=err)
+            return 128 + signal.SIGTERM
         print("microcontainer: interrupted", file=err)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from microcontainer_tool.build import build_image
+    from microcontainer_tool.oci.layer import layer_limits
     from microcontainer_tool.oci.layercache import LayerCache
     from microcontainer_tool.oci.layout import split_reference
     from microcontainer_tool.registry.imagecache import RegistryOptions
@@ -216,6 +243,7 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         cache_dir=args.cache_dir, offline=args.offline,
         registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
                                  docker_config=args.docker_config, deadline=args.deadline),
+        layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
     )
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
@@ -303,6 +331,23 @@ def _write_sbom(result: Any, sbom_format: str, epoch: int, stamp: bool) -> str:
 
 DEADLINE_HELP = ("seconds each manifest or blob download may take in all, plus 1 s per 256 KiB of its "
                  "declared size (default: 300)")
+
+
+def _size(text: str) -> int:
+    """An argparse type: a positive size (``parse_size``)."""
+    from microcontainer_tool.oci.layer import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a positive whole number."""
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _positive_seconds(text: str) -> float:

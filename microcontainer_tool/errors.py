@@ -48,6 +48,10 @@ class LayoutError(MicrocontainerError):
     """An image (OCI layout, archive) is malformed or cannot be written."""
 
 
+class LayerLimitError(LayoutError):
+    """A layer expands past the allowed uncompressed size or ratio (a decompression bomb)."""
+
+
 class OutputError(MicrocontainerError):
     """An output file or directory cannot be written, renamed or replaced."""
 

@@ -53,6 +53,10 @@ Images that ``from:``/``parent:`` name by registry reference are pulled into
 * ``MCT_PULL_INSECURE``: do not verify their TLS certificates (default false).
   ``MCT_DOCKER_CONFIG`` gives the credentials for pulls too.
 
+* ``MCT_MAX_LAYER_SIZE``, ``MCT_MAX_LAYER_RATIO``: how far a layer of a
+  ``from:``/``parent:`` image may expand when decompressed (as ``build
+  --max-layer-size``/``--max-layer-ratio``; default ``""``: 16G and 1000).
+
 The flags take booleans or strings (``""``, ``0``, ``false``, ``no``, ``off``
 are false).
 """
@@ -76,7 +80,7 @@ import SCons.Util
 import yaml
 
 from microcontainer_tool import FORMAT_VERSION, jsontext
-from microcontainer_tool.errors import MicrocontainerError
+from microcontainer_tool.errors import MicrocontainerError, SpecError
 
 TOOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site_tools")
 
@@ -135,6 +139,8 @@ def generate(env: Any) -> None:
         MCT_LAYOUTCOMSTR="OCI layout ${TARGET.dir}",
         MCT_PULL_PLAIN_HTTP=False,
         MCT_PULL_INSECURE=False,
+        MCT_MAX_LAYER_SIZE="",
+        MCT_MAX_LAYER_RATIO="",
         MCT_PUSH_PLAIN_HTTP=False,
         MCT_PUSH_INSECURE=False,
         MCT_DOCKER_MEDIA_TYPES=False,
@@ -313,7 +319,6 @@ def _fail_in_sconscript(message: str) -> None:
 
 def _keyword_spec(data: dict[str, Any], base_dir: str) -> Any:
     """Validate MicroImage keywords with the spec's own rules (messages without a line)."""
-    from microcontainer_tool.errors import SpecError
     from microcontainer_tool.spec.imagespec import parse_spec
 
     text = yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), default_flow_style=False)
@@ -420,6 +425,7 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
             registry=RegistryOptions(plain_http=_flag(env, "MCT_PULL_PLAIN_HTTP"),
                                      insecure=_flag(env, "MCT_PULL_INSECURE"),
                                      docker_config=_docker_config(env)),
+            layer_limits=_layer_limits(env),
         )
     except MicrocontainerError as error:
         raise SCons.Errors.UserError(f"{target[0]}: {error}") from None
@@ -470,6 +476,25 @@ def _flag(env: Any, name: str) -> bool:
     if isinstance(value, str):
         return env.subst(value).strip().lower() not in _FALSE_WORDS
     return bool(value)
+
+
+def _layer_limits(env: Any) -> Any:
+    """``$MCT_MAX_LAYER_SIZE`` and ``$MCT_MAX_LAYER_RATIO`` as :class:`~.oci.layer.LayerLimits`.
+
+    Raises:
+        SpecError: a value that is not a size / a positive whole number.
+    """
+    from microcontainer_tool.oci.layer import layer_limits, parse_size
+
+    size = env.subst("$MCT_MAX_LAYER_SIZE").strip()
+    ratio = env.subst("$MCT_MAX_LAYER_RATIO").strip()
+    try:
+        max_size = parse_size(size) if size else None
+    except ValueError as error:
+        raise SpecError(f"MCT_MAX_LAYER_SIZE: {error}") from None
+    if ratio and (not ratio.isdigit() or int(ratio) <= 0):
+        raise SpecError(f"MCT_MAX_LAYER_RATIO={ratio!r} is not a positive whole number")
+    return layer_limits(max_size, int(ratio) if ratio else None)
 
 
 def _docker_config(env: Any) -> str | None:

@@ -25,7 +25,13 @@ from microcontainer_tool import jsontext
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, MicrocontainerError
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.blobs import MAX_JSON_BLOB, parse_json_object, read_json_blob
-from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, detect_compression, open_layer_stream
+from microcontainer_tool.oci.layer import (
+    CHUNK_SIZE,
+    DECODE_ERRORS,
+    LayerLimits,
+    detect_compression,
+    open_layer_stream,
+)
 from microcontainer_tool.oci.model import Descriptor
 
 _TYPES = {
@@ -130,9 +136,12 @@ def _open_archive(path: str) -> _TarSource:
     spool = tempfile.TemporaryFile()
     try:
         with handle:
-            stream = open_layer_stream(handle)
+            stream = open_layer_stream(handle, where=path)
             shutil.copyfileobj(stream, spool, CHUNK_SIZE)
         spool.seek(0)
+    except MicrocontainerError:
+        spool.close()
+        raise
     except DECODE_ERRORS as error:
         spool.close()
         raise LayoutError(f"{path}: corrupt compressed archive: {error}") from None
@@ -176,6 +185,8 @@ class ImageView:
         manifest_digest: its digest.
         config: the image configuration.
         layers: the manifest's layer descriptors.
+        limits: how far :meth:`layer_tar` lets a layer expand (settable; default
+            :class:`~microcontainer_tool.oci.layer.LayerLimits`).
     """
 
     def __init__(self, path: str, source: _Source, index: dict[str, Any], manifest: dict[str, Any],
@@ -193,6 +204,7 @@ class ImageView:
             raise LayoutError(f"{path}: malformed manifest layers") from None
         self._layer_names = layer_names
         self._config_name = config_name
+        self.limits = LayerLimits()
         rootfs = config.get("rootfs")
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list) or len(diff_ids) != len(self.layers):
@@ -271,7 +283,8 @@ class ImageView:
         with self.open_layer_blob(number) as handle:
             blob = HashingReader(handle)
             try:
-                diff = HashingReader(open_layer_stream(blob))  # type: ignore[arg-type]
+                diff = HashingReader(open_layer_stream(blob, self.limits,  # type: ignore[arg-type]
+                                                       f"{self.path}: layer {desc.digest}"))
                 with tarfile.open(fileobj=diff, mode="r|", encoding="utf-8",  # type: ignore[call-overload]
                                   errors="surrogateescape") as tar:
                     yield tar

@@ -26,12 +26,20 @@ from typing import BinaryIO, cast
 import zstandard
 from isal import igzip, isal_zlib
 
-from microcontainer_tool.errors import LayoutError, SourceError
+from microcontainer_tool.errors import LayerLimitError, LayoutError, SourceError
 from microcontainer_tool.model.tree import EntryKind, FileTree, HostFile, InlineContent
 from microcontainer_tool.oci.compression import media_type_suffix, open_compressor
 from microcontainer_tool.oci.model import MEDIA_TYPE_LAYER
 
 CHUNK_SIZE = 1 << 20
+DEFAULT_MAX_LAYER_SIZE = 16 << 30
+"""Most uncompressed bytes of one layer read from an image (``--max-layer-size``)."""
+DEFAULT_MAX_LAYER_RATIO = 1000
+"""Most uncompressed bytes per compressed byte of a layer (``--max-layer-ratio``): gzip
+cannot exceed ~1030 (a blob of zeros), so only zstd bombs and layers of nearly only
+zeros reach it."""
+RATIO_FLOOR = 64 << 20
+"""Uncompressed bytes every layer may expand to, whatever its ratio."""
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _ZEROS = bytes(_RECORD)
@@ -246,6 +254,8 @@ class _PrefixedReader(io.RawIOBase):
         super().__init__()
         self._prefix = prefix
         self._stream = stream
+        self.consumed = len(prefix)
+        """Compressed bytes read so far (the prefix included)."""
 
     def readable(self) -> bool:
         return True
@@ -259,6 +269,7 @@ class _PrefixedReader(io.RawIOBase):
             return count
         data = self._stream.read(len(view))
         view[: len(data)] = data
+        self.consumed += len(data)
         return len(data)
 
 
@@ -271,16 +282,110 @@ def detect_compression(head: bytes) -> str:
     return "none"
 
 
-def open_layer_stream(fileobj: BinaryIO) -> BinaryIO:
-    """Return a reader of the uncompressed tar in a layer blob (codec by magic)."""
+@dataclass(frozen=True)
+class LayerLimits:
+    """How far a layer blob may expand when decompressed (a decompression bomb stops there).
+
+    Attributes:
+        max_size: most uncompressed bytes of one layer.
+        max_ratio: most uncompressed bytes per compressed byte read so far,
+            enforced once a layer has expanded past :data:`RATIO_FLOOR`.
+    """
+
+    max_size: int = DEFAULT_MAX_LAYER_SIZE
+    max_ratio: int = DEFAULT_MAX_LAYER_RATIO
+
+
+def layer_limits(max_size: int | None = None, max_ratio: int | None = None) -> LayerLimits:
+    """:class:`LayerLimits` with the defaults for what is ``None``."""
+    return LayerLimits(DEFAULT_MAX_LAYER_SIZE if max_size is None else max_size,
+                       DEFAULT_MAX_LAYER_RATIO if max_ratio is None else max_ratio)
+
+
+class _BoundedReader(io.RawIOBase):
+    """The uncompressed stream of a layer, refusing to expand past :class:`LayerLimits`."""
+
+    def __init__(self, stream: BinaryIO, source: _PrefixedReader, limits: LayerLimits, where: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._source = source
+        self._limits = limits
+        self._where = where
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        # never more than one byte past the limit is decoded, and none is returned
+        data = self._stream.read(min(len(view), self._limits.max_size - self.size + 1))
+        size = self.size + len(data)
+        if size > self._limits.max_size:
+            raise LayerLimitError(f"{self._where}: expands past the limit of {_human(self._limits.max_size)}"
+                                  f" uncompressed (see --max-layer-size, MCT_MAX_LAYER_SIZE)")
+        if size > RATIO_FLOOR and size > self._limits.max_ratio * self._source.consumed:
+            raise LayerLimitError(f"{self._where}: expands more than {self._limits.max_ratio} times its"
+                                  f" compressed size (see --max-layer-ratio, MCT_MAX_LAYER_RATIO)")
+        view[: len(data)] = data
+        self.size = size
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            super().close()
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A positive size: bytes, or a number with ``K``, ``M``, ``G`` or ``T`` (binary: ``16G`` = 16 GiB).
+
+    Raises:
+        ValueError: not a positive whole number of bytes (``KiB``/``KB`` suffixes are accepted too).
+    """
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
+    number = value[: len(value) - len(unit)].strip()
+    if not number.isdigit() or int(number) * _UNITS[unit] <= 0:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with K, M, G or T)")
+    return int(number) * _UNITS[unit]
+
+
+def _human(size: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
+def open_layer_stream(fileobj: BinaryIO, limits: LayerLimits | None = None, where: str = "layer") -> BinaryIO:
+    """Return a reader of the uncompressed tar in a layer blob (codec by magic).
+
+    Args:
+        fileobj: the blob.
+        limits: how far it may expand (default: :class:`LayerLimits`'s defaults).
+        where: the start of the limit errors (``IMAGE: layer DIGEST``).
+
+    The reader raises :class:`~microcontainer_tool.errors.LayerLimitError`
+    before returning a byte past ``limits``.
+    """
     head = fileobj.read(4)
     kind = detect_compression(head)
-    raw = io.BufferedReader(_PrefixedReader(head, fileobj), CHUNK_SIZE)
+    source = _PrefixedReader(head, fileobj)
+    raw = io.BufferedReader(source, CHUNK_SIZE)
+    stream: BinaryIO
     if kind == "gzip":
-        return cast(BinaryIO, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
-    if kind == "zstd":
-        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
-    return cast(BinaryIO, raw)
+        stream = cast(BinaryIO, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
+    elif kind == "zstd":
+        stream = cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+    else:
+        stream = cast(BinaryIO, raw)
+    bounded = _BoundedReader(stream, source, limits or LayerLimits(), where)
+    return cast(BinaryIO, io.BufferedReader(bounded, CHUNK_SIZE))
 
 
 DECODE_ERRORS: tuple[type[BaseException], ...] = (

@@ -27,8 +27,8 @@ DEEP_JSON = b"[" * 200_000
 """JSON nested 200,000 levels: Python's parser raises RecursionError on it."""
 
 Member = tuple
-"""("file", name, data[, mode]) ("dir", name[, mode]) ("symlink", name, target) ("hardlink", name, target)
-("char", name, major, minor) ("block", name, major, minor) ("fifo", name)"""
+"""("file", name, data[, mode[, pax records]]) ("dir", name[, mode]) ("symlink", name, target)
+("hardlink", name, target) ("char", name, major, minor) ("block", name, major, minor) ("fifo", name)"""
 
 
 def sha256(data: bytes) -> str:
@@ -48,6 +48,7 @@ def tar_bytes(members: Iterable[Member]) -> bytes:
                 data = rest[0]
                 info.size = len(data)
                 info.mode = rest[1] if len(rest) > 1 else 0o644
+                info.pax_headers = rest[2] if len(rest) > 2 else {}
             elif kind == "dir":
                 info.type, info.mode = tarfile.DIRTYPE, rest[0] if rest else 0o755
             elif kind == "symlink":
@@ -71,6 +72,29 @@ def gzip_stream(chunks: Iterable[bytes]) -> bytes:
     """Gzip of the concatenated ``chunks``, compressed piece by piece (for bombs of zeros)."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
     return b"".join(compressor.compress(chunk) for chunk in chunks) + compressor.flush()
+
+
+def zeros_tar_chunks(name: str, size: int, chunk: int = 1 << 20) -> Iterable[bytes]:
+    """A tar holding one file of ``size`` zero bytes, as chunks (never all in memory)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 1_700_000_000
+    yield info.tobuf(tarfile.PAX_FORMAT)
+    for start in range(0, size, chunk):
+        yield bytes(min(chunk, size - start))
+    yield bytes(-size % tarfile.BLOCKSIZE) + bytes(2 * tarfile.BLOCKSIZE)
+
+
+def zeros_layer(name: str, size: int) -> tuple[bytes, str]:
+    """A gzip layer of one file of ``size`` zeros (a decompression bomb) and its diff_id."""
+    sha = hashlib.sha256()
+
+    def hashed() -> Iterable[bytes]:
+        for piece in zeros_tar_chunks(name, size):
+            sha.update(piece)
+            yield piece
+
+    blob = gzip_stream(hashed())
+    return blob, "sha256:" + sha.hexdigest()
 
 
 @dataclass
@@ -156,6 +180,27 @@ def billion_laughs(levels: int = 12, width: int = 10) -> str:
         lines.append(f"a{level}: &a{level} [{refs}]")
     lines.append(f"paths: *a{levels}")
     return "\n".join(lines) + "\n"
+
+
+def elf_with(data: bytes, *, phoff: int | None = None, dynamic_offset: int | None = None) -> bytes:
+    """A 64-bit little-endian ELF file with its program header table moved to ``phoff``, or its
+    PT_DYNAMIC's file offset set to ``dynamic_offset``."""
+    import struct
+
+    out = bytearray(data)
+    assert out[:4] == b"\x7fELF" and out[4] == 2 and out[5] == 1
+    table, = struct.unpack_from("<Q", out, 0x20)
+    size, count = struct.unpack_from("<HH", out, 0x36)
+    if phoff is not None:
+        struct.pack_into("<Q", out, 0x20, phoff)
+    if dynamic_offset is not None:
+        for entry in range(table, table + size * count, size):
+            if struct.unpack_from("<I", out, entry)[0] == 2:  # PT_DYNAMIC
+                struct.pack_into("<Q", out, entry + 8, dynamic_offset)
+                break
+        else:
+            raise AssertionError("no PT_DYNAMIC")
+    return bytes(out)
 
 
 def truncated(data: bytes, keep: float = 0.5) -> bytes:

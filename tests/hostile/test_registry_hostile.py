@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -177,3 +178,33 @@ def test_deadline_must_be_positive(tmp_path: Path) -> None:
     proc = cli("pull", "--deadline", "0", "127.0.0.1:9/x:y", "-o", str(tmp_path / "img"))
     assert proc.returncode == 2 and "positive number of seconds" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_pull_killed_by_a_signal_removes_its_temporary_output(registry: HostileRegistry, tmp_path: Path,
+                                                                 signum: int) -> None:
+    work = work_dir(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "microcontainer_tool", "pull", "--plain-http",
+                             "--deadline", "100", "--timeout", "100", "--retries", "0",
+                             f"{registry.host}/hostile:latest", "-o", str(work / "img"),
+                             "--docker-config", str(tmp_path / "no-docker-config")],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for _ in range(GUARD * 10):  # until the layer is trickling into the temporary sibling
+            if temporaries(work) and proc.poll() is None:
+                break
+            time.sleep(0.1)
+        assert temporaries(work), "the pull wrote no temporary sibling"
+        time.sleep(1)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=GUARD)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signum if signum == signal.SIGTERM else proc.returncode == 130
+    assert err.strip() in ("microcontainer: terminated", "microcontainer: interrupted"), err
+    assert "Traceback" not in err
+    assert corpus.listing(work) == CANARY

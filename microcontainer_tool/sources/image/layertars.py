@@ -6,7 +6,9 @@ shared by every image:
 
 * ``layertars/<diff_id hex>.tar``: the layer decompressed (gzip, zstd or none,
   told by magic), streamed in 1 MiB chunks into a temporary file and renamed
-  into place only after both the blob digest and the ``diff_id`` matched;
+  into place only after both the blob digest and the ``diff_id`` matched; a
+  layer expanding past the :class:`~microcontainer_tool.oci.layer.LayerLimits`
+  (uncompressed size, ratio) stops there and its temporary file is removed;
 * ``layertars/<diff_id hex>.json``: the index of its members (path, type,
   mode, size, data offset in the tar, symlink or hardlink target), written
   after the tar and so the mark of a complete entry.
@@ -37,7 +39,7 @@ from microcontainer_tool import jsontext
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, PathEscapeError, SourceError
 from microcontainer_tool.hostfs.atomic import atomic_file, temp_file, unlink_quietly
 from microcontainer_tool.oci.imageview import HashingReader, ImageView
-from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, open_layer_stream
+from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, LayerLimits, open_layer_stream
 
 INDEX_VERSION = 1
 """Format of the cached per-layer index; another value is rebuilt."""
@@ -321,13 +323,20 @@ def _index_member(name: str, kind: str, mode: int, size: int, offset: int, link:
 class LayerCache:
     """The per-layer part of the cache: decompressed tars and their indexes, by ``diff_id``."""
 
-    def __init__(self, cache_dir: str) -> None:
+    def __init__(self, cache_dir: str, limits: LayerLimits | None = None) -> None:
         """Use (and create) ``cache_dir``.
+
+        Args:
+            cache_dir: the cache directory.
+            limits: how far a layer may expand while it is decompressed (default:
+                :class:`~microcontainer_tool.oci.layer.LayerLimits`); past them it
+                is refused and nothing of it stays in the cache.
 
         Raises:
             SourceError: the cache directory cannot be created.
         """
         self.cache_dir = os.path.abspath(cache_dir)
+        self.limits = limits or LayerLimits()
         self.tars = os.path.join(self.cache_dir, LAYER_TARS)
         try:
             os.makedirs(self.tars, exist_ok=True)
@@ -349,6 +358,7 @@ class LayerCache:
             DigestMismatchError: the blob or its uncompressed tar is not what
                 the manifest and config say.
             LayoutError: a corrupt blob, or a layer :func:`index_layer_tar` refuses.
+            LayerLimitError: the layer expands past the cache's limits.
         """
         digest, diff_id = view.layers[number].digest, view.diff_ids[number]
         tar_path, index_path = self.paths(diff_id)
@@ -397,7 +407,7 @@ class LayerCache:
             with view.open_layer_blob(number) as blob:
                 reader = HashingReader(blob)
                 try:
-                    stream = open_layer_stream(reader)  # type: ignore[arg-type]
+                    stream = open_layer_stream(reader, self.limits, where)  # type: ignore[arg-type]
                     while (chunk := stream.read(CHUNK_SIZE)) and writer.put(chunk):
                         pass
                     while reader.read(CHUNK_SIZE):

@@ -21,6 +21,7 @@ from microcontainer_tool.errors import SpecError
 from microcontainer_tool.model.tree import EntryKind, FileTree, HostFile, InlineContent, content_hash
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.imageview import open_image
+from microcontainer_tool.oci.layer import LayerLimits
 from microcontainer_tool.oci.layout import BaseLayer
 from microcontainer_tool.oci.model import Descriptor
 from microcontainer_tool.oci.store import LayoutStore
@@ -72,13 +73,14 @@ class ParentImage:
         return str(self.config.get("architecture", "")), self.config.get("variant") or None
 
 
-def open_parent(path: str, name: str, cache_dir: str) -> ParentImage:
+def open_parent(path: str, name: str, cache_dir: str, limits: LayerLimits | None = None) -> ParentImage:
     """Open the parent image at ``path`` and keep verified copies of its layer blobs.
 
     Args:
         path: what :func:`~.image.open_image` reads (a pulled registry image is a layout).
         name: the parent's name for provenance and messages.
         cache_dir: the build cache (blobs are kept in ``parent-blobs/``, by digest).
+        limits: how far a layer may expand when decompressed (see :class:`.layertars.LayerCache`).
 
     Raises:
         LayoutError: the image is malformed or a blob cannot be stored.
@@ -104,7 +106,7 @@ def open_parent(path: str, name: str, cache_dir: str) -> ParentImage:
             layers.append(BaseLayer(Descriptor(media_type, desc.digest, desc.size), copy))
         config, manifest_digest = view.config, view.manifest_digest
         config_digest = str((view.manifest.get("config") or {}).get("digest", ""))
-    root = ImageRoot.open(path, cache_dir)
+    root = ImageRoot.open(path, cache_dir, limits=limits)
     return ParentImage(name, manifest_digest, config_digest, config, layers, root)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from microcontainer_tool.errors import LayoutError, SourceError
 from microcontainer_tool.hostfs.atomic import temp_file, unlink_quietly
 from microcontainer_tool.oci.imageview import open_image
-from microcontainer_tool.oci.layer import CHUNK_SIZE
+from microcontainer_tool.oci.layer import CHUNK_SIZE, LayerLimits
 from microcontainer_tool.sources.image.layertars import LayerCache, LayerEntry
 from microcontainer_tool.sources.sysroot import SysRoot
 
@@ -119,7 +119,8 @@ class ImageRoot(SysRoot):
         self.bytes_materialized = 0
 
     @classmethod
-    def open(cls, image: str, cache_dir: str, tag: str | None = None, name: str | None = None) -> ImageRoot:
+    def open(cls, image: str, cache_dir: str, tag: str | None = None, name: str | None = None,
+             limits: LayerLimits | None = None) -> ImageRoot:
         """Open an image as a sysroot, preparing its layers in ``cache_dir`` once.
 
         Args:
@@ -128,6 +129,7 @@ class ImageRoot(SysRoot):
             cache_dir: the cache (shared by images and processes; safe to delete).
             tag: the image to pick when the index holds several.
             name: how messages and provenance name the image (default: ``image``).
+            limits: how far a layer may expand (see :class:`.layertars.LayerCache`).
 
         Returns:
             The merged view.
@@ -138,7 +140,7 @@ class ImageRoot(SysRoot):
             PathEscapeError: a member name climbs above the root.
             SourceError: the cache cannot be written.
         """
-        cache = LayerCache(cache_dir)
+        cache = LayerCache(cache_dir, limits)
         with open_image(image, tag) as view:
             layers = [cache.layer(view, number) for number in range(len(view.layers))]
             root = cls(name or image, cache.cache_dir, view.config, view.manifest_digest, layers)

@@ -11,7 +11,10 @@ they would in the image; climbing above it is refused).
 
 The header is authoritative, as in rpm itself: the payload provides content and
 the mapping of members to header entries; types, modes and link targets come
-from the header's file table. Errors are
+from the header's file table, and no member may carry more bytes than the
+header gives its file, so what is written is at most the header's file sizes (a
+decompression bomb is refused at its first oversized member; ghosts that old
+rpm put in payloads are skipped, never written). Errors are
 :class:`~microcontainer_tool.errors.RpmError` (or ``DigestMismatchError`` for an
 ``expected`` checksum), always one line.
 """
@@ -469,6 +472,9 @@ class _Extractor:
         inp, out = self.inp, self.out
         if info.index in self.results:
             raise RpmError(f"{self.path}: payload member {image_path} appears twice")
+        if size > info.size and not info.ghost:  # the payload writes at most the header's file sizes
+            raise RpmError(f"{self.path}: {image_path}: payload has {size} bytes,"
+                           f" the header says {info.size}")
         parts = tuple(image_path[1:].split("/")) if image_path != "/" else ()
         mode = info.mode
         if not parts and not stat.S_ISDIR(mode):
