@@ -1,28 +1,22 @@
 """Real container clients load, name and run our outputs: podman 4.3 and containerd 1.6 (``ctr``).
 
-podman runs with a private storage root, run root and tmp dir under pytest's tmp (the host's
-``/var/lib/containers`` is never touched), the ``vfs`` driver (no overlay mounts left behind),
-runc and cgroupfs (crun fails on this host's hybrid cgroups) and no network. containerd is started
-by a fixture on a private socket, root and state, with the CRI plugin off, and stopped after.
+Each test gets its own private podman storage or containerd daemon (``clients.py`` says how);
+``test_client_matrix.py`` checks every client against every output form.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import have, run_cli
+from clients import Client, containerd_client, ctr_names, podman_client, podman_load, podman_names, podman_run
+from conftest import run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root needed (podman and containerd as root)")
 
 GREETING = "hello from the image"
-TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
@@ -40,51 +34,15 @@ def build(spec_dir: Path, out: Path, *args: str) -> Path:
 
 
 @pytest.fixture
-def podman() -> Iterator[Callable[..., subprocess.CompletedProcess]]:
-    """``podman`` with private storage; its containers, images and directories are removed after the test."""
-    assert have("podman"), "podman is not installed: run examples/setup.sh"
-    work = tempfile.mkdtemp(prefix="mct-podman-")  # podman refuses a run root longer than 50 characters
-    base = ["podman", "--root", f"{work}/storage", "--runroot", f"{work}/run", "--tmpdir", f"{work}/tmp",
-            "--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager=cgroupfs",
-            "--events-backend=file"]
-
-    def call(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(base + list(args), capture_output=True, text=True, timeout=TIMEOUT,
-                              stdin=subprocess.DEVNULL, check=False)
-
-    try:
+def podman() -> Iterator[Client]:
+    """``podman`` with private storage, for one test (see :func:`clients.podman_client`)."""
+    with podman_client() as call:
         yield call
-    finally:
-        call("rm", "--all", "--force")
-        call("rmi", "--all", "--force")
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def podman_load(podman: Callable[..., subprocess.CompletedProcess], archive: Path) -> str:
-    proc = podman("load", "-q", "-i", str(archive))
-    assert proc.returncode == 0, proc.stderr
-    loaded = [line.removeprefix("Loaded image: ") for line in proc.stdout.splitlines()
-              if line.startswith("Loaded image: ")]
-    assert len(loaded) == 1, proc.stdout
-    return loaded[0]
-
-
-def podman_names(podman: Callable[..., subprocess.CompletedProcess]) -> list[str]:
-    proc = podman("images", "--format", "{{.Repository}}:{{.Tag}}")
-    assert proc.returncode == 0, proc.stderr
-    return sorted(proc.stdout.split())
-
-
-def podman_run(podman: Callable[..., subprocess.CompletedProcess], name: str) -> str:
-    proc = podman("run", "--rm", "--read-only", "--network", "none", "--ulimit", "nofile=1024:1024",
-                  "--ulimit", "nproc=4096:4096", name)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 @pytest.mark.parametrize("fmt", ["oci-archive", "docker-archive"])
 def test_podman_loads_the_given_name_and_runs_it(spec_dir: Path, tmp_path: Path, fmt: str,
-                                                 podman: Callable[..., subprocess.CompletedProcess]) -> None:
+                                                 podman: Client) -> None:
     archive = build(spec_dir, tmp_path / "img.tar", "--format", fmt, "--name", "example.org/team/hello:1.0")
     assert podman_load(podman, archive) == "example.org/team/hello:1.0"
     assert podman_names(podman) == ["example.org/team/hello:1.0"]
@@ -92,7 +50,7 @@ def test_podman_loads_the_given_name_and_runs_it(spec_dir: Path, tmp_path: Path,
 
 
 def test_podman_names_a_short_name_and_the_default_like_docker(
-        spec_dir: Path, tmp_path: Path, podman: Callable[..., subprocess.CompletedProcess]) -> None:
+        spec_dir: Path, tmp_path: Path, podman: Client) -> None:
     # -t alone: the name is the output's stem; a short name is Docker Hub's (docker.io/library/)
     greeting = build(spec_dir, tmp_path / "greeting.tar", "-t", "v2")
     assert podman_load(podman, greeting) == "docker.io/library/greeting:v2"
@@ -106,77 +64,14 @@ def test_podman_names_a_short_name_and_the_default_like_docker(
 
 
 @pytest.fixture
-def containerd() -> Iterator[Callable[..., subprocess.CompletedProcess]]:
-    """A private ``containerd`` (socket, root and state in a temp dir); ``ctr`` against it."""
-    assert have("containerd", "ctr"), "containerd is not installed: run examples/setup.sh"
-    # a short path: a unix socket's path is limited to 108 bytes
-    work = tempfile.mkdtemp(prefix="mct-ctd-")
-    sock = os.path.join(work, "containerd.sock")
-    config = os.path.join(work, "config.toml")
-    with open(config, "w", encoding="utf-8") as handle:
-        handle.write(f"""version = 2
-root = "{work}/root"
-state = "{work}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.tracing",
-                    "io.containerd.tracing.processor.v1.otlp", "io.containerd.snapshotter.v1.aufs",
-                    "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-                    "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = ""
-[metrics]
-  address = ""
-""")
-    log = open(os.path.join(work, "containerd.log"), "wb")  # noqa: SIM115  (closed below)
-    daemon = subprocess.Popen(["containerd", "--config", config], stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def ctr(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["ctr", "--address", sock, *args], capture_output=True, text=True,
-                              timeout=TIMEOUT, stdin=subprocess.DEVNULL, check=False)
-
-    try:
-        # up to 100 tries, 0.1 s apart or sooner: the daemon is serving once `ctr version` answers
-        for _ in range(100):
-            if daemon.poll() is not None:
-                break
-            if os.path.exists(sock) and ctr("--timeout", "10s", "version").returncode == 0:
-                break
-            daemon_wait(daemon, 0.1)
-        assert daemon.poll() is None, Path(work, "containerd.log").read_text()
-        assert ctr("version").returncode == 0, Path(work, "containerd.log").read_text()
+def containerd() -> Iterator[Client]:
+    """A private containerd for one test (see :func:`clients.containerd_client`)."""
+    with containerd_client() as ctr:
         yield ctr
-    finally:
-        if daemon.poll() is None:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
-        log.close()
-        subprocess.run(["umount", "-R", "-l", os.path.join(work, "state")], capture_output=True, check=False)
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def daemon_wait(daemon: subprocess.Popen, seconds: float) -> None:
-    try:
-        daemon.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def ctr_names(ctr: Callable[..., subprocess.CompletedProcess]) -> list[str]:
-    proc = ctr("images", "ls", "-q")
-    assert proc.returncode == 0, proc.stderr
-    return sorted(proc.stdout.split())
 
 
 def test_ctr_imports_the_oci_archive_under_the_given_name(
-        spec_dir: Path, tmp_path: Path, containerd: Callable[..., subprocess.CompletedProcess]) -> None:
+        spec_dir: Path, tmp_path: Path, containerd: Client) -> None:
     # ctr imports an uncompressed tar: our oci-archive (OUT.tar)
     archive = build(spec_dir, tmp_path / "img.tar", "--name", "example.org/team/hello:1.0")
     proc = containerd("images", "import", str(archive))
