@@ -142,15 +142,6 @@ def test_syft_lists_exactly_the_debian_packages(debian: tuple[Path, dict[str, st
             assert f"distro=debian-{release['VERSION_ID']}" in seen["purl"], (source, seen["purl"])
 
 
-def test_syft_does_not_read_a_gzipped_oci_archive(debian: tuple[Path, dict[str, str]]) -> None:
-    """smith's ``.tar.gz``: syft 1.18 reads no gzip-compressed archive (so the test decompresses it)."""
-    work, _digests = debian
-    proc = subprocess.run([syft_binary(), "scan", f"oci-archive:{work / 'smith.tar.gz'}", "-o", "json"],
-                          capture_output=True, text=True, timeout=300,
-                          env={"SYFT_CHECK_FOR_APP_UPDATE": "false", "HOME": str(work)})
-    assert proc.returncode != 0 and "invalid tar header" in proc.stderr, proc.stderr
-
-
 # --- RPM: curl from the shared Rocky Linux 9 RPMs ---------------------------------------------------
 
 
