@@ -49,7 +49,7 @@ from microcontainer_tool.oci.model import Descriptor, canonical_json
 from microcontainer_tool.oci.referrers import link_referrers
 from microcontainer_tool.oci.store import BLOBS_DIR, INDEX_FILE, OCI_LAYOUT, OCI_LAYOUT_FILE, LayoutStore
 from microcontainer_tool.registry.client import Progress, RegistryClient
-from microcontainer_tool.registry.reference import Reference, normalize_registry
+from microcontainer_tool.registry.reference import DEFAULT_TAG, Reference, normalize_registry
 from microcontainer_tool.registry.referrers import fetch_referrers, push_referrers
 
 PROGRESS_MIN_SIZE = 16 << 20
@@ -373,7 +373,7 @@ def resolve_manifest(ref: Reference, client: RegistryClient, platform: str | Non
 
 
 def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None = None, *,
-         progress: Progress | None = None) -> str:
+         progress: Progress | None = None, tag: str | None = None) -> str:
     """Pull the image ``ref`` into ``out``.
 
     Args:
@@ -383,6 +383,9 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
         client: a client for ``ref.registry``.
         platform: ``os/arch[/variant]`` chosen from an index (default: this machine's).
         progress: called with ``(digest, done, total)`` during downloads.
+        tag: the tag the image gets in ``out`` (``org.opencontainers.image.ref.name``;
+            default: ``ref``'s tag, ``latest`` for a pull by digest), so ``out:TAG``
+            names it.
 
     Returns:
         The digest of the image manifest written (the platform's, for an index).
@@ -395,6 +398,8 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
     if normalize_registry(ref.registry) != client.registry:
         raise RegistryError(f"{ref}: the client talks to {client.registry}, not {ref.registry}")
     wanted = parse_platform(platform or host_platform())
+    if tag is not None:
+        layout.check_tag(tag)
     fmt = format_for_path(out)
     if fmt not in ("oci", "oci-archive", "smith"):
         raise LayoutError(f"{out}: pull writes an OCI layout, .tar or .tar.gz")
@@ -425,7 +430,7 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
                 client.get_blob(ref.repository, desc.digest, store.blob_path(desc.digest), desc.size,
                                 progress)
         config = store.read_json(config_desc, f"{ref}: config")
-        annotations = {oci.ANNOTATION_REF_NAME: ref.tag} if ref.tag else None
+        annotations = {oci.ANNOTATION_REF_NAME: tag or ref.tag or DEFAULT_TAG}
         referrers = fetch_referrers(client, ref.repository, digest, store, progress)  # SBOMs and the like
         image = Descriptor(media_type, digest, len(data), annotations, oci.platform_of(config))
         entries, _nested = link_referrers(store, [image], referrers)
