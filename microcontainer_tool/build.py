@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -105,7 +106,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
                 allow_missing: bool = False, layer_cache: LayerCache | None = None,
                 cache_dir: str | None = None, offline: bool = False,
                 registry: RegistryOptions | None = None,
-                layer_limits: LayerLimits | None = None) -> BuildResult:
+                layer_limits: LayerLimits | None = None,
+                annotations: Mapping[str, str] | None = None) -> BuildResult:
     """Build the image a spec describes and write it to ``output``.
 
     Args:
@@ -129,6 +131,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         registry: how to reach registries for ``from:``/``parent:`` images.
         layer_limits: how far a layer of a ``from:``/``parent:`` image may expand
             when decompressed (default: :class:`~microcontainer_tool.oci.layer.LayerLimits`).
+        annotations: more annotations on the image's entry in the index
+            (``microcontainer-smith -b``: ``com.oracle.smith.build``).
 
     Returns:
         The build result.
@@ -195,7 +199,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         output, fmt, assembly.tree, compression, epoch,
         lambda layer: config_for(spec, assembly, layer, epoch, parent), tag,
         name or _default_name(output), layer_cache=layer_cache,
-        base_layers=parent.layers if parent is not None else (),
+        base_layers=parent.layers if parent is not None else (), annotations=annotations,
     )
     root = sysroot if sysroot is not None else SysRoot(packages.root if packages is not None
                                                        else spec.sysroot_dir)

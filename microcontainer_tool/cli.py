@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from microcontainer_tool import __version__
@@ -177,32 +177,55 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     err = stderr or sys.stderr
     env = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
+    return guarded(lambda: _dispatch(args, out, err, env), err)
+
+
+def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO,
+              env: dict[str, str] | os._Environ[str]) -> int:
+    if args.command == "build":
+        return _build(args, out, err, env)
+    if args.command == "deps":
+        return _deps(args, out, err)
+    if args.command == "lock":
+        return _lock(args, out)
+    if args.command == "trace":
+        return _trace(args, out, err)
+    if args.command in ("run", "ps", "stop", "rm", "debug"):
+        return _runtime_command(args, out)
+    if args.command == "push":
+        return _push(args, out, err)
+    if args.command == "pull":
+        return _pull(args, out, err)
+    if args.command == "why":
+        return _why(args, out)
+    if args.command == "sbom":
+        return _sbom(args, out, env)
+    return _inspect(args, out)
+
+
+def guarded(action: Callable[[], int], err: TextIO, prog: str = "microcontainer") -> int:
+    """Run ``action``, turning user errors, I/O errors and signals into exit codes.
+
+    A :class:`MicrocontainerError` or ``OSError`` prints ``PROG: error: MESSAGE`` on
+    one line (no traceback); SIGTERM unwinds like Ctrl-C so ``finally`` blocks
+    remove temporary outputs.
+
+    Args:
+        action: the command; returns its exit code.
+        err: where errors go.
+        prog: the program name errors are prefixed with.
+
+    Returns:
+        The exit code.
+    """
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C, so `finally` blocks remove temporary outputs
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        if args.command == "build":
-            return _build(args, out, err, env)
-        if args.command == "deps":
-            return _deps(args, out, err)
-        if args.command == "lock":
-            return _lock(args, out)
-        if args.command == "trace":
-            return _trace(args, out, err)
-        if args.command in ("run", "ps", "stop", "rm", "debug"):
-            return _runtime_command(args, out)
-        if args.command == "push":
-            return _push(args, out, err)
-        if args.command == "pull":
-            return _pull(args, out, err)
-        if args.command == "why":
-            return _why(args, out)
-        if args.command == "sbom":
-            return _sbom(args, out, env)
-        return _inspect(args, out)
+        return action()
     except MicrocontainerError as error:
-        print(f"microcontainer: error: {error}", file=err)
+        print(f"{prog}: error: {error}", file=err)
         return error.exit_code
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as a SIGPIPE'd tool does.
@@ -211,13 +234,13 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return 141
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
-        print(f"microcontainer: error: {where}{error.strerror or error}", file=err)
+        print(f"{prog}: error: {where}{error.strerror or error}", file=err)
         return 1
     except KeyboardInterrupt as error:
         if isinstance(error, _Terminated):
-            print("microcontainer: terminated", file=err)
+            print(f"{prog}: terminated", file=err)
             return 128 + signal.SIGTERM
-        print("microcontainer: interrupted", file=err)
+        print(f"{prog}: interrupted", file=err)
         return 130
     finally:
         if previous is not None:
@@ -392,6 +415,8 @@ def _add_registry_parsers(sub: Any) -> None:
     pull.add_argument("ref", metavar="REF", help="host[:port]/repo[:tag][@sha256:...]")
     pull.add_argument("-o", "--output", metavar="OUT", required=True,
                       help="layout DIR, OUT.tar or OUT.tar.gz")
+    pull.add_argument("--tag", metavar="TAG",
+                      help="tag the image gets in OUT (default: REF's tag, latest for a pull by digest)")
     pull.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                       help="which image of an index (default: this machine's)")
     common(pull)
@@ -508,7 +533,7 @@ def _pull(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     ref = Reference.parse(args.ref)
     with _client(args, ref.registry) as client:
-        digest = pull(ref, args.output, client, args.platform, progress=tty_progress(err))
+        digest = pull(ref, args.output, client, args.platform, progress=tty_progress(err), tag=args.tag)
     print(f"{args.output}: {ref.name}@{digest}", file=out)
     return 0
 

@@ -211,7 +211,8 @@ class BaseLayer:
 
 def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, config: Mapping[str, Any],
                 tag: str, name: str, move_layer: bool = False,
-                base_layers: Sequence[BaseLayer] = ()) -> ImageResult:
+                base_layers: Sequence[BaseLayer] = (),
+                annotations: Mapping[str, str] | None = None) -> ImageResult:
     """Write an image (``base_layers`` then our layer) to ``out`` in format ``fmt``, atomically.
 
     Args:
@@ -230,6 +231,8 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
             ``oci`` layout, and removed in every case.
         base_layers: a parent image's layers, bottom first, stored byte for
             byte (``config``'s ``diff_ids`` must list theirs first).
+        annotations: more annotations on the image's entry in the index (for
+            example smith's ``com.oracle.smith.build``); the tag and name ones win.
 
     Returns:
         The digests written.
@@ -258,9 +261,10 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
     # ref.name is the tag (skopeo's oci-archive:FILE:TAG, umoci's --image DIR:TAG); podman and
     # containerd name a loaded image by io.containerd.image.name (a bare tag would become
     # localhost/TAG:latest in podman and import-DATE:TAG in containerd).
-    annotations = {oci.ANNOTATION_REF_NAME: tag, oci.ANNOTATION_CONTAINERD_NAME: image_name(name, tag)}
+    entry = {**(annotations or {}),
+             oci.ANNOTATION_REF_NAME: tag, oci.ANNOTATION_CONTAINERD_NAME: image_name(name, tag)}
     manifest_desc = Descriptor(oci.MEDIA_TYPE_MANIFEST, oci.sha256_digest(manifest_bytes),
-                               len(manifest_bytes), annotations, oci.platform_of(config))
+                               len(manifest_bytes), entry, oci.platform_of(config))
     result = ImageResult(out, fmt, manifest_desc.digest, manifest_desc.size, config_desc.digest, layer)
 
     if fmt == "oci":
@@ -291,7 +295,8 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
 def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str, epoch: int,
                      make_config: Callable[[LayerInfo], Mapping[str, Any]], tag: str,
                      name: str, layer_cache: LayerCache | None = None,
-                     base_layers: Sequence[BaseLayer] = ()) -> ImageResult:
+                     base_layers: Sequence[BaseLayer] = (),
+                     annotations: Mapping[str, str] | None = None) -> ImageResult:
     """Write ``tree`` as a one-layer image to ``out``: the whole build, atomically.
 
     The layer is streamed into a temporary file next to ``out`` and moved into
@@ -309,6 +314,7 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
         name: repository name (see :func:`write_image`).
         layer_cache: reuse and keep compressed layers there, by tree digest.
         base_layers: a parent image's layers, under ours (see :func:`write_image`).
+        annotations: more annotations on the image's index entry (see :func:`write_image`).
 
     Raises:
         SourceError: a host file vanished or changed while the layer was written.
@@ -324,13 +330,14 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
     check_target(target, fmt)
     if layer_cache is not None:
         blob, layer, _hit = layer_cache.layer(tree, compression, epoch)
-        return write_image(out, fmt, blob, layer, make_config(layer), tag, name, base_layers=base_layers)
+        return write_image(out, fmt, blob, layer, make_config(layer), tag, name, base_layers=base_layers,
+                           annotations=annotations)
     fd, tmp = temp_file(parent, f".{base}.layer")
     try:
         with os.fdopen(fd, "wb", buffering=CHUNK_SIZE) as sink:
             layer = write_layer(tree, sink, compression, epoch)
         return write_image(out, fmt, tmp, layer, make_config(layer), tag, name, move_layer=True,
-                           base_layers=base_layers)
+                           base_layers=base_layers, annotations=annotations)
     except OSError as error:
         raise LayoutError(f"{out}: cannot write: {error.strerror or error}") from None
     finally:

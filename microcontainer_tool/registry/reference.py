@@ -9,12 +9,16 @@ Hub, whose one-component names live under ``library/``. ``docker.io`` and
 
 >>> str(Reference.parse("nginx"))
 'registry-1.docker.io/library/nginx:latest'
+
+:class:`RemoteURL` reads smith's registry URLs, ``SCHEME://[USER:PASSWORD@]HOST/REPO[:TAG]``,
+where ``http://`` means plain HTTP and the first component is always the host.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 
 from microcontainer_tool.errors import SpecError
 
@@ -129,3 +133,52 @@ class Reference:
         if self.digest:
             text += f"@{self.digest}"
         return text
+
+
+@dataclass(frozen=True)
+class RemoteURL:
+    """A smith registry URL: ``http(s)://[USER:PASSWORD@]HOST/REPO[:TAG][@sha256:<hex>]``.
+
+    Attributes:
+        ref: the image reference (``HOST`` is its registry, even without a dot).
+        plain_http: the scheme is ``http://``.
+        username: the user name in the URL ("" for none), percent-decoded.
+        password: the password in the URL ("" for none), percent-decoded; never in ``repr()``.
+    """
+
+    ref: Reference
+    plain_http: bool
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> RemoteURL:
+        """Parse a smith registry URL.
+
+        Raises:
+            SpecError: the URL is malformed (the message shows it with the password masked).
+        """
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            scheme, rest = "", text
+        authority, slash, path = rest.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        username, _colon, password = userinfo.partition(":")
+        shown = f"{scheme}{sep}{username + ':***@' if password else userinfo + at}{host}{slash}{path}"
+        expected = "expected http(s)://[USER:PASSWORD@]HOST/REPO[:TAG]"
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise SpecError(f"invalid remote {shown!r}: {expected}")
+        if not _HOST_RE.match(host) or not path:
+            raise SpecError(f"invalid remote {shown!r}: {expected}")
+        try:
+            parsed = Reference.parse(f"localhost/{path}")
+        except SpecError as error:
+            reason = str(error).partition("': ")[2] or "malformed"
+            raise SpecError(f"invalid remote {shown!r}: {reason}") from None
+        registry = normalize_registry(host)
+        repository = parsed.repository
+        if registry == DOCKER_HUB and "/" not in repository:
+            repository = f"library/{repository}"
+        ref = Reference(registry, repository, parsed.tag, parsed.digest)
+        return cls(ref, scheme.lower() == "http", urllib.parse.unquote(username),
+                   urllib.parse.unquote(password))
