@@ -143,6 +143,21 @@ def _parser() -> argparse.ArgumentParser:
                      help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
     why.add_argument("path", metavar="PATH", help="absolute path in the image")
 
+    diff = sub.add_parser("diff", help="print what changed between two images (exit 0 identical, 1 different,"
+                                       " 2 error)")
+    for name, what in (("old", "OLD"), ("new", "NEW")):
+        diff.add_argument(name, metavar=what,
+                          help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz, docker-archive, "
+                               "or a registry reference (docker://REF, HOST/REPO:TAG)")
+    diff.add_argument("--json", action="store_true", help="print machine-readable JSON (canonical, sorted)")
+    diff.add_argument("--package", metavar="NAME", help="only package NAME and the files it owns")
+    diff.add_argument("--cache-dir", metavar="DIR", help="where registry images are pulled to (default: the "
+                                                          "tool's cache)")
+    diff.add_argument("--offline", action="store_true", help="never pull: registry images must be cached")
+    diff.add_argument("--plain-http", action="store_true", help="talk plain HTTP to registries")
+    diff.add_argument("--insecure", action="store_true", help="do not verify registries' TLS certificates")
+    diff.add_argument("--docker-config", metavar="FILE", help="docker config.json with registry credentials")
+
     sbom = sub.add_parser("sbom", help="print an image's SBOM (CycloneDX 1.6 or SPDX 2.3 JSON)")
     sbom.add_argument("image", metavar="IMAGE",
                       help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
@@ -200,10 +215,12 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             return _why(args, out)
         if args.command == "sbom":
             return _sbom(args, out, env)
+        if args.command == "diff":
+            return _diff(args, out)
         return _inspect(args, out)
     except MicrocontainerError as error:
         print(f"microcontainer: error: {error}", file=err)
-        return error.exit_code
+        return 2 if args.command == "diff" else error.exit_code
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as a SIGPIPE'd tool does.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -212,7 +229,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         print(f"microcontainer: error: {where}{error.strerror or error}", file=err)
-        return 1
+        return 2 if args.command == "diff" else 1
     except KeyboardInterrupt as error:
         if isinstance(error, _Terminated):
             print("microcontainer: terminated", file=err)
@@ -608,6 +625,32 @@ def _sbom(args: argparse.Namespace, out: TextIO, env: dict[str, str] | os._Envir
     else:
         out.write(data.decode("utf-8"))
     return 0
+
+
+def _diff(args: argparse.Namespace, out: TextIO) -> int:
+    from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    from microcontainer_tool.oci.imageview import open_image
+    from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image
+    from microcontainer_tool.reports.diff import compare, only_package, render_json, render_text, summarize
+    from microcontainer_tool.sources.image.locate import locate_image
+
+    options = RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
+                              docker_config=args.docker_config)
+    summaries = []
+    for text in (args.old, args.new):
+        local = os.path.exists(text) or os.path.exists(text.rpartition(":")[0] or text)
+        location = None if local else locate_image(text, os.getcwd(), directory_ok=False)
+        path, label = text, text
+        if location is not None and location.local is None:
+            path, label = fetch_image(location, args.cache_dir or default_cache_dir(), options,
+                                      offline=args.offline)
+        with open_image(path) as view:
+            summaries.append(summarize(view, label))
+    result = compare(summaries[0], summaries[1])
+    if args.package:
+        result = only_package(result, args.package)
+    out.write(render_json(result) if args.json else render_text(result))
+    return 0 if result["identical"] else 1
 
 
 def _packages(args: argparse.Namespace, out: TextIO) -> int:
