@@ -12,7 +12,11 @@ listed), and its config fields. :func:`compare` is a pure function of two
 summaries; :func:`render_text` and :func:`render_json` print the result.
 
 The provenance record itself is left out of the file list: what changes in
-it is reported as packages and ELF edges.
+it is reported as packages and ELF edges. The package lists generated for
+scanners (``/var/lib/rpmmanifest/container-manifest-2``,
+``/var/lib/dpkg/status.d/NAME``: the record says ``generated: rpm manifest`` /
+``dpkg status``) change with every package change; they are reported
+apart, as ``metadata``, so ``files`` holds the packages' own files.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ OPAQUE = ".wh..wh..opq"
 TOP_FIELDS = ("architecture", "os", "variant", "created")
 #: The ``name`` of a ``PT_INTERP`` edge.
 INTERPRETER = "(interpreter)"
+#: ``generated`` selectors of the record that mark the package lists written for scanners.
+PACKAGE_METADATA = ("rpm manifest", "dpkg status")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class ImageSummary:
         record: the image carries a provenance record.
         packages: package key (its name, or ``name.arch`` if several arches) -> facts.
         owners: path -> package key, from the record.
+        metadata: paths of the package lists generated for scanners (:data:`PACKAGE_METADATA`).
         edges: ``(needer, name, object)``: the record's ``DT_NEEDED`` edges (``name``: the
             soname asked for) and ``PT_INTERP`` edges (``name``: :data:`INTERPRETER`), each
             to the regular file it resolved to.
@@ -81,6 +88,7 @@ class ImageSummary:
     record: bool = False
     packages: dict[str, dict[str, Any]] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
+    metadata: set[str] = field(default_factory=set)
     edges: set[tuple[str, str, str]] = field(default_factory=set)
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -164,6 +172,10 @@ def _read_record(summary: ImageSummary, record: Mapping[str, Any]) -> None:
         package = entry.get("package") if isinstance(entry, dict) else None
         if package in keys:
             summary.owners[str(path)] = keys[package]
+        why = entry.get("why") if isinstance(entry, dict) else None
+        if isinstance(why, list) and any(isinstance(r, dict) and r.get("kind") == "generated"
+                                         and r.get("selector") in PACKAGE_METADATA for r in why):
+            summary.metadata.add(str(path))
         if not isinstance(entry, dict) or entry.get("kind") != "file":
             continue  # the objects themselves, not the links and directories on the way to them
         for reason in entry.get("why") or []:
@@ -189,7 +201,8 @@ def compare(old: ImageSummary, new: ImageSummary) -> dict[str, Any]:
         (``added``/``removed``/``changed``), ``packages`` (the same three),
         ``edges`` (``added``/``removed``), ``config`` (``changed``: field,
         old, new; a missing field is ``null``) and ``provenance`` (which side
-        has a record).
+        has a record), ``metadata`` (the generated package lists that
+        changed: path and ``added``/``removed``/``changed``).
     """
     files_added = [_file_json(path, new.files[path], new.owners.get(path, ""))
                    for path in sorted(new.files.keys() - old.files.keys())]
@@ -212,6 +225,14 @@ def compare(old: ImageSummary, new: ImageSummary) -> dict[str, Any]:
                          "new": package_version(new.packages[key])}
                         for key in sorted(old.packages.keys() & new.packages.keys())
                         if old.packages[key] != new.packages[key]]
+    generated = old.metadata | new.metadata
+    metadata = sorted([{"path": f["path"], "change": change}
+                       for change, group in (("added", files_added), ("removed", files_removed),
+                                             ("changed", files_changed))
+                       for f in group if f["path"] in generated], key=lambda item: item["path"])
+    files_added = [f for f in files_added if f["path"] not in generated]
+    files_removed = [f for f in files_removed if f["path"] not in generated]
+    files_changed = [f for f in files_changed if f["path"] not in generated]
     edges_added = [_edge_json(edge) for edge in sorted(new.edges - old.edges)]
     edges_removed = [_edge_json(edge) for edge in sorted(old.edges - new.edges)]
     config_changed = [{"field": key, "old": old.config.get(key), "new": new.config.get(key)}
@@ -221,14 +242,15 @@ def compare(old: ImageSummary, new: ImageSummary) -> dict[str, Any]:
         "old": old.label, "new": new.label,
         "image_id": {"old": old.image_id, "new": new.image_id},
         "files": {"added": files_added, "removed": files_removed, "changed": files_changed},
+        "metadata": metadata,
         "packages": {"added": packages_added, "removed": packages_removed, "changed": packages_changed},
         "edges": {"added": edges_added, "removed": edges_removed},
         "config": {"changed": config_changed},
         "provenance": {"old": old.record, "new": new.record},
     }
     result["identical"] = old.image_id == new.image_id and not any(
-        (files_added, files_removed, files_changed, packages_added, packages_removed, packages_changed,
-         edges_added, edges_removed, config_changed))
+        (files_added, files_removed, files_changed, metadata, packages_added, packages_removed,
+         packages_changed, edges_added, edges_removed, config_changed))
     return result
 
 
@@ -255,6 +277,7 @@ def only_package(result: Mapping[str, Any], name: str) -> dict[str, Any]:
                     if matches(f["old"]["package"]) or matches(f["new"]["package"])],
     }
     narrowed["edges"] = {"added": [], "removed": []}
+    narrowed["metadata"] = []
     narrowed["config"] = {"changed": []}
     narrowed["image_id"] = dict(result["image_id"])
     narrowed["identical"] = not any(pick.values()) and not any(narrowed["files"].values())
@@ -302,6 +325,8 @@ def render_text(result: Mapping[str, Any]) -> str:
         lines.append(f"file    + {item['path']}{_describe(item)}{_owner(item['package'])}")
     for item in files["removed"]:
         lines.append(f"file    - {item['path']}{_describe(item)}{_owner(item['package'])}")
+    for item in result["metadata"]:
+        lines.append(f"meta    ~ {item['path']} ({item['change']}: the package list for scanners)")
     for item in result["edges"]["added"]:
         lines.append(f"elf     + {item['needer']} needs {item['name']} => {item['needed']}")
     for item in result["edges"]["removed"]:
