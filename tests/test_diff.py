@@ -58,13 +58,13 @@ def rpms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def build(rpms: dict[str, Path], work: Path, libfoo: str, extra: str = "") -> Path:
+def build(rpms: dict[str, Path], work: Path, libfoo: str, cmd: str = "[/usr/bin/app]") -> Path:
     spec = work / "spec"
     spec.mkdir(parents=True)
     for name in ("glibc", "app", libfoo):
         shutil.copy(rpms[name], spec / f"{name.split('-')[0]}.rpm")
     (spec / "microimage.yaml").write_text("packages: [app.rpm, libfoo.rpm, glibc.rpm]\n"
-                                          f"paths: [/usr/bin/app]\ncmd: [/usr/bin/app]\n{extra}")
+                                          f"paths: [/usr/bin/app]\ncmd: {cmd}\n")
     out = work / "image.tar"
     proc = run_cli("build", "-c", str(spec), "-o", str(out), "--cache-dir", str(work / "cache"))
     assert proc.returncode == 0, proc.stderr
@@ -77,7 +77,7 @@ def images(rpms: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> d
     return {"old": build(rpms, base / "old", "libfoo-1.0"),
             "again": build(rpms, base / "again", "libfoo-1.0"),
             "new": build(rpms, base / "new", "libfoo-1.1"),
-            "cmd": build(rpms, base / "cmd", "libfoo-1.0", "env: [MODE=x]\n").parent}
+            "cmd": build(rpms, base / "cmd", "libfoo-1.0", "[/usr/bin/app, --verbose]")}
 
 
 def test_the_fixture_program_needs_libfoo(images: dict[str, Path]) -> None:
@@ -137,11 +137,14 @@ def test_package_filter(images: dict[str, Path]) -> None:
 
 
 def test_config_change_is_reported(images: dict[str, Path]) -> None:
-    proc = run_cli("diff", str(images["old"]), f"{images['cmd']}/image.tar")
+    proc = run_cli("diff", str(images["old"]), str(images["cmd"]))
     assert proc.returncode == 1, proc.stderr
-    assert proc.stdout.splitlines()[3:] == ['config  ~ Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:'
-                                            '/usr/bin:/sbin:/bin"] -> ["MODE=x", "PATH=/usr/local/sbin:'
-                                            '/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]']
+    assert proc.stdout.splitlines()[3:] == [
+        'config  ~ Cmd: ["/usr/bin/app"] -> ["/usr/bin/app", "--verbose"]']
+    data = json.loads(run_cli("diff", "--json", str(images["old"]), str(images["cmd"])).stdout)
+    assert data["config"] == {"changed": [{"field": "Cmd", "old": ["/usr/bin/app"],
+                                           "new": ["/usr/bin/app", "--verbose"]}]}
+    assert data["files"] == {"added": [], "removed": [], "changed": []} and data["packages"]["changed"] == []
 
 
 def test_missing_image_is_exit_2_one_line(images: dict[str, Path], tmp_path: Path) -> None:
