@@ -142,6 +142,20 @@ def _parser() -> argparse.ArgumentParser:
     why.add_argument("image", metavar="IMAGE",
                      help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz or docker-archive")
     why.add_argument("path", metavar="PATH", help="absolute path in the image")
+    diff = sub.add_parser("diff", help="print what changed between two images (exit 0 identical, 1 different,"
+                                       " 2 error)")
+    for name, what in (("old", "OLD"), ("new", "NEW")):
+        diff.add_argument(name, metavar=what,
+                          help="OCI layout DIR[:TAG], oci-archive, smith .tar.gz, docker-archive, "
+                               "or a registry reference (docker://REF, HOST/REPO:TAG)")
+    diff.add_argument("--json", action="store_true", help="print machine-readable JSON (canonical, sorted)")
+    diff.add_argument("--package", metavar="NAME", help="only package NAME and the files it owns")
+    diff.add_argument("--cache-dir", metavar="DIR", help="where registry images are pulled to (default: the "
+                                                          "tool's cache)")
+    diff.add_argument("--offline", action="store_true", help="never pull: registry images must be cached")
+    diff.add_argument("--plain-http", action="store_true", help="talk plain HTTP to registries")
+    diff.add_argument("--insecure", action="store_true", help="do not verify registries' TLS certificates")
+    diff.add_argument("--docker-config", metavar="FILE", help="docker config.json with registry credentials")
 
     sbom = sub.add_parser("sbom", help="print an image's SBOM (CycloneDX 1.6 or SPDX 2.3 JSON)")
     sbom.add_argument("image", metavar="IMAGE",
@@ -177,7 +191,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     err = stderr or sys.stderr
     env = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
-    return guarded(lambda: _dispatch(args, out, err, env), err)
+    # diff keeps 1 for "different": its errors exit 2, as diff(1) and cmp(1) do
+    return guarded(lambda: _dispatch(args, out, err, env), err,
+                   error_code=2 if args.command == "diff" else None)
 
 
 def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO,
@@ -200,10 +216,13 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO,
         return _why(args, out)
     if args.command == "sbom":
         return _sbom(args, out, env)
+    if args.command == "diff":
+        return _diff(args, out)
     return _inspect(args, out)
 
 
-def guarded(action: Callable[[], int], err: TextIO, prog: str = "microcontainer") -> int:
+def guarded(action: Callable[[], int], err: TextIO, prog: str = "microcontainer",
+            error_code: int | None = None) -> int:
     """Run ``action``, turning user errors, I/O errors and signals into exit codes.
 
     A :class:`MicrocontainerError` or ``OSError`` prints ``PROG: error: MESSAGE`` on
@@ -214,6 +233,8 @@ def guarded(action: Callable[[], int], err: TextIO, prog: str = "microcontainer"
         action: the command; returns its exit code.
         err: where errors go.
         prog: the program name errors are prefixed with.
+        error_code: the exit code of every user or I/O error, instead of the
+            error's own (``diff`` reserves 1 for "different").
 
     Returns:
         The exit code.
@@ -226,7 +247,7 @@ def guarded(action: Callable[[], int], err: TextIO, prog: str = "microcontainer"
         return action()
     except MicrocontainerError as error:
         print(f"{prog}: error: {error}", file=err)
-        return error.exit_code
+        return error.exit_code if error_code is None else error_code
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as a SIGPIPE'd tool does.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -235,7 +256,7 @@ def guarded(action: Callable[[], int], err: TextIO, prog: str = "microcontainer"
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         print(f"{prog}: error: {where}{error.strerror or error}", file=err)
-        return 1
+        return 1 if error_code is None else error_code
     except KeyboardInterrupt as error:
         if isinstance(error, _Terminated):
             print(f"{prog}: terminated", file=err)
@@ -694,6 +715,32 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
         link = f" -> {f.linkname}" if f.linkname else ""
         print(f"  {f.type:<8} {f.mode:04o} {f.size:>10}  {f.path}{link}", file=out)
     return 0
+
+
+def _diff(args: argparse.Namespace, out: TextIO) -> int:
+    from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    from microcontainer_tool.oci.imageview import open_image
+    from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image
+    from microcontainer_tool.reports.diff import compare, only_package, render_json, render_text, summarize
+    from microcontainer_tool.sources.image.locate import locate_image
+
+    options = RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
+                              docker_config=args.docker_config)
+    summaries = []
+    for text in (args.old, args.new):
+        local = os.path.exists(text) or os.path.exists(text.rpartition(":")[0] or text)
+        location = None if local else locate_image(text, os.getcwd(), directory_ok=False)
+        path, label = text, text
+        if location is not None and location.local is None:
+            path, label = fetch_image(location, args.cache_dir or default_cache_dir(), options,
+                                      offline=args.offline)
+        with open_image(path) as view:
+            summaries.append(summarize(view, label))
+    result = compare(summaries[0], summaries[1])
+    if args.package:
+        result = only_package(result, args.package)
+    out.write(render_json(result) if args.json else render_text(result))
+    return 0 if result["identical"] else 1
 
 
 def main_entry() -> None:

@@ -318,7 +318,7 @@ class ImageView:
         """
         with self.layer_tar(number) as tar:
             for member in tar:
-                info = _file_info(member)
+                info = member_info(member)
                 if info is not None:
                     yield info
 
@@ -328,7 +328,8 @@ class ImageView:
             yield from self.iter_layer(number)
 
 
-def _file_info(member: tarfile.TarInfo) -> FileInfo | None:
+def member_info(member: tarfile.TarInfo) -> FileInfo | None:
+    """A layer tar member as a :class:`FileInfo` (``None`` for the root itself)."""
     name = _member_name(member.name).rstrip("/")
     if not name or name == ".":
         return None

@@ -1,1 +1,1 @@
-"""Reports about a built image: SBOMs."""
+"""Reports about built images: SBOMs, differences between two images."""
