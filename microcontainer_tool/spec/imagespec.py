@@ -29,9 +29,25 @@ _USER_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 #: Keys a later version implements; until then they are an error, not ignored.
 UNSUPPORTED_KEYS = {
-    "type": "build types (mock)",
     "mock": "mock builds",
 }
+#: smith's ``type:`` values: ``oci`` (``package`` names an image) or ``mock``
+#: (an RPM package, which we resolve and extract ourselves).
+PACKAGE_TYPES = ("oci", "mock")
+_IMAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def names_image(text: str) -> bool:
+    """Whether smith reads ``package:`` text as an image rather than an RPM.
+
+    smith's rule: an ``http(s)://`` registry reference, or a file name ending in
+    ``.tar``, ``.tar.gz`` or ``.tgz``, optionally followed by ``:TAG``.
+    """
+    if text.startswith(("https://", "http://")):
+        return True
+    left, sep, tag = text.rpartition(":")
+    name = left if sep and left and "/" not in tag and not tag.endswith(_IMAGE_SUFFIXES) else text
+    return name.endswith(_IMAGE_SUFFIXES)
 
 
 #: OCI architecture names and the RPM architectures they mean.
@@ -212,6 +228,7 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
         raise SpecError(f"{checker.at(root)}: the spec must be a mapping of keys")
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
+    package_type: tuple[yaml.Node, str] | None = None
     for key_node, value_node in root.value:
         key = checker.scalar(key_node, "key")
         if key in lines:
@@ -221,6 +238,12 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
             raise UnsupportedError(
                 f"{checker.at(key_node)}: {key!r} ({UNSUPPORTED_KEYS[key]}) is not supported yet"
             )
+        if key == "type":
+            package_type = (key_node, checker.scalar(value_node, "type"))
+            if package_type[1] not in PACKAGE_TYPES:
+                raise checker.fail(value_node, f"unknown type {package_type[1]!r} "
+                                               f"(known: {', '.join(PACKAGE_TYPES)})")
+            continue
         handler = _HANDLERS.get(key)
         if handler is None:
             raise SpecError(
@@ -228,10 +251,30 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
             )
         name, convert = handler
         values[name] = convert(checker, value_node)
+    _package_image(values, lines, package_type, checker)
     spec = ImageSpec(base_dir=base_dir, source=source, lines=lines, **values)
     if complete:
         check_spec(spec)
     return spec
+
+
+def _package_image(values: dict[str, Any], lines: dict[str, int],
+                   package_type: tuple[yaml.Node, str] | None, checker: _Checker) -> None:
+    """smith's ``package:`` naming an image (``type: oci``, or implied by its form): it is ``from:``."""
+    if package_type is not None and "package" not in lines:
+        raise checker.fail(package_type[0], "'type' says what 'package' names: give 'package' too")
+    if "package" not in lines:
+        return
+    text = values["packages"][0]
+    if package_type is not None and package_type[1] == "mock" or \
+            (package_type is None and not names_image(text)):
+        return
+    if "from" in lines:
+        raise SpecError(f"{checker.source}:{lines['from']}: 'from' and 'package' (an image) "
+                        "both name the sysroot: give one")
+    del values["packages"]
+    values["from_"] = text
+    lines["from"] = lines.pop("package")
 
 
 class _Checker:
