@@ -24,7 +24,7 @@ from microcontainer_tool.oci.model import image_config
 from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image, platform_for
 from microcontainer_tool.sources.image.locate import ImageLocation, locate_image
 from microcontainer_tool.sources.sysroot import SysRoot
-from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec
+from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec, spec_warnings
 
 if TYPE_CHECKING:
     from microcontainer_tool.closure.proposals import MissingFile
@@ -140,7 +140,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
     name, tag = split_reference(name, tag)
     packages = None
     sysroot = None
-    notes: list[str] = []
+    notes: list[str] = spec_warnings(spec)
     if cache_dir is None:
         from microcontainer_tool.hostfs.cachedir import default_cache_dir
 

@@ -70,3 +70,63 @@ def test_from_and_parent_take_archive_colon_tag(images: Path, tmp_path: Path) ->
     build(spec, tmp_path / "out")
     info = inspect(tmp_path / "out")
     assert len(info["config"]["rootfs"]["diff_ids"]) == 2
+
+
+def _files(image: Path) -> dict[str, dict]:
+    return {f["path"]: f for f in inspect(image)["files"]}
+
+
+def test_root_wins_over_user_with_a_warning(tmp_path: Path) -> None:
+    spec = spec_dir(tmp_path / "s", "paths: [/usr/bin/true]\nroot: true\nuser: app\n")
+    proc = build(spec, tmp_path / "out")
+    assert "warning:" in proc.stderr and "'root: true' wins over 'user: app'" in proc.stderr
+    assert inspect(tmp_path / "out")["config"]["config"]["User"] == "0:0"
+
+
+@pytest.mark.parametrize("user, config_user", [("app", "app"), ("app:staff", "app:staff"),
+                                               ("10", "10:10"), ("daemon", "daemon")])
+def test_user_name_without_group_is_just_the_name(tmp_path: Path, user: str, config_user: str) -> None:
+    spec = spec_dir(tmp_path / "s", f"paths: [/usr/bin/id]\nuser: '{user}'\nentrypoint: [/usr/bin/id]\n")
+    build(spec, tmp_path / "out")
+    assert inspect(tmp_path / "out")["config"]["config"]["User"] == config_user
+    if user == "app":  # the runtime takes the primary group from the image's /etc/passwd
+        proc = runc_run(tmp_path / "out", "latest", tmp_path, args=["/usr/bin/id"])
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("uid=10(app) gid=10(smith)"), proc.stdout
+
+
+def test_mounts_are_directories_in_the_image(tmp_path: Path) -> None:
+    spec = spec_dir(tmp_path / "s", "paths: [/usr/bin/true]\nmounts: [/data, /var/cache/app, /write]\n")
+    build(spec, tmp_path / "out")
+    info = inspect(tmp_path / "out")
+    assert sorted(info["config"]["config"]["Volumes"]) == ["/data", "/var/cache/app", "/write"]
+    files = {f["path"]: f for f in info["files"]}
+    for path in ("/data", "/var/cache/app", "/var/cache", "/write"):
+        assert files[path]["type"] == "dir" and files[path]["mode"] == "0755", path
+    # a mount point the image has as a file is an error, not a silent shadowing
+    spec = spec_dir(tmp_path / "s2", "paths: [/usr/bin/true]\nmounts: [/usr/bin/true]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "out2"))
+    assert_one_line_error(proc, "mount point /usr/bin/true is a file in the image")
+
+
+def test_rootfs_overlay_skips_vcs_placeholders(tmp_path: Path) -> None:
+    spec = spec_dir(tmp_path / "s", "paths: [/usr/bin/true]\n")
+    (spec / "rootfs" / "etc" / "app").mkdir(parents=True)
+    (spec / "rootfs" / "etc" / "app" / ".gitkeep").write_text("")
+    (spec / "rootfs" / ".gitignore").write_text("*.swp\n")
+    (spec / "rootfs" / "etc" / "app" / "app.conf").write_text("x=1\n")
+    (spec / "rootfs" / "var" / "empty").mkdir(parents=True)
+    (spec / "rootfs" / "var" / "empty" / ".gitkeep").write_text("")
+    build(spec, tmp_path / "out")
+    files = _files(tmp_path / "out")
+    assert files["/etc/app/app.conf"]["size"] == 4
+    assert files["/etc/app"]["type"] == "dir" and files["/var/empty"]["type"] == "dir"
+    assert not [p for p in files if p.endswith((".gitkeep", ".gitignore"))]
+
+
+def test_run_and_tmp_are_world_writable_sticky(tmp_path: Path) -> None:
+    spec = spec_dir(tmp_path / "s", "paths: [/usr/bin/true]\n")
+    build(spec, tmp_path / "out")
+    files = _files(tmp_path / "out")
+    assert files["/run"]["mode"] == files["/tmp"]["mode"] == "1777"
+    assert files["/write"]["mode"] == "0755"

@@ -35,6 +35,9 @@ UNSUPPORTED_KEYS = {
 #: (an RPM package, which we resolve and extract ourselves).
 PACKAGE_TYPES = ("oci", "mock")
 _IMAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+#: Files of the ``rootfs/`` overlay that only keep a directory in version
+#: control: never put in the image, nor dependencies of it.
+OVERLAY_SKIP = (".gitignore", ".gitkeep")
 
 
 def names_image(text: str) -> bool:
@@ -560,8 +563,6 @@ def check_spec(spec: ImageSpec) -> None:
     Raises:
         SpecError: contradictory keys, or nothing to put in the image.
     """
-    if spec.root and spec.user and spec.user.split(":")[0] not in ("0", "root"):
-        raise SpecError(f"{spec.where('root')}: 'root: true' contradicts 'user: {spec.user}'")
     if "package" in spec.lines and "packages" in spec.lines:
         raise SpecError(f"{spec.where('packages')}: give 'package' or 'packages', not both")
     if spec.packages and "from" in spec.lines:
@@ -571,6 +572,15 @@ def check_spec(spec: ImageSpec) -> None:
     if not spec.paths and not spec.files and not spec.packages and not os.path.isdir(spec.overlay_dir):
         raise SpecError(f"{spec.source}: nothing to put in the image: "
                         "give 'paths', 'files' or a rootfs/ overlay")
+
+
+def spec_warnings(spec: ImageSpec) -> list[str]:
+    """Things a spec says that are allowed (smith allowed them) but probably not meant."""
+    warnings = []
+    if spec.root and spec.user and spec.user.split(":")[0] not in ("0", "root"):
+        warnings.append(f"{spec.where('root')}: 'root: true' wins over 'user: {spec.user}': "
+                        "the image runs as 0:0")
+    return warnings
 
 
 def project_files(spec: ImageSpec, skip: Collection[str] = ()) -> list[str]:
@@ -593,7 +603,8 @@ def project_files(spec: ImageSpec, skip: Collection[str] = ()) -> list[str]:
                 paths.append(path)
     for dirpath, dirnames, filenames in os.walk(spec.overlay_dir):
         dirnames.sort()
-        paths += [os.path.join(dirpath, filename) for filename in sorted(filenames)]
+        paths += [os.path.join(dirpath, filename) for filename in sorted(filenames)
+                  if filename not in OVERLAY_SKIP]
     return paths
 
 
