@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from microcontainer_tool.assembly.assemble import Assembly, assemble
 from microcontainer_tool.errors import ProbeError, SpecError
@@ -78,22 +78,27 @@ def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int
     Returns:
         The config as a JSON-able dict.
     """
-    env = dict(spec.env)
-    env.setdefault("PATH", DEFAULT_PATH)
+    values: dict[str, Any] = {
+        "user": assembly.identity.config_user,
+        "env": dict(spec.env),
+        "entrypoint": list(spec.entrypoint),
+        "cmd": list(spec.cmd),
+        "workdir": spec.workdir,
+        "labels": dict(spec.labels),
+        "ports": list(spec.ports),
+        "volumes": list(spec.mounts),
+    }
+    if parent is not None:
+        values = inherit_from_parent(spec, values, parent.config)
+    values["env"].setdefault("PATH", DEFAULT_PATH)
+    values["env"] = [f"{k}={v}" for k, v in values["env"].items()]
     arch, variant = assembly.platform
     config = image_config(
         architecture=arch,
         variant=variant,
         created=epoch,
-        user=assembly.identity.config_user,
-        env=[f"{k}={v}" for k, v in env.items()],
-        entrypoint=list(spec.entrypoint),
-        cmd=list(spec.cmd),
-        workdir=spec.workdir,
-        labels=dict(spec.labels),
-        ports=list(spec.ports),
-        volumes=list(spec.mounts),
         diff_ids=(parent.diff_ids if parent else []) + [layer.diff_id],
+        **values,
     )
     if parent is not None:
         config["history"] = parent.history + config["history"][-1:]
@@ -165,7 +170,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         path, parent_name = fetch_image(location, cache, registry, platform_for(spec.arch), offline)
         parent = open_parent(path, parent_name, cache, layer_limits)
         parent_id = _image_id(location, parent.name, parent.manifest_digest, parent.config_digest)
-        spec = inherit_from_image(spec, parent.config)
+        if not ("env" in spec.given and not spec.env):  # ``env: []`` drops all the parent's
+            spec = inherit_from_image(spec, parent.config)
     if spec.packages:
         from microcontainer_tool.sources.rpm.root import ensure_lock, lock_path, prepare_sysroot
 
@@ -370,6 +376,60 @@ def inherit_from_image(spec: ImageSpec, image_config: dict) -> ImageSpec:
         if key not in env and key in source_env:
             env[key] = source_env[key]
     return replace(spec, env=tuple(env.items()), workdir=spec.workdir or conf.get("WorkingDir") or "")
+
+
+def inherit_from_parent(spec: ImageSpec, values: dict[str, Any], parent_config: dict) -> dict[str, Any]:
+    """Config values a ``parent:`` image passes on, as Dockerfile ``FROM`` does.
+
+    Every key the spec does not set is the parent's: ``Entrypoint``, ``Cmd``
+    (but a spec that sets ``entrypoint`` resets ``Cmd``, as Docker does),
+    ``WorkingDir``, ``User`` (``user`` or ``root`` set it; without either, and
+    without one in the parent, it stays ``10:10``), ``ExposedPorts``
+    (``ports``) and ``Volumes`` (``mounts``). ``Env`` and ``Labels`` are merged,
+    the spec's entries winning; ``env: []`` or ``labels: {}`` drops the parent's.
+
+    Args:
+        spec: the spec (its ``given`` keys say what it set).
+        values: the config values from the spec alone (``env`` and ``labels`` as dicts).
+        parent_config: the parent image's config.
+
+    Returns:
+        The values with the parent's filled in.
+    """
+    conf = parent_config.get("config") or {}
+    given = set(spec.given)
+    out = dict(values)
+
+    def strings(key: str) -> list[str]:
+        value = conf.get(key)
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def keys(key: str) -> list[str]:
+        value = conf.get(key)
+        return sorted(str(k) for k in value) if isinstance(value, dict) else []
+
+    if "entrypoint" not in given:
+        out["entrypoint"] = strings("Entrypoint")
+    if "cmd" not in given and "entrypoint" not in given:
+        out["cmd"] = strings("Cmd")
+    if "dir" not in given and isinstance(conf.get("WorkingDir"), str):
+        out["workdir"] = conf["WorkingDir"]
+    if "user" not in given and "root" not in given and isinstance(conf.get("User"), str) and conf["User"]:
+        out["user"] = conf["User"]
+    if "ports" not in given:
+        out["ports"] = keys("ExposedPorts")
+    if "mounts" not in given:
+        out["volumes"] = keys("Volumes")
+    if not ("env" in given and not spec.env):
+        env = dict(item.split("=", 1) for item in strings("Env") if "=" in item)
+        env.update(values["env"])
+        out["env"] = env
+    if not ("labels" in given and not spec.labels):
+        labels = conf.get("Labels")
+        merged = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+        merged.update(values["labels"])
+        out["labels"] = merged
+    return out
 
 
 def _image_id(location: ImageLocation, name: str, manifest_digest: str, config_digest: str) -> str:

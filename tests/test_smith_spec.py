@@ -130,3 +130,65 @@ def test_run_and_tmp_are_world_writable_sticky(tmp_path: Path) -> None:
     files = _files(tmp_path / "out")
     assert files["/run"]["mode"] == files["/tmp"]["mode"] == "1777"
     assert files["/write"]["mode"] == "0755"
+
+
+PARENT_SPEC = """\
+paths: [/usr/bin/echo, /usr/bin/id]
+entrypoint: [/usr/bin/echo]
+cmd: [hello-from-parent]
+env: [PATH=/usr/bin, LANG=C.UTF-8, MODE=parent]
+dir: /write
+user: app
+labels: {org.example.owner: parent, org.example.tier: base}
+ports: [8080]
+mounts: [/data]
+"""
+
+
+@pytest.fixture(scope="module")
+def parent_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image whose config sets every key a parent: passes on (OCI layout)."""
+    work = tmp_path_factory.mktemp("parent")
+    spec = spec_dir(work / "spec", PARENT_SPEC, "microimage.yaml")
+    proc = run_cli("build", "-c", str(spec), "-o", str(work / "img"))
+    assert proc.returncode == 0, proc.stderr
+    return work / "img"
+
+
+def test_parent_passes_on_its_config_like_dockerfile_from(parent_image: Path, tmp_path: Path) -> None:
+    spec = spec_dir(tmp_path / "s", f"parent: {parent_image}\npaths: [/usr/bin/true]\nenv: [MODE=child]\n"
+                                    "labels: {org.example.owner: child}\n")
+    build(spec, tmp_path / "out")
+    conf = inspect(tmp_path / "out")["config"]["config"]
+    assert conf["Entrypoint"] == ["/usr/bin/echo"] and conf["Cmd"] == ["hello-from-parent"]
+    assert conf["Env"] == ["PATH=/usr/bin", "LANG=C.UTF-8", "MODE=child"]
+    assert conf["WorkingDir"] == "/write" and conf["User"] == "app"
+    assert conf["Labels"] == {"org.example.owner": "child", "org.example.tier": "base"}
+    assert conf["ExposedPorts"] == {"8080/tcp": {}} and conf["Volumes"] == {"/data": {}}
+    # it runs the parent's program as the parent's user (found in the parent's /etc/passwd)
+    proc = runc_run(tmp_path / "out", "latest", tmp_path)
+    assert proc.returncode == 0 and proc.stdout == "hello-from-parent\n", proc.stderr
+    proc = runc_run(tmp_path / "out", "latest", tmp_path, args=["/usr/bin/id", "-un"])
+    assert proc.stdout == "app\n", proc.stderr
+
+
+def test_spec_keys_and_empty_lists_override_the_parent(parent_image: Path, tmp_path: Path) -> None:
+    spec = spec_dir(tmp_path / "s", f"parent: {parent_image}\npaths: [/usr/bin/true]\n"
+                                    "entrypoint: [/usr/bin/true]\nenv: []\nlabels: {}\nports: []\n"
+                                    "mounts: [/cache]\nuser: '20:20'\ndir: /\n")
+    build(spec, tmp_path / "out")
+    conf = inspect(tmp_path / "out")["config"]["config"]
+    assert conf["Entrypoint"] == ["/usr/bin/true"]
+    assert "Cmd" not in conf  # a new entrypoint resets the parent's Cmd, as in Docker
+    assert conf["Env"] == ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    assert "Labels" not in conf and "ExposedPorts" not in conf
+    assert conf["Volumes"] == {"/cache": {}} and conf["User"] == "20:20" and conf["WorkingDir"] == "/"
+
+
+def test_from_an_image_keeps_its_narrow_rule(parent_image: Path, tmp_path: Path) -> None:
+    spec = spec_dir(tmp_path / "s", f"from: {parent_image}\npaths: [/usr/bin/echo]\n")
+    build(spec, tmp_path / "out")
+    conf = inspect(tmp_path / "out")["config"]["config"]
+    assert conf["Env"] == ["PATH=/usr/bin"] and conf["WorkingDir"] == "/write"
+    assert conf["User"] == "10:10"
+    assert not {"Entrypoint", "Cmd", "Labels", "ExposedPorts", "Volumes"} & set(conf)

@@ -84,7 +84,9 @@ class ImageSpec:
     ``workdir``). ``base_dir`` is the spec's directory, which relative paths in
     ``from`` and ``files`` and the ``rootfs/`` overlay are taken from.
     ``project_dir`` (default: ``base_dir``) is what provenance names project
-    files relative to: SCons sets its top directory, ``#``.
+    files relative to: SCons sets its top directory, ``#``. ``given`` lists the
+    YAML keys the spec set (sorted): a ``parent:`` image's config fills in the
+    rest, so an explicitly empty list differs from an absent key.
     """
 
     base_dir: str
@@ -113,6 +115,7 @@ class ImageSpec:
     install_weak_deps: bool = False
     packs: tuple[str, ...] = ()
     auto_packs: bool = True
+    given: tuple[str, ...] = ()
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     project_dir: str = field(default="", compare=False, repr=False)
 
@@ -255,7 +258,7 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
         name, convert = handler
         values[name] = convert(checker, value_node)
     _package_image(values, lines, package_type, checker)
-    spec = ImageSpec(base_dir=base_dir, source=source, lines=lines, **values)
+    spec = ImageSpec(base_dir=base_dir, source=source, lines=lines, given=tuple(sorted(lines)), **values)
     if complete:
         check_spec(spec)
     return spec
@@ -641,7 +644,8 @@ def merge_specs(base: ImageSpec, override: ImageSpec) -> ImageSpec:
         changes[name] = value
     lines = dict(base.lines)
     lines.update({k: v for k, v in override.lines.items()})
-    merged_spec = replace(base, lines=lines, **changes)
+    merged_spec = replace(base, lines=lines, given=tuple(sorted(set(base.given) | set(override.given))),
+                          **changes)
     check_spec(merged_spec)
     return merged_spec
 
