@@ -174,7 +174,9 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
             spec = inherit_from_image(spec, parent.config)
     if spec.packages:
         from microcontainer_tool.sources.rpm.root import ensure_lock, lock_path, prepare_sysroot
+        from microcontainer_tool.sources.rpm.yumrepos import with_system_repos
 
+        spec = with_system_repos(spec)
         if offline and not os.path.exists(lock_path(spec)):
             raise SpecError(f"no {lock_path(spec)} to build offline from: run `microcontainer lock`")
         lock, written = ensure_lock(spec, cache)
@@ -313,7 +315,9 @@ def trace_spec(spec: ImageSpec, args: list[str], cache_dir: str | None = None, r
     packages = None
     if spec.packages:
         from microcontainer_tool.sources.rpm.root import ensure_lock, lock_path, prepare_sysroot
+        from microcontainer_tool.sources.rpm.yumrepos import with_system_repos
 
+        spec = with_system_repos(spec)
         if offline and not os.path.exists(lock_path(spec)):
             raise SpecError(f"no {lock_path(spec)} to trace offline from: run `microcontainer lock`")
         lock, _ = ensure_lock(spec, cache_dir)
