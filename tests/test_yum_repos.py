@@ -95,3 +95,37 @@ def test_repo_file_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(SpecError, match=r"unknown variable \$contentdir"):
         read_repos_dir(str(tmp_path), "x86_64")
     assert read_repos_dir(str(tmp_path / "missing"), "x86_64") == []
+
+
+@needs_shared_rpms
+def test_smith_mock_config_gives_the_repositories(served: str, tmp_path: Path) -> None:
+    key = rocky_key(tmp_path / "keys")
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "rocky-9.cfg").write_text(
+        "config_opts['root'] = 'rocky-9-x86_64'\nconfig_opts['releasever'] = '9'\n"
+        "config_opts['yum.conf'] = \"\"\"\n[main]\ngpgcheck=0\nreposdir=/dev/null\n\n"
+        f"[baseos]\nbaseurl={served}$releasever/$basearch/\ngpgkey=file://{key}\ngpgcheck=1\n\n"
+        "[off]\nbaseurl=http://127.0.0.1:9/x/\nenabled=0\n\"\"\"\n")
+    (spec / "smith.yaml").write_text("type: mock\npackage: coreutils\nmock: {config: rocky-9.cfg}\n"
+                                     "paths: [/usr/bin/cat]\n")
+    # the host's repositories are not consulted when the mock config names some
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"),
+                   env={"MCT_YUM_REPOS_DIR": str(tmp_path / "none")})
+    assert proc.returncode == 0, proc.stderr
+    lock = (spec / "microimage.lock").read_text()
+    assert "coreutils-8.32" in lock and "baseos" in lock
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "f").write_text("purr\n")
+    proc = runc_run(tmp_path / "out", "latest", tmp_path, args=["/usr/bin/cat", "/write/f"],
+                    write_dir=str(tmp_path / "w"))
+    assert proc.returncode == 0 and proc.stdout == "purr\n", proc.stderr
+
+
+def test_mock_config_without_yum_conf_is_refused(tmp_path: Path) -> None:
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "t.cfg").write_text("include('templates/rocky-9.tpl')\n")
+    (spec / "smith.yaml").write_text("package: coreutils\nmock: {config: t.cfg}\npaths: [/usr/bin/cat]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"))
+    assert_one_line_error(proc, "t.cfg: no config_opts['yum.conf']", "give 'repos:'")

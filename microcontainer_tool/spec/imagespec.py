@@ -28,8 +28,15 @@ _PORT = re.compile(r"^[0-9]{1,5}(/(tcp|udp|sctp))?$")
 _USER_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 #: Keys a later version implements; until then they are an error, not ignored.
-UNSUPPORTED_KEYS = {
-    "mock": "mock builds",
+UNSUPPORTED_KEYS: dict[str, str] = {}
+#: smith's ``mock:`` keys with no equivalent here (``config`` has one: its repositories).
+UNSUPPORTED_MOCK_KEYS = {
+    "pre-build": "a command run before the build",
+    "post-build": "a command run after the build",
+    "deps": "extra packages installed in the mock chroot",
+    "debuginfo": "debuginfo packages",
+    "debugdeps": "debuginfo packages",
+    "debugpaths": "debuginfo paths",
 }
 #: smith's ``type:`` values: ``oci`` (``package`` names an image) or ``mock``
 #: (an RPM package, which we resolve and extract ourselves).
@@ -115,6 +122,7 @@ class ImageSpec:
     install_weak_deps: bool = False
     packs: tuple[str, ...] = ()
     auto_packs: bool = True
+    mock_config: str = ""
     given: tuple[str, ...] = ()
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     project_dir: str = field(default="", compare=False, repr=False)
@@ -524,6 +532,22 @@ def _packs(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def _mock(checker: _Checker, node: yaml.Node) -> str:
+    config = ""
+    for key, value in checker.mapping(node, "mock"):
+        name = checker.scalar(key, "mock key")
+        if name == "config":
+            config = checker.scalar(value, "mock config")
+        elif name in UNSUPPORTED_MOCK_KEYS:
+            raise UnsupportedError(f"{checker.at(key)}: 'mock.{name}' ({UNSUPPORTED_MOCK_KEYS[name]}) "
+                                   "is not supported: packages are resolved and extracted, not installed "
+                                   "with mock")
+        else:
+            raise checker.fail(key, f"unknown mock key {name!r} (known: config, "
+                                    f"{', '.join(UNSUPPORTED_MOCK_KEYS)})")
+    return config
+
+
 def _bool(what: str) -> Callable[[_Checker, yaml.Node], bool]:
     def convert(checker: _Checker, node: yaml.Node) -> bool:
         return checker.boolean(node, what)
@@ -557,6 +581,7 @@ _HANDLERS: dict[str, tuple[str, Callable[[_Checker, yaml.Node], Any]]] = {
     "install_weak_deps": ("install_weak_deps", _bool("install_weak_deps")),
     "packs": ("packs", _packs),
     "auto_packs": ("auto_packs", _bool("auto_packs")),
+    "mock": ("mock_config", _mock),
 }
 
 
@@ -570,6 +595,12 @@ def check_spec(spec: ImageSpec) -> None:
         raise SpecError(f"{spec.where('packages')}: give 'package' or 'packages', not both")
     if spec.packages and "from" in spec.lines:
         raise SpecError(f"{spec.where('from')}: 'from' and 'packages' both name the sysroot: give one")
+    if spec.mock_config and spec.repos:
+        raise SpecError(f"{spec.where('mock')}: 'mock.config' and 'repos' both name the repositories: "
+                        "give one")
+    if spec.mock_config and not spec.packages:
+        raise SpecError(f"{spec.where('mock')}: 'mock.config' without an RPM 'package' has nothing "
+                        "to resolve")
     if spec.repos and not spec.packages:
         raise SpecError(f"{spec.where('repos')}: 'repos' without 'packages' has nothing to resolve")
     if not spec.paths and not spec.files and not spec.packages and not os.path.isdir(spec.overlay_dir):
