@@ -192,3 +192,10 @@ def test_from_an_image_keeps_its_narrow_rule(parent_image: Path, tmp_path: Path)
     assert conf["Env"] == ["PATH=/usr/bin"] and conf["WorkingDir"] == "/write"
     assert conf["User"] == "10:10"
     assert not {"Entrypoint", "Cmd", "Labels", "ExposedPorts", "Volumes"} & set(conf)
+
+
+def test_an_archive_url_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    spec = spec_dir(tmp_path / "s", "package: https://example.invalid/images/app.tar.gz\n"
+                                    "paths: [/usr/bin/cat]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c"))
+    assert_one_line_error(proc, "not supported yet: download it and name the file")

@@ -73,6 +73,9 @@ def locate_image(text: str, base_dir: str, directory_ok: bool) -> ImageLocation 
             rest = text[len(scheme):]
             if not rest:
                 raise SpecError(f"{text!r}: no image reference after {scheme}")
+            if scheme != "docker://" and rest.split("?", 1)[0].endswith(_ARCHIVE_SUFFIXES):
+                raise SpecError(f"{text}: downloading an image archive is not supported yet: "
+                                "download it and name the file")
             return ImageLocation(text, ref=Reference.parse(rest), plain_http=scheme == "http://")
     host = os.path.normpath(os.path.join(base_dir, text))
     if os.path.isfile(host) and host.endswith(_ARCHIVE_SUFFIXES):
