@@ -12,7 +12,7 @@ import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from microcontainer_tool.assembly.assemble import Assembly, assemble
 from microcontainer_tool.errors import ProbeError, SpecError
@@ -25,7 +25,7 @@ from microcontainer_tool.oci.model import image_config
 from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image, platform_for
 from microcontainer_tool.sources.image.locate import ImageLocation, locate_image
 from microcontainer_tool.sources.sysroot import SysRoot
-from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec
+from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec, spec_warnings
 
 if TYPE_CHECKING:
     from microcontainer_tool.closure.proposals import MissingFile
@@ -79,22 +79,27 @@ def config_for(spec: ImageSpec, assembly: Assembly, layer: LayerInfo, epoch: int
     Returns:
         The config as a JSON-able dict.
     """
-    env = dict(spec.env)
-    env.setdefault("PATH", DEFAULT_PATH)
+    values: dict[str, Any] = {
+        "user": assembly.identity.config_user,
+        "env": dict(spec.env),
+        "entrypoint": list(spec.entrypoint),
+        "cmd": list(spec.cmd),
+        "workdir": spec.workdir,
+        "labels": dict(spec.labels),
+        "ports": list(spec.ports),
+        "volumes": list(spec.mounts),
+    }
+    if parent is not None:
+        values = inherit_from_parent(spec, values, parent.config)
+    values["env"].setdefault("PATH", DEFAULT_PATH)
+    values["env"] = [f"{k}={v}" for k, v in values["env"].items()]
     arch, variant = assembly.platform
     config = image_config(
         architecture=arch,
         variant=variant,
         created=epoch,
-        user=assembly.identity.config_user,
-        env=[f"{k}={v}" for k, v in env.items()],
-        entrypoint=list(spec.entrypoint),
-        cmd=list(spec.cmd),
-        workdir=spec.workdir,
-        labels=dict(spec.labels),
-        ports=list(spec.ports),
-        volumes=list(spec.mounts),
         diff_ids=(parent.diff_ids if parent else []) + [layer.diff_id],
+        **values,
     )
     if parent is not None:
         config["history"] = parent.history + config["history"][-1:]
@@ -144,7 +149,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
     name, tag = split_reference(name, tag)
     packages = None
     sysroot = None
-    notes: list[str] = []
+    notes: list[str] = spec_warnings(spec)
     if cache_dir is None:
         from microcontainer_tool.hostfs.cachedir import default_cache_dir
 
@@ -169,10 +174,13 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         path, parent_name = fetch_image(location, cache, registry, platform_for(spec.arch), offline)
         parent = open_parent(path, parent_name, cache, layer_limits)
         parent_id = _image_id(location, parent.name, parent.manifest_digest, parent.config_digest)
-        spec = inherit_from_image(spec, parent.config)
+        if not ("env" in spec.given and not spec.env):  # ``env: []`` drops all the parent's
+            spec = inherit_from_image(spec, parent.config)
     if spec.packages:
         from microcontainer_tool.sources.rpm.root import ensure_lock, lock_path, prepare_sysroot
+        from microcontainer_tool.sources.rpm.yumrepos import with_system_repos
 
+        spec = with_system_repos(spec)
         if offline and not os.path.exists(lock_path(spec)):
             raise SpecError(f"no {lock_path(spec)} to build offline from: run `microcontainer lock`")
         lock, written = ensure_lock(spec, cache)
@@ -311,7 +319,9 @@ def trace_spec(spec: ImageSpec, args: list[str], cache_dir: str | None = None, r
     packages = None
     if spec.packages:
         from microcontainer_tool.sources.rpm.root import ensure_lock, lock_path, prepare_sysroot
+        from microcontainer_tool.sources.rpm.yumrepos import with_system_repos
 
+        spec = with_system_repos(spec)
         if offline and not os.path.exists(lock_path(spec)):
             raise SpecError(f"no {lock_path(spec)} to trace offline from: run `microcontainer lock`")
         lock, _ = ensure_lock(spec, cache_dir)
@@ -374,6 +384,60 @@ def inherit_from_image(spec: ImageSpec, image_config: dict) -> ImageSpec:
         if key not in env and key in source_env:
             env[key] = source_env[key]
     return replace(spec, env=tuple(env.items()), workdir=spec.workdir or conf.get("WorkingDir") or "")
+
+
+def inherit_from_parent(spec: ImageSpec, values: dict[str, Any], parent_config: dict) -> dict[str, Any]:
+    """Config values a ``parent:`` image passes on, as Dockerfile ``FROM`` does.
+
+    Every key the spec does not set is the parent's: ``Entrypoint``, ``Cmd``
+    (but a spec that sets ``entrypoint`` resets ``Cmd``, as Docker does),
+    ``WorkingDir``, ``User`` (``user`` or ``root`` set it; without either, and
+    without one in the parent, it stays ``10:10``), ``ExposedPorts``
+    (``ports``) and ``Volumes`` (``mounts``). ``Env`` and ``Labels`` are merged,
+    the spec's entries winning; ``env: []`` or ``labels: {}`` drops the parent's.
+
+    Args:
+        spec: the spec (its ``given`` keys say what it set).
+        values: the config values from the spec alone (``env`` and ``labels`` as dicts).
+        parent_config: the parent image's config.
+
+    Returns:
+        The values with the parent's filled in.
+    """
+    conf = parent_config.get("config") or {}
+    given = set(spec.given)
+    out = dict(values)
+
+    def strings(key: str) -> list[str]:
+        value = conf.get(key)
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def keys(key: str) -> list[str]:
+        value = conf.get(key)
+        return sorted(str(k) for k in value) if isinstance(value, dict) else []
+
+    if "entrypoint" not in given:
+        out["entrypoint"] = strings("Entrypoint")
+    if "cmd" not in given and "entrypoint" not in given:
+        out["cmd"] = strings("Cmd")
+    if "dir" not in given and isinstance(conf.get("WorkingDir"), str):
+        out["workdir"] = conf["WorkingDir"]
+    if "user" not in given and "root" not in given and isinstance(conf.get("User"), str) and conf["User"]:
+        out["user"] = conf["User"]
+    if "ports" not in given:
+        out["ports"] = keys("ExposedPorts")
+    if "mounts" not in given:
+        out["volumes"] = keys("Volumes")
+    if not ("env" in given and not spec.env):
+        env = dict(item.split("=", 1) for item in strings("Env") if "=" in item)
+        env.update(values["env"])
+        out["env"] = env
+    if not ("labels" in given and not spec.labels):
+        labels = conf.get("Labels")
+        merged = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+        merged.update(values["labels"])
+        out["labels"] = merged
+    return out
 
 
 def _image_id(location: ImageLocation, name: str, manifest_digest: str, config_digest: str) -> str:

@@ -563,11 +563,13 @@ def _lock(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.hostfs.cachedir import default_cache_dir
     from microcontainer_tool.sources.rpm.lock import read_lock, write_lock
     from microcontainer_tool.sources.rpm.root import lock_packages, lock_path, spec_inputs_digest
+    from microcontainer_tool.sources.rpm.yumrepos import with_system_repos
     from microcontainer_tool.spec.imagespec import load_spec
 
     spec = load_spec(args.config)
     if not spec.packages:
         raise SpecError(f"{spec.source}: no 'package' or 'packages' to lock")
+    spec = with_system_repos(spec)
     path = lock_path(spec)
     if os.path.exists(path) and not args.update:
         if read_lock(path).inputs_digest == spec_inputs_digest(spec):

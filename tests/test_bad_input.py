@@ -98,7 +98,8 @@ def test_cmd_not_in_image(tmp_path):
 
 
 def test_unsupported_key(tmp_path):
-    attempt(tmp_path, "type: mock\npaths: [/usr/bin/cat]\n", "not supported yet")
+    attempt(tmp_path, "package: coreutils\nmock: {deps: [gcc]}\npaths: [/usr/bin/cat]\n", "'mock.deps'",
+            "is not supported")
 
 
 def test_bad_source_date_epoch(tmp_path):

@@ -71,6 +71,9 @@ def test_defaults():
         ("paths: [/a]\n\n\npaths: [/b]\n", 4, "duplicate key"),
         ("paths: [/a]\ndir: write\n", 2, "absolute"),
         ("paths: [/a]\narch: vax\n", 2, "unknown arch"),
+        ("paths: [/a]\ntype: docker\npackage: x\n", 2, "unknown type 'docker'"),
+        ("paths: [/a]\ntype: oci\n", 2, "give 'package' too"),
+        ("from: /\npackage: i.tar.gz\npaths: [/a]\n", 1, "'from' and 'package'"),
         ("- just\n- a list\n", 1, "must be a mapping"),
         ("paths: [/a\n", 2, "invalid YAML"),
     ],
@@ -84,10 +87,22 @@ def test_bad_specs_name_file_and_line(text, line, words):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("key", ["type", "mock"])
-def test_later_keys_are_refused_not_ignored(key):
-    with pytest.raises(UnsupportedError, match="not supported yet"):
-        parse(f"paths: [/a]\n{key}: x\n")
+@pytest.mark.parametrize("text", ["img.tar.gz", "img.tar.gz:latest", "dir/img.tgz:v1", "img.tar",
+                                  "https://registry.example/app:1", "http://localhost:5000/app"])
+def test_smith_package_naming_an_image_is_the_sysroot(text):
+    spec = parse(f"package: {text}\npaths: [/usr/bin/cat]\n")
+    assert spec.from_ == text and spec.packages == ()
+    assert spec.where("from") == "spec.yaml:1"
+
+
+def test_smith_type_oci_and_mock():
+    spec = parse("type: oci\npackage: myimage\npaths: [/a]\n")
+    assert spec.from_ == "myimage" and spec.packages == ()
+    spec = parse("type: mock\npackage: coreutils\npaths: [/a]\n")
+    assert spec.packages == ("coreutils",) and spec.from_ == "/"
+    assert parse("package: coreutils\npaths: [/a]\n").packages == ("coreutils",)
+    # an RPM file name is not an image
+    assert parse("package: x-1.0.rpm\npaths: [/a]\n").packages == ("x-1.0.rpm",)
 
 
 def test_nothing_to_put_in_the_image():
@@ -148,3 +163,16 @@ def test_parent_is_a_string():
     assert parse("paths: [/a]\nparent: base:1\n").parent == "base:1"
     with pytest.raises(SpecError, match="parent must be a string"):
         parse("paths: [/a]\nparent: [x]\n")
+
+
+def test_smith_mock_keys():
+    spec = parse("package: coreutils\nmock: {config: epel-7-x86_64}\npaths: [/a]\n")
+    assert spec.mock_config == "epel-7-x86_64" and spec.packages == ("coreutils",)
+    with pytest.raises(UnsupportedError, match=r"spec.yaml:3: 'mock.deps' \(extra packages"):
+        parse("package: coreutils\nmock:\n  deps: [gcc]\npaths: [/a]\n")
+    with pytest.raises(SpecError, match=r"spec.yaml:1: unknown mock key 'bogus'"):
+        parse("mock: {bogus: 1}\npackage: x\npaths: [/a]\n")
+    with pytest.raises(SpecError, match="'mock.config' and 'repos'"):
+        parse("package: x\nmock: {config: a.cfg}\nrepos: [{baseurl: 'http://h/'}]\npaths: [/a]\n")
+    with pytest.raises(SpecError, match="'mock.config' without an RPM 'package'"):
+        parse("mock: {config: a.cfg}\npaths: [/a]\n")

@@ -45,7 +45,7 @@ from microcontainer_tool.model.tree import (
 )
 from microcontainer_tool.sources.dpkg import STATUS_D, DpkgDatabase
 from microcontainer_tool.sources.sysroot import LayeredRoot, SysRoot
-from microcontainer_tool.spec.imagespec import ARCHES, DEFAULT_PATH, ImageSpec
+from microcontainer_tool.spec.imagespec import ARCHES, DEFAULT_PATH, OVERLAY_SKIP, ImageSpec
 
 if TYPE_CHECKING:
     from microcontainer_tool.sources.rpm.root import PackageRoot
@@ -163,12 +163,31 @@ class _Assembler:
                 self.tree.add(Entry(path, EntryKind.DIR, mode, provenance=(why,)))
             elif existing.kind is EntryKind.DIR and existing.mode != mode:
                 self.tree.add(replace(existing, mode=mode), replace_existing=True)
+        self._add_mount_points()
         self.tree.add_parents(Provenance("parent directory", "generated", "generated", "parent directory"))
         self.tree.check()
         main = self._main_program(layered)
         platform = self._platform(main, closure)
         return Assembly(self.tree, closure, identity, platform, main, self.warnings,
                         self._package_facts(packages))
+
+    def _add_mount_points(self) -> None:
+        """Make each ``mounts`` entry a directory of the image (a runtime needs one to mount on)."""
+        for path in self.spec.mounts:
+            path = normalize_path(path)
+            parts = path.strip("/").split("/")
+            for depth in range(1, len(parts)):
+                above = self.tree.get("/" + "/".join(parts[:depth]))
+                if above is not None and above.kind is not EntryKind.DIR:
+                    raise SpecError(f"{self.spec.where('mounts')}: mount point {path} is under "
+                                    f"{above.path}, which is not a directory")
+            existing = self.tree.get(path)
+            if existing is None:
+                why = Provenance(f"mounts: {path}", "generated", "generated", "mount point")
+                self.tree.add(Entry(path, EntryKind.DIR, DIR_MODE, provenance=(why,)))
+            elif existing.kind is not EntryKind.DIR:
+                raise SpecError(f"{self.spec.where('mounts')}: mount point {path} is "
+                                f"a {existing.kind.value} in the image, not a directory")
 
     # -- paths ------------------------------------------------------------
 
@@ -398,17 +417,17 @@ class _Assembler:
         overlay = self.spec.overlay_dir
         if os.path.isdir(overlay):
             prov = Provenance("rootfs overlay", self._project_source(overlay) + "/", "rootfs")
-            self._add_host_tree(overlay, "/", prov, follow_root=True)
+            self._add_host_tree(overlay, "/", prov, follow_root=True, skip=OVERLAY_SKIP)
 
     def _add_host_tree(self, host_dir: str, image_dir: str, prov: Provenance,
-                       follow_root: bool) -> None:
+                       follow_root: bool, skip: tuple[str, ...] = ()) -> None:
         if image_dir != "/":
             self._add_host_entry(image_dir, host_dir, os.stat(host_dir), prov)
         for dirpath, dirnames, filenames in os.walk(host_dir, followlinks=False):
             dirnames.sort()
             rel = os.path.relpath(dirpath, host_dir)
             base = image_dir if rel == "." else posixpath.join(image_dir, rel.replace(os.sep, "/"))
-            for name in sorted(dirnames + filenames):
+            for name in sorted(dirnames + [f for f in filenames if f not in skip]):
                 host = os.path.join(dirpath, name)
                 self._add_host_entry(posixpath.join(base, name), host, os.lstat(host), prov)
 

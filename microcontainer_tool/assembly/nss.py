@@ -27,6 +27,7 @@ class Identity:
         user: user name (for passwd).
         group: primary group name (for group).
         named: whether the spec named a user or group by name (needs nss files).
+        group_given: whether the spec named a group (``USER:GROUP``).
     """
 
     uid: int
@@ -34,6 +35,7 @@ class Identity:
     user: str
     group: str
     named: bool
+    group_given: bool = True
 
     @property
     def config_user(self) -> str:
@@ -41,10 +43,12 @@ class Identity:
 
         Numeric ``uid:gid`` unless the spec named the user or group: then the
         names, which the runtime resolves with the image's own passwd/group
-        files, so supplementary ``groups`` apply too.
+        files, so supplementary ``groups`` apply too. A user named without a
+        group is just ``USER`` (as smith writes it): the runtime takes the
+        primary group from the image's ``/etc/passwd``.
         """
         if self.named:
-            return f"{self.user}:{self.group}"
+            return f"{self.user}:{self.group}" if self.group_given else self.user
         return f"{self.uid}:{self.gid}"
 
 
@@ -71,7 +75,7 @@ def parse_user(spec_user: str) -> Identity:
         named = True
     uid = DEFAULT_ID if uid < 0 else uid
     gid = DEFAULT_ID if gid < 0 else gid
-    return Identity(uid, gid, user or DEFAULT_NAME, group or DEFAULT_NAME, named)
+    return Identity(uid, gid, user or DEFAULT_NAME, group or DEFAULT_NAME, named, bool(group))
 
 
 def nss_files(identity: Identity, groups: tuple[str, ...]) -> dict[str, bytes]:

@@ -28,10 +28,36 @@ _PORT = re.compile(r"^[0-9]{1,5}(/(tcp|udp|sctp))?$")
 _USER_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 #: Keys a later version implements; until then they are an error, not ignored.
-UNSUPPORTED_KEYS = {
-    "type": "build types (mock)",
-    "mock": "mock builds",
+UNSUPPORTED_KEYS: dict[str, str] = {}
+#: smith's ``mock:`` keys with no equivalent here (``config`` has one: its repositories).
+UNSUPPORTED_MOCK_KEYS = {
+    "pre-build": "a command run before the build",
+    "post-build": "a command run after the build",
+    "deps": "extra packages installed in the mock chroot",
+    "debuginfo": "debuginfo packages",
+    "debugdeps": "debuginfo packages",
+    "debugpaths": "debuginfo paths",
 }
+#: smith's ``type:`` values: ``oci`` (``package`` names an image) or ``mock``
+#: (an RPM package, which we resolve and extract ourselves).
+PACKAGE_TYPES = ("oci", "mock")
+_IMAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+#: Files of the ``rootfs/`` overlay that only keep a directory in version
+#: control: never put in the image, nor dependencies of it.
+OVERLAY_SKIP = (".gitignore", ".gitkeep")
+
+
+def names_image(text: str) -> bool:
+    """Whether smith reads ``package:`` text as an image rather than an RPM.
+
+    smith's rule: an ``http(s)://`` registry reference, or a file name ending in
+    ``.tar``, ``.tar.gz`` or ``.tgz``, optionally followed by ``:TAG``.
+    """
+    if text.startswith(("https://", "http://")):
+        return True
+    left, sep, tag = text.rpartition(":")
+    name = left if sep and left and "/" not in tag and not tag.endswith(_IMAGE_SUFFIXES) else text
+    return name.endswith(_IMAGE_SUFFIXES)
 
 
 #: OCI architecture names and the RPM architectures they mean.
@@ -65,7 +91,9 @@ class ImageSpec:
     ``workdir``). ``base_dir`` is the spec's directory, which relative paths in
     ``from`` and ``files`` and the ``rootfs/`` overlay are taken from.
     ``project_dir`` (default: ``base_dir``) is what provenance names project
-    files relative to: SCons sets its top directory, ``#``.
+    files relative to: SCons sets its top directory, ``#``. ``given`` lists the
+    YAML keys the spec set (sorted): a ``parent:`` image's config fills in the
+    rest, so an explicitly empty list differs from an absent key.
     """
 
     base_dir: str
@@ -94,6 +122,8 @@ class ImageSpec:
     install_weak_deps: bool = False
     packs: tuple[str, ...] = ()
     auto_packs: bool = True
+    mock_config: str = ""
+    given: tuple[str, ...] = ()
     lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     project_dir: str = field(default="", compare=False, repr=False)
 
@@ -212,6 +242,7 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
         raise SpecError(f"{checker.at(root)}: the spec must be a mapping of keys")
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
+    package_type: tuple[yaml.Node, str] | None = None
     for key_node, value_node in root.value:
         key = checker.scalar(key_node, "key")
         if key in lines:
@@ -221,6 +252,12 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
             raise UnsupportedError(
                 f"{checker.at(key_node)}: {key!r} ({UNSUPPORTED_KEYS[key]}) is not supported yet"
             )
+        if key == "type":
+            package_type = (key_node, checker.scalar(value_node, "type"))
+            if package_type[1] not in PACKAGE_TYPES:
+                raise checker.fail(value_node, f"unknown type {package_type[1]!r} "
+                                               f"(known: {', '.join(PACKAGE_TYPES)})")
+            continue
         handler = _HANDLERS.get(key)
         if handler is None:
             raise SpecError(
@@ -228,10 +265,30 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
             )
         name, convert = handler
         values[name] = convert(checker, value_node)
-    spec = ImageSpec(base_dir=base_dir, source=source, lines=lines, **values)
+    _package_image(values, lines, package_type, checker)
+    spec = ImageSpec(base_dir=base_dir, source=source, lines=lines, given=tuple(sorted(lines)), **values)
     if complete:
         check_spec(spec)
     return spec
+
+
+def _package_image(values: dict[str, Any], lines: dict[str, int],
+                   package_type: tuple[yaml.Node, str] | None, checker: _Checker) -> None:
+    """smith's ``package:`` naming an image (``type: oci``, or implied by its form): it is ``from:``."""
+    if package_type is not None and "package" not in lines:
+        raise checker.fail(package_type[0], "'type' says what 'package' names: give 'package' too")
+    if "package" not in lines:
+        return
+    text = values["packages"][0]
+    if package_type is not None and package_type[1] == "mock" or \
+            (package_type is None and not names_image(text)):
+        return
+    if "from" in lines:
+        raise SpecError(f"{checker.source}:{lines['from']}: 'from' and 'package' (an image) "
+                        "both name the sysroot: give one")
+    del values["packages"]
+    values["from_"] = text
+    lines["from"] = lines.pop("package")
 
 
 class _Checker:
@@ -475,6 +532,22 @@ def _packs(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+def _mock(checker: _Checker, node: yaml.Node) -> str:
+    config = ""
+    for key, value in checker.mapping(node, "mock"):
+        name = checker.scalar(key, "mock key")
+        if name == "config":
+            config = checker.scalar(value, "mock config")
+        elif name in UNSUPPORTED_MOCK_KEYS:
+            raise UnsupportedError(f"{checker.at(key)}: 'mock.{name}' ({UNSUPPORTED_MOCK_KEYS[name]}) "
+                                   "is not supported: packages are resolved and extracted, not installed "
+                                   "with mock")
+        else:
+            raise checker.fail(key, f"unknown mock key {name!r} (known: config, "
+                                    f"{', '.join(UNSUPPORTED_MOCK_KEYS)})")
+    return config
+
+
 def _bool(what: str) -> Callable[[_Checker, yaml.Node], bool]:
     def convert(checker: _Checker, node: yaml.Node) -> bool:
         return checker.boolean(node, what)
@@ -508,6 +581,7 @@ _HANDLERS: dict[str, tuple[str, Callable[[_Checker, yaml.Node], Any]]] = {
     "install_weak_deps": ("install_weak_deps", _bool("install_weak_deps")),
     "packs": ("packs", _packs),
     "auto_packs": ("auto_packs", _bool("auto_packs")),
+    "mock": ("mock_config", _mock),
 }
 
 
@@ -517,17 +591,30 @@ def check_spec(spec: ImageSpec) -> None:
     Raises:
         SpecError: contradictory keys, or nothing to put in the image.
     """
-    if spec.root and spec.user and spec.user.split(":")[0] not in ("0", "root"):
-        raise SpecError(f"{spec.where('root')}: 'root: true' contradicts 'user: {spec.user}'")
     if "package" in spec.lines and "packages" in spec.lines:
         raise SpecError(f"{spec.where('packages')}: give 'package' or 'packages', not both")
     if spec.packages and "from" in spec.lines:
         raise SpecError(f"{spec.where('from')}: 'from' and 'packages' both name the sysroot: give one")
+    if spec.mock_config and spec.repos:
+        raise SpecError(f"{spec.where('mock')}: 'mock.config' and 'repos' both name the repositories: "
+                        "give one")
+    if spec.mock_config and not spec.packages:
+        raise SpecError(f"{spec.where('mock')}: 'mock.config' without an RPM 'package' has nothing "
+                        "to resolve")
     if spec.repos and not spec.packages:
         raise SpecError(f"{spec.where('repos')}: 'repos' without 'packages' has nothing to resolve")
     if not spec.paths and not spec.files and not spec.packages and not os.path.isdir(spec.overlay_dir):
         raise SpecError(f"{spec.source}: nothing to put in the image: "
                         "give 'paths', 'files' or a rootfs/ overlay")
+
+
+def spec_warnings(spec: ImageSpec) -> list[str]:
+    """Things a spec says that are allowed (smith allowed them) but probably not meant."""
+    warnings = []
+    if spec.root and spec.user and spec.user.split(":")[0] not in ("0", "root"):
+        warnings.append(f"{spec.where('root')}: 'root: true' wins over 'user: {spec.user}': "
+                        "the image runs as 0:0")
+    return warnings
 
 
 def project_files(spec: ImageSpec, skip: Collection[str] = ()) -> list[str]:
@@ -550,7 +637,8 @@ def project_files(spec: ImageSpec, skip: Collection[str] = ()) -> list[str]:
                 paths.append(path)
     for dirpath, dirnames, filenames in os.walk(spec.overlay_dir):
         dirnames.sort()
-        paths += [os.path.join(dirpath, filename) for filename in sorted(filenames)]
+        paths += [os.path.join(dirpath, filename) for filename in sorted(filenames)
+                  if filename not in OVERLAY_SKIP]
     return paths
 
 
@@ -587,7 +675,8 @@ def merge_specs(base: ImageSpec, override: ImageSpec) -> ImageSpec:
         changes[name] = value
     lines = dict(base.lines)
     lines.update({k: v for k, v in override.lines.items()})
-    merged_spec = replace(base, lines=lines, **changes)
+    merged_spec = replace(base, lines=lines, given=tuple(sorted(set(base.given) | set(override.given))),
+                          **changes)
     check_spec(merged_spec)
     return merged_spec
 

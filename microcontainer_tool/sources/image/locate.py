@@ -4,7 +4,8 @@ A spec may name an image in four ways:
 
 * an OCI layout directory, ``DIR`` or ``DIR:TAG``;
 * an archive file: oci-archive (``.tar``), smith's ``.tar.gz``, or a
-  docker-archive (``docker save`` output);
+  docker-archive (``docker save`` output), ``FILE`` or (smith's form)
+  ``FILE:TAG`` for a ``.tar``, ``.tar.gz`` or ``.tgz``;
 * a registry reference, spelt ``docker://REF``, ``https://HOST/REPO[:TAG]``,
   ``http://HOST/REPO[:TAG]`` (plain HTTP), or a bare ``HOST/REPO[:TAG][@DIGEST]``
   whose first component is a host (it has a dot or a port, or is
@@ -26,6 +27,7 @@ from microcontainer_tool.registry.reference import Reference
 
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _URL_SCHEMES = ("docker://", "https://", "http://")
+
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ def locate_image(text: str, base_dir: str, directory_ok: bool) -> ImageLocation 
             rest = text[len(scheme):]
             if not rest:
                 raise SpecError(f"{text!r}: no image reference after {scheme}")
+            if scheme != "docker://" and rest.split("?", 1)[0].endswith(_ARCHIVE_SUFFIXES):
+                raise SpecError(f"{text}: downloading an image archive is not supported yet: "
+                                "download it and name the file")
             return ImageLocation(text, ref=Reference.parse(rest), plain_http=scheme == "http://")
     host = os.path.normpath(os.path.join(base_dir, text))
     if os.path.isfile(host) and host.endswith(_ARCHIVE_SUFFIXES):
@@ -80,8 +85,12 @@ def locate_image(text: str, base_dir: str, directory_ok: bool) -> ImageLocation 
     left, sep, tag = text.rpartition(":")
     if sep and left and "/" not in tag:
         layout = os.path.normpath(os.path.join(base_dir, left))
-        if os.path.isfile(os.path.join(layout, "oci-layout")):
+        if os.path.isfile(os.path.join(layout, "oci-layout")) or (
+                os.path.isfile(layout) and layout.endswith(_ARCHIVE_SUFFIXES)):
             return ImageLocation(text, local=f"{layout}:{tag}")
+    if not os.path.exists(host) and (host.endswith(_ARCHIVE_SUFFIXES) or (
+            sep and left and "/" not in tag and left.endswith(_ARCHIVE_SUFFIXES))):
+        raise SpecError(f"{text}: no such image archive")
     if os.path.exists(host):
         if directory_ok and os.path.isdir(host):
             return None
