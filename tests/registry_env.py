@@ -18,8 +18,11 @@ import subprocess
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from microcontainer_tool.registry.auth import Credentials, normalize_scopes
 from microcontainer_tool.registry.client import RegistryClient
@@ -219,3 +222,16 @@ class Env:
         for registry in self.started:
             registry.stop()
         self.tokens.stop()
+
+
+def running_registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """The body of an ``env`` fixture: the registries started in a fresh directory, stopped after."""
+    import shutil
+
+    if not all(shutil.which(tool) for tool in ("docker-registry", "htpasswd", "openssl")):
+        pytest.skip("needs docker-registry, htpasswd (apache2-utils) and openssl")
+    environment = Env(tmp_path_factory.mktemp("registries"))
+    try:
+        yield environment
+    finally:
+        environment.stop()

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import requests
 from conftest import assert_one_line_error, have, run_cli
-from registry_env import SERVICE, USER, Env, free_port
+from registry_env import SERVICE, USER, Env, free_port, running_registries
 
 from microcontainer_tool.errors import DigestMismatchError, LayoutError, RegistryError, SpecError
 from microcontainer_tool.oci import model as oci
@@ -47,13 +47,7 @@ needs_skopeo = pytest.mark.skipif(not have("skopeo"), reason="needs skopeo")
 
 @pytest.fixture(scope="session")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    if not have("docker-registry", "htpasswd", "openssl"):
-        pytest.skip("needs docker-registry, htpasswd (apache2-utils) and openssl")
-    environment = Env(tmp_path_factory.mktemp("registries"))
-    try:
-        yield environment
-    finally:
-        environment.stop()
+    yield from running_registries(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import REPO, have, run_cli, runc_run
-from registry_env import USER, Env
+from conftest import REPO, run_cli, runc_run
+from registry_env import USER, Env, running_registries
 
 from microcontainer_tool import __version__
 from microcontainer_tool.oci import model as oci
@@ -60,13 +60,7 @@ def read_blob(archive: Path, digest: str) -> dict:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    if not have("docker-registry", "htpasswd", "openssl"):
-        pytest.skip("needs docker-registry, htpasswd (apache2-utils) and openssl")
-    environment = Env(tmp_path_factory.mktemp("registries"))
-    try:
-        yield environment
-    finally:
-        environment.stop()
+    yield from running_registries(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
