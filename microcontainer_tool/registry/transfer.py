@@ -37,12 +37,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TextIO
 
-from microcontainer_tool import jsontext
 from microcontainer_tool.errors import LayoutError, RegistryError
 from microcontainer_tool.hostfs.atomic import make_temp_dir, replace_dir, write_atomic
 from microcontainer_tool.oci import layout
 from microcontainer_tool.oci import model as oci
-from microcontainer_tool.oci.blobs import MAX_JSON_BLOB
+from microcontainer_tool.oci.blobs import MAX_JSON_BLOB, parse_json_object
 from microcontainer_tool.oci.imageview import open_image
 from microcontainer_tool.oci.layout import format_for_path
 from microcontainer_tool.oci.model import Descriptor, canonical_json
@@ -332,22 +331,12 @@ def choose_platform(descs: list[Descriptor], wanted: Mapping[str, str], label: s
     return matches[0]
 
 
-def _json(data: bytes, label: str) -> dict[str, Any]:
-    try:
-        obj = jsontext.loads(data)
-    except ValueError as error:
-        raise LayoutError(f"{label}: not valid JSON: {error}") from None
-    if not isinstance(obj, dict):
-        raise LayoutError(f"{label}: not a JSON object")
-    return obj
-
-
 def _resolve(ref: Reference, client: RegistryClient, wanted: Mapping[str, str]) -> tuple[bytes, str, str]:
     data, media_type, digest = client.get_manifest(ref.repository, ref.reference)
     for _ in range(_MAX_INDEX_DEPTH):
         if media_type not in oci.INDEX_TYPES:
             return data, media_type, digest
-        body = _json(data, f"{ref}: index {digest}")
+        body = parse_json_object(data, f"{ref}: index {digest}")
         entries = body.get("manifests")
         if not isinstance(entries, list):
             raise LayoutError(f"{ref}: index {digest} has no manifests list")
@@ -412,7 +401,7 @@ def pull(ref: Reference, out: str, client: RegistryClient, platform: str | None 
     data, media_type, digest = _resolve(ref, client, wanted)
     if media_type not in oci.MANIFEST_TYPES:
         raise RegistryError(f"{ref}: unsupported manifest type {media_type!r}")
-    manifest = _json(data, f"{ref}: manifest {digest}")
+    manifest = parse_json_object(data, f"{ref}: manifest {digest}")
     config_desc = Descriptor.from_dict(manifest.get("config") or {})
     if config_desc.size > MAX_JSON_BLOB:
         raise LayoutError(f"{ref}: config {config_desc.digest} is too large")
