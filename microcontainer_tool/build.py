@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from microcontainer_tool.closure.proposals import MissingFile
     from microcontainer_tool.runtime.probe import ProbeReport
     from microcontainer_tool.sources.image.parent import ParentImage
+    from microcontainer_tool.sources.rpm.root import SharedPackages
 
 
 @dataclass
@@ -112,7 +113,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
                 cache_dir: str | None = None, offline: bool = False,
                 registry: RegistryOptions | None = None,
                 layer_limits: LayerLimits | None = None,
-                annotations: Mapping[str, str] | None = None) -> BuildResult:
+                annotations: Mapping[str, str] | None = None,
+                shared_packages: SharedPackages | None = None) -> BuildResult:
     """Build the image a spec describes and write it to ``output``.
 
     Args:
@@ -138,6 +140,9 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
             when decompressed (default: :class:`~microcontainer_tool.oci.layer.LayerLimits`).
         annotations: more annotations on the image's entry in the index
             (``microcontainer-smith -b``: ``com.oracle.smith.build``).
+        shared_packages: a team-wide store of ``.rpm`` files, asked before the
+            repositories (``--cache-repo``; layers are shared through
+            ``layer_cache``'s ``remote``).
 
     Returns:
         The build result.
@@ -186,7 +191,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         lock, written = ensure_lock(spec, cache)
         if written:
             notes.append(f"resolved the packages and wrote {lock_path(spec)}")
-        packages = prepare_sysroot(lock, spec, cache, offline=offline)
+        packages = prepare_sysroot(lock, spec, cache, offline=offline, shared=shared_packages)
     assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot)
     if parent is not None:
         from microcontainer_tool.sources.image.parent import check_platform, drop_inherited

@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--probe-read", metavar="DIR",
                        help="host directory mounted read-only at /read for the probe")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
+    _add_cache_repo_options(build)
 
     lock = sub.add_parser("lock", help="resolve an RPM spec's packages and write microimage.lock")
     lock.add_argument("-c", "--config", metavar="SPEC",
@@ -279,12 +280,18 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
     spec = load_spec(args.config)
     epoch = source_date_epoch(env)
     args.name, args.tag = split_reference(args.name, args.tag)
+    shared = _open_cache_repo(args, err, env)
+    layer_cache = None
+    if args.layer_cache or shared is not None:
+        from microcontainer_tool.hostfs.cachedir import default_cache_dir
+
+        layer_cache = LayerCache(args.layer_cache or args.cache_dir or default_cache_dir(), remote=shared)
     result = build_image(
         spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
         compression=args.compression, epoch=epoch,
         allow_missing=args.allow_missing,
-        layer_cache=LayerCache(args.layer_cache) if args.layer_cache else None,
-        cache_dir=args.cache_dir, offline=args.offline,
+        layer_cache=layer_cache,
+        cache_dir=args.cache_dir, offline=args.offline, shared_packages=shared,
         registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
                                  docker_config=args.docker_config, deadline=args.deadline),
         layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
@@ -303,6 +310,10 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         print(f"layer    {result.layer.digest} (diff_id {result.layer.diff_id})", file=out)
         if sbom:
             print(f"sbom     {sbom}", file=out)
+        if shared is not None:
+            from microcontainer_tool.registry.sharedcache import describe
+
+            print(f"cache    {describe(shared)}", file=out)
     if args.probe is not None:
         return _probe(result, args, err)
     return 0
@@ -403,6 +414,31 @@ def _positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
     return value
+
+
+def _add_cache_repo_options(build: argparse.ArgumentParser) -> None:
+    build.add_argument("--cache-repo", metavar="REGISTRY/REPO",
+                       help="share layers and RPM payloads through this registry repository: look each "
+                            "layer up before building it, store what was built (default: $MCT_CACHE_REPO); "
+                            "every entry is checked before use; --plain-http, --insecure and "
+                            "--docker-config apply to it too")
+    build.add_argument("--cache-repo-read-only", action="store_true",
+                       help="only read the --cache-repo, never write to it (untrusted CI; "
+                            "also $MCT_CACHE_REPO_READONLY=1)")
+
+
+def _open_cache_repo(args: argparse.Namespace, err: TextIO,
+                     env: dict[str, str] | os._Environ[str]) -> Any:
+    """The build's shared cache (``--cache-repo``, else ``$MCT_CACHE_REPO``), or None."""
+    text = args.cache_repo or env.get("MCT_CACHE_REPO", "")
+    if not text:
+        return None
+    from microcontainer_tool.registry.sharedcache import open_shared_cache
+
+    read_only = args.cache_repo_read_only or env.get("MCT_CACHE_REPO_READONLY", "") not in ("", "0")
+    return open_shared_cache(text, read_only=read_only, plain_http=args.plain_http, insecure=args.insecure,
+                             docker_config=args.docker_config, compression=args.compression,
+                             warn=lambda line: print(f"microcontainer: warning: {line}", file=err))
 
 
 def _add_registry_parsers(sub: Any) -> None:

@@ -60,6 +60,10 @@ class DigestMismatchError(LayoutError):
     """Content does not match the digest that names it."""
 
 
+class LayerMismatchError(LayoutError):
+    """A layer made elsewhere (a shared cache's) is not the tree it is supposed to hold."""
+
+
 class RpmError(MicrocontainerError):
     """An RPM package is corrupt, truncated, fails a digest, or cannot be extracted safely."""
 

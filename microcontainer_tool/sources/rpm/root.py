@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from microcontainer_tool import jsontext
 from microcontainer_tool.errors import MicrocontainerError, SourceError, SpecError
@@ -143,8 +143,18 @@ class PackageRoot:
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+class SharedPackages(Protocol):
+    """A store of ``.rpm`` files shared beyond this machine, by SHA-256 (see ``registry.sharedcache``)."""
+
+    def fetch_rpm(self, sha256_hex: str, dest: str) -> bool:
+        """Write the package of this SHA-256 to ``dest`` (checked against it); whether it did."""
+
+    def store_rpm(self, sha256_hex: str, path: str) -> None:
+        """Offer the package at ``path`` (failures are warnings)."""
+
+
 def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool = False,
-                    fetcher: object | None = None) -> PackageRoot:
+                    fetcher: object | None = None, shared: SharedPackages | None = None) -> PackageRoot:
     """Download (or find in the cache) and extract the locked packages.
 
     Args:
@@ -153,6 +163,8 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
         cache_dir: the cache directory.
         offline: never download; a package not cached is an error.
         fetcher: a :class:`~.repo.Fetcher` (tests inject one).
+        shared: a team-wide store asked for a package before its repository, and
+            given the packages downloaded here (``build --cache-repo``).
 
     Packages from a repository with a ``gpgkey`` must carry a valid OpenPGP
     signature by one of its keys (checked before extraction, every time a
@@ -185,7 +197,7 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
     rings: dict[str, Any] = {}
     files = []
     for package in lock.packages:
-        path = _package_file(package, spec, fetch)
+        path = _package_file(package, spec, fetch, shared)
         if package.repo in gpgkeys:
             if package.repo not in rings:
                 rings[package.repo] = load_keys(gpgkeys[package.repo], fetch.get, base_dir=spec.base_dir)
@@ -195,14 +207,28 @@ def prepare_sysroot(lock: Lock, spec: ImageSpec, cache_dir: str, offline: bool =
     return _extract_all(lock, files, sysroots, root, meta)
 
 
-def _package_file(package: LockedPackage, spec: ImageSpec, fetch: Any) -> str:
+def _package_file(package: LockedPackage, spec: ImageSpec, fetch: Any,
+                  shared: SharedPackages | None = None) -> str:
     checksum = Checksum(package.checksum_type, package.checksum)
     if package.repo == "@local":
         path = os.path.normpath(os.path.join(spec.base_dir, package.url))
         if _file_sha256(path) != package.checksum:
             raise SpecError(f"{path} changed since it was locked: run `microcontainer lock --update`")
         return path
-    return str(fetch.download(package.url, checksum))
+    if shared is None or checksum.kind.lower() != "sha256" or not hasattr(fetch, "cache_path"):
+        return str(fetch.download(package.url, checksum))
+    cached = str(fetch.cache_path(checksum))
+    fetched = False
+    if not os.path.exists(cached):
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        fetched = shared.fetch_rpm(checksum.value.lower(), cached)
+        if fetched:
+            os.chmod(cached, 0o644)  # the download cache may be shared
+    missing = not fetched and not os.path.exists(cached)
+    path = str(fetch.download(package.url, checksum))  # checks the lock's checksum, whatever the source
+    if missing:
+        shared.store_rpm(checksum.value.lower(), path)
+    return path
 
 
 def _extract_all(lock: Lock, files: list[str], sysroots: str, root: str, meta: str) -> PackageRoot:
