@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import run_cli
+from conftest import SHARED_RPMS, HttpServer, make_repo, needs_shared_rpms, run_cli
 from registry_env import USER, Env, Registry, free_port, running_registries
 
 from microcontainer_tool.build import build_image
@@ -343,3 +343,41 @@ def test_check_layer_is_exact(tmp_path: Path) -> None:
         (tmp_path / "bad").write_bytes(bad)
         with open(tmp_path / "bad", "rb") as handle, pytest.raises(LayerMismatchError):
             check_layer(handle, tree, digest, 7)
+
+
+@needs_shared_rpms
+def test_rpm_payloads_are_shared(env: Env, tmp_path: Path) -> None:
+    """Machine b builds an RPM spec with the package repository gone: the cache repo has every .rpm."""
+    repo_dir = make_repo(tmp_path / "rocky", sorted(SHARED_RPMS.glob("*.rpm")))
+    server = HttpServer(str(repo_dir))
+    spec = tmp_path / "rpmspec"
+    spec.mkdir()
+    (spec / "microimage.yaml").write_text(f"packages: [curl]\nrepos:\n  - baseurl: {server.url}\n"
+                                          "    name: rocky\npaths: [/usr/bin/curl]\ncmd: [/usr/bin/curl]\n")
+    cache_repo = f"{env.open.host}/team/cache-rpm"
+    a, b = Machine(tmp_path, "a"), Machine(tmp_path, "b")
+    try:
+        first = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "out-a.tar"), "--name", "img",
+                        "--plain-http", "--cache-repo", cache_repo, env=a.environ())
+    finally:
+        server.stop()
+    assert first.returncode == 0, first.stderr
+    lock = json.loads((spec / "microimage.lock").read_text())
+    count = len(lock["packages"])
+    assert count > 10
+    assert f"packages 0 hit(s), {count} miss(es), {count} stored" in first.stdout
+    tags = set(env.open.client().tags("team/cache-rpm"))
+    assert {f"rpm-sha256-{p['checksum']}" for p in lock["packages"]} <= tags
+    before = _storage_state(env.open)
+    second = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "out-b.tar"), "--name", "img",
+                     "--plain-http", "--cache-repo", cache_repo, "--cache-repo-read-only", env=b.environ())
+    assert second.returncode == 0, second.stderr
+    assert "cache repository" not in second.stderr + first.stderr, second.stderr
+    assert f"1 layer hit(s), 0 miss(es), 0 stored, packages {count} hit(s), 0 miss(es), 0 stored" \
+        in second.stdout
+    assert _storage_state(env.open) == before
+    assert (tmp_path / "out-a.tar").read_bytes() == (tmp_path / "out-b.tar").read_bytes()
+    # each package in b's download cache is the lock's, byte for byte
+    for package in lock["packages"]:
+        path = b.cache / "packages" / f"sha256-{package['checksum']}.rpm"
+        assert sha256_digest(path.read_bytes()) == f"sha256:{package['checksum']}"
