@@ -57,6 +57,16 @@ Images that ``from:``/``parent:`` name by registry reference are pulled into
   ``from:``/``parent:`` image may expand when decompressed (as ``build
   --max-layer-size``/``--max-layer-ratio``; default ``""``: 16G and 1000).
 
+A build cache shared through a registry repository (as ``build --cache-repo``;
+none of these changes output bytes, so none is in a signature):
+
+* ``MCT_CACHE_REPO``: ``REGISTRY/REPO`` whose entries stand in for layer and
+  RPM work (default: ``$MCT_CACHE_REPO`` from the environment, else none).
+  ``MCT_DOCKER_CONFIG`` gives its credentials. ``MicroPush`` to the same
+  registry mounts blobs from it instead of uploading them.
+* ``MCT_CACHE_REPO_READONLY``: only read it (default: ``$MCT_CACHE_REPO_READONLY``).
+* ``MCT_CACHE_REPO_PLAIN_HTTP``, ``MCT_CACHE_REPO_INSECURE``: as ``MCT_PULL_*``, for it.
+
 The flags take booleans or strings (``""``, ``0``, ``false``, ``no``, ``off``
 are false).
 """
@@ -148,6 +158,10 @@ def generate(env: Any) -> None:
         MCT_PUSHCOMSTR="MicroPush $TARGET",
         MCT_PROBE="",
         MCT_PROBE_WARN=False,
+        MCT_CACHE_REPO=os.environ.get("MCT_CACHE_REPO", ""),
+        MCT_CACHE_REPO_READONLY=os.environ.get("MCT_CACHE_REPO_READONLY", ""),
+        MCT_CACHE_REPO_PLAIN_HTTP=False,
+        MCT_CACHE_REPO_INSECURE=False,
     )
     env["BUILDERS"]["_MicroImageArchive"] = SCons.Builder.Builder(
         action=SCons.Action.Action(_build_archive, "$MCT_COMSTR", varlist=OUTPUT_VARIABLES + PROBE_VARIABLES),
@@ -416,12 +430,18 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
         epoch = env.subst("$MCT_SOURCE_DATE_EPOCH")
         if not epoch.isdigit():
             raise MicrocontainerError(f"MCT_SOURCE_DATE_EPOCH={epoch!r} is not a non-negative integer")
+        shared = _shared_cache(env, target[0])
+        layer_root = env.Dir(cache_dir).abspath if cache_dir else None
+        if layer_root is None and shared is not None:
+            from microcontainer_tool.hostfs.cachedir import default_cache_dir
+
+            layer_root = default_cache_dir()
         result = build_image(
             spec, out, fmt=env.subst("$_MCT_FORMAT"), tag=env.subst("$MCT_TAG") or None,
             name=env.subst("$MCT_NAME") or None, compression=env.subst("$MCT_COMPRESSION"),
             epoch=int(epoch), allow_missing=bool(env.get("MCT_ALLOW_MISSING")),
-            layer_cache=LayerCache(env.Dir(cache_dir).abspath) if cache_dir else None,
-            cache_dir=env.Dir(cache_dir).abspath if cache_dir else None,
+            layer_cache=LayerCache(layer_root, remote=shared) if layer_root else None,
+            cache_dir=env.Dir(cache_dir).abspath if cache_dir else None, shared_packages=shared,
             registry=RegistryOptions(plain_http=_flag(env, "MCT_PULL_PLAIN_HTTP"),
                                      insecure=_flag(env, "MCT_PULL_INSECURE"),
                                      docker_config=_docker_config(env)),
@@ -431,11 +451,30 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
         raise SCons.Errors.UserError(f"{target[0]}: {error}") from None
     for warning in result.warnings:
         print(f"microcontainer: warning: {target[0]}: {warning}")
+    if shared is not None:
+        from microcontainer_tool.registry.sharedcache import describe
+
+        print(f"microcontainer: {target[0]}: cache {describe(shared)}")
     probe = env.subst("$MCT_PROBE").strip()
     if probe:
         _probe(target[0], result, probe, cache_dir=env.Dir(cache_dir).abspath if cache_dir else None,
                warn_only=_flag(env, "MCT_PROBE_WARN"))
     return 0
+
+
+def _shared_cache(env: Any, target: Any) -> Any:
+    """The ``$MCT_CACHE_REPO`` shared cache of a build, or ``None`` (its warnings name ``target``)."""
+    text = env.subst("$MCT_CACHE_REPO").strip()
+    if not text:
+        return None
+    from microcontainer_tool.registry.sharedcache import open_shared_cache
+
+    return open_shared_cache(text, read_only=_flag(env, "MCT_CACHE_REPO_READONLY"),
+                             plain_http=_flag(env, "MCT_CACHE_REPO_PLAIN_HTTP"),
+                             insecure=_flag(env, "MCT_CACHE_REPO_INSECURE"),
+                             docker_config=_docker_config(env),
+                             compression=env.subst("$MCT_COMPRESSION"),
+                             warn=lambda line: print(f"microcontainer: warning: {target}: {line}"))
 
 
 def _probe(target: Any, result: Any, command: str, cache_dir: str | None, warn_only: bool) -> None:
@@ -523,10 +562,25 @@ def _push_image(target: list[Any], source: list[Any], env: Any) -> int:
         with RegistryClient(ref.registry, auth=creds, plain_http=_flag(env, "MCT_PUSH_PLAIN_HTTP"),
                             insecure=_flag(env, "MCT_PUSH_INSECURE")) as client:
             push_and_record(image, ref, client, stamp,
-                            docker_media_types=_flag(env, "MCT_DOCKER_MEDIA_TYPES"))
+                            docker_media_types=_flag(env, "MCT_DOCKER_MEDIA_TYPES"),
+                            mount_from=_cache_repo_on(env, ref.registry))
     except MicrocontainerError as error:  # SCons prefixes "[TARGET]"
         raise SCons.Errors.UserError(f"pushing {ref}: {error}") from None
     return 0
+
+
+def _cache_repo_on(env: Any, registry: str) -> str | None:
+    """``$MCT_CACHE_REPO``'s repository if it is on ``registry`` (a push mounts its blobs), else None."""
+    from microcontainer_tool.registry.reference import Reference, normalize_registry
+
+    text = env.subst("$MCT_CACHE_REPO").strip()
+    if not text:
+        return None
+    try:
+        cache = Reference.parse(text)
+    except MicrocontainerError:
+        return None
+    return cache.repository if normalize_registry(cache.registry) == normalize_registry(registry) else None
 
 
 _SCAN_MEMO: dict[tuple[Any, ...], list[str]] = {}

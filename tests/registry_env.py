@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -126,7 +127,7 @@ class Registry:
     """A ``docker-registry serve CONFIG`` process on 127.0.0.1."""
 
     def __init__(self, workdir: Path, name: str, auth: dict[str, Any] | None,
-                 tls: dict[str, str] | None = None) -> None:
+                 tls: dict[str, str] | None = None, access_log: bool = False) -> None:
         self.dir = workdir / name
         self.storage = self.dir / "storage"
         self.storage.mkdir(parents=True)
@@ -134,7 +135,7 @@ class Registry:
         self.host = f"127.0.0.1:{self.port}"
         config: dict[str, Any] = {
             "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "log": {"level": "warn", "accesslog": {"disabled": not access_log}},
             "storage": {"filesystem": {"rootdirectory": str(self.storage)}, "delete": {"enabled": True}},
             "http": {"addr": self.host, "secret": secrets.token_hex(16)},
         }
@@ -159,6 +160,12 @@ class Registry:
                 raise RuntimeError(f"docker-registry {name} did not start: "
                                    + (self.dir / "registry.log").read_text()[-2000:])
             time.sleep(0.05)
+
+    def requests_logged(self) -> list[tuple[str, str]]:
+        """``(method, path)`` of every request in the access log (``access_log=True``), oldest first."""
+        self.log.flush()
+        text = (self.dir / "registry.log").read_text(errors="replace")
+        return [(m, p) for m, p in re.findall(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/[\d.]+"', text)]
 
     def client(self, **kwargs: Any) -> RegistryClient:
         return RegistryClient(self.host, plain_http=True, backoff=0.01, **kwargs)

@@ -247,7 +247,7 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
 
 
 def push_and_record(image_path: str, ref: Reference, client: RegistryClient, stamp: str, *,
-                    docker_media_types: bool = False) -> PushResult:
+                    docker_media_types: bool = False, mount_from: str | None = None) -> PushResult:
     """Push an image with :func:`push`, then record where it went in the file ``stamp``.
 
     The stamp is written atomically, and only after a successful push: exactly
@@ -260,6 +260,7 @@ def push_and_record(image_path: str, ref: Reference, client: RegistryClient, sta
         client: a client for ``ref.registry``.
         stamp: the file to write.
         docker_media_types: see :func:`push`.
+        mount_from: see :func:`push` (``MCT_CACHE_REPO`` on the same registry).
 
     Returns:
         What :func:`push` returned.
@@ -270,7 +271,7 @@ def push_and_record(image_path: str, ref: Reference, client: RegistryClient, sta
         RegistryError: the registry refuses or fails.
         OutputError: the stamp cannot be written.
     """
-    result = push(image_path, ref, client, docker_media_types=docker_media_types)
+    result = push(image_path, ref, client, docker_media_types=docker_media_types, mount_from=mount_from)
     write_atomic(stamp, f"{result.reference}\n".encode(), 0o666)
     return result
 
