@@ -286,16 +286,20 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         from microcontainer_tool.hostfs.cachedir import default_cache_dir
 
         layer_cache = LayerCache(args.layer_cache or args.cache_dir or default_cache_dir(), remote=shared)
-    result = build_image(
-        spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
-        compression=args.compression, epoch=epoch,
-        allow_missing=args.allow_missing,
-        layer_cache=layer_cache,
-        cache_dir=args.cache_dir, offline=args.offline, shared_packages=shared,
-        registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
-                                 docker_config=args.docker_config, deadline=args.deadline),
-        layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
-    )
+    try:
+        result = build_image(
+            spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
+            compression=args.compression, epoch=epoch,
+            allow_missing=args.allow_missing,
+            layer_cache=layer_cache,
+            cache_dir=args.cache_dir, offline=args.offline, shared_packages=shared,
+            registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
+                                     docker_config=args.docker_config, deadline=args.deadline),
+            layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
+        )
+    finally:
+        if shared is not None:
+            shared.client.close()
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
     sbom = (_write_sbom(result, args.sbom, epoch, stamp=bool(env.get("SOURCE_DATE_EPOCH")))

@@ -325,7 +325,7 @@ def _is_content_error(error: Exception) -> bool:
 
 
 def open_shared_cache(text: str, *, read_only: bool = False, plain_http: bool = False, insecure: bool = False,
-                      docker_config: str | None = None, timeout: float = 30, retries: int = 1,
+                      docker_config: str | None = None, timeout: float = 10, retries: int = 1,
                       compression: str = "gzip", warn: Callable[[str], None] | None = None) -> SharedCache:
     """A :class:`SharedCache` for ``REGISTRY/REPOSITORY``, with credentials as push and pull find them.
 
