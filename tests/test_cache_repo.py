@@ -381,3 +381,43 @@ def test_rpm_payloads_are_shared(env: Env, tmp_path: Path) -> None:
     for package in lock["packages"]:
         path = b.cache / "packages" / f"sha256-{package['checksum']}.rpm"
         assert sha256_digest(path.read_bytes()) == f"sha256:{package['checksum']}"
+
+
+def test_check_layer_hardlinks_links_and_inline_content(tmp_path: Path) -> None:
+    """Every kind of member: directories, symlinks, hardlinks, inline, empty and long-named files."""
+    from microcontainer_tool.model.tree import Entry, EntryKind, FileTree, HostFile, InlineContent
+
+    one = tmp_path / "one"
+    one.write_bytes(b"x" * 1000)
+    os.link(one, tmp_path / "linked")
+    st = os.stat(one)
+    identity = (st.st_dev, st.st_ino)
+    tree = FileTree()
+    tree.add(Entry("/d", EntryKind.DIR, 0o755))
+    tree.add(Entry("/d/a", EntryKind.FILE, 0o644, HostFile(str(one), st.st_size, identity)))
+    tree.add(Entry("/d/b", EntryKind.FILE, 0o755, HostFile(str(tmp_path / "linked"), st.st_size, identity)))
+    tree.add(Entry("/d/inline", EntryKind.FILE, 0o600, InlineContent(b"generated\n")))
+    tree.add(Entry("/d/empty", EntryKind.FILE, 0o644, InlineContent(b"")))
+    tree.add(Entry("/d/" + "n" * 150 + "-\u00e9", EntryKind.FILE, 0o644, InlineContent(b"long")))
+    tree.add(Entry("/d/link", EntryKind.SYMLINK, 0o777, linkname="a"))
+    blob = tmp_path / "layer"
+    with open(blob, "wb") as sink:
+        info = write_layer(tree, sink, "gzip", 0)
+    with open(blob, "rb") as handle:
+        assert check_layer(handle, tree, tree.digest(), 0) == info.diff_id
+    # the same paths, but /d/b a copy instead of a hardlink: another tree, refused
+    copy = FileTree()
+    for entry in tree:
+        if entry.path == "/d/b":
+            entry = Entry("/d/b", EntryKind.FILE, 0o755, HostFile(str(tmp_path / "linked"), st.st_size, None))
+        copy.add(entry)
+    with open(blob, "rb") as handle, pytest.raises(LayerMismatchError):
+        check_layer(handle, copy, copy.digest(), 0)
+    # the same structure with other bytes in /d/inline (same size): refused by the content hash
+    other = FileTree()
+    for entry in tree:
+        if entry.path == "/d/inline":
+            entry = Entry("/d/inline", EntryKind.FILE, 0o600, InlineContent(b"GENERATED\n"))
+        other.add(entry)
+    with open(blob, "rb") as handle, pytest.raises(LayerMismatchError, match="contents"):
+        check_layer(handle, other, other.digest(), 0)
