@@ -421,3 +421,19 @@ def test_check_layer_hardlinks_links_and_inline_content(tmp_path: Path) -> None:
         other.add(entry)
     with open(blob, "rb") as handle, pytest.raises(LayerMismatchError, match="contents"):
         check_layer(handle, other, other.digest(), 0)
+
+
+def test_entry_whose_blob_is_gone_is_a_miss_and_is_stored_again(env: Env, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = "team/cache-collected"
+    spec = _spec(tmp_path)
+    cache_a, _ = _shared(env.open, repo)
+    _, _, good = _build(spec, Machine(tmp_path, "a"), tmp_path / "a.tar", cache_a, monkeypatch)
+    gone = requests.delete(f"http://{env.open.host}/v2/{repo}/blobs/{good.layer.digest}", timeout=10)
+    assert gone.status_code == 202, gone.text  # garbage collection, or a writer, removed it
+    cache_b, session_b = _shared(env.open, repo)
+    layers_b, calls_b, _ = _build(spec, Machine(tmp_path, "b"), tmp_path / "b.tar", cache_b, monkeypatch)
+    assert (layers_b.stats.built, len(calls_b)) == (1, 1)
+    assert (cache_b.stats.layer_misses, cache_b.stats.layers_stored, cache_b.warnings) == (1, 1, [])
+    assert [p for m, p in session_b.writes() if m == "PUT" and "/manifests/layer-" in p]
+    assert (tmp_path / "b.tar").read_bytes() == (tmp_path / "a.tar").read_bytes()

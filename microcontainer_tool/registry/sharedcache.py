@@ -184,6 +184,9 @@ class SharedCache:
             if _is_content_error(error):
                 self.refuse(key, str(error))
                 return None
+            if _is_not_found(error):  # the entry's blob was garbage-collected: a miss, stored again
+                self.stats.layer_misses += 1
+                return None
             self._failed(f"looking up layer {tag}", error)
             return None
         self.stats.layer_hits += 1
@@ -240,6 +243,9 @@ class SharedCache:
                 return False
             self.client.get_blob(self.repository, digest, dest, layer.size)
         except MicrocontainerError as error:
+            if _is_not_found(error):
+                self.stats.rpm_misses += 1
+                return False
             if _is_content_error(error):
                 self.stats.refused += 1
                 self.warn(f"refused the entry {rpm_tag(sha256_hex)[:20]}…: {error}; downloading the package")
@@ -282,7 +288,7 @@ class SharedCache:
             data, _media_type, digest = self.client.get_manifest(self.repository, tag,
                                                                  accept=(oci.MEDIA_TYPE_MANIFEST,))
         except RegistryError as error:
-            if " 404 " in f"{error} " or "MANIFEST_UNKNOWN" in str(error) or "NAME_UNKNOWN" in str(error):
+            if _is_not_found(error):
                 return None
             raise
         manifest = parse_json_object(data, f"cache entry {tag}")
@@ -314,6 +320,13 @@ class SharedCache:
             "annotations": dict(sorted(annotations.items())),
         }
         self.client.put_manifest(self.repository, tag, canonical_json(manifest), oci.MEDIA_TYPE_MANIFEST)
+
+
+def _is_not_found(error: Exception) -> bool:
+    """Whether ``error`` is the registry's 404 (no such tag, repository or blob)."""
+    from microcontainer_tool.errors import RegistryError
+
+    return isinstance(error, RegistryError) and ": HTTP 404" in str(error)
 
 
 def _is_content_error(error: Exception) -> bool:
