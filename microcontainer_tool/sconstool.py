@@ -67,6 +67,9 @@ none of these changes output bytes, so none is in a signature):
 * ``MCT_CACHE_REPO_READONLY``: only read it (default: ``$MCT_CACHE_REPO_READONLY``).
 * ``MCT_CACHE_REPO_PLAIN_HTTP``, ``MCT_CACHE_REPO_INSECURE``: as ``MCT_PULL_*``, for it.
 
+``env.CacheDir("DIR", RegistryCacheDir)`` backs a SCons ``CacheDir`` with the
+same repository (any target: see :class:`RegistryCacheDir`).
+
 The flags take booleans or strings (``""``, ``0``, ``false``, ``no``, ``off``
 are false).
 """
@@ -82,6 +85,7 @@ from typing import Any
 
 import SCons.Action
 import SCons.Builder
+import SCons.CacheDir
 import SCons.Errors
 import SCons.Node.FS
 import SCons.Scanner
@@ -112,6 +116,87 @@ PROBE_VARIABLES = ["MCT_PROBE", "MCT_PROBE_WARN"]
 PUSH_VARIABLES = ["MCT_PUSH_PLAIN_HTTP", "MCT_PUSH_INSECURE", "MCT_DOCKER_MEDIA_TYPES"]
 _ARCHIVE_SUFFIXES = {".tar": "oci-archive", ".tar.gz": "smith", ".tgz": "smith"}
 _FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+class RegistryCacheDir(SCons.CacheDir.CacheDir):
+    """A SCons ``CacheDir`` backed by the ``$MCT_CACHE_REPO`` registry repository as well.
+
+    ``CacheDir("DIR", RegistryCacheDir)``: SCons looks in ``DIR`` first; on a
+    miss the file stored under the node's build signature is fetched from the
+    repository into ``DIR`` (its digest checked), then retrieved as usual; a
+    file SCons pushes to ``DIR`` is stored in the repository too (not with
+    ``MCT_CACHE_REPO_READONLY``). Failures are warnings. Variables are read
+    from the node's environment, else from the process environment.
+    """
+
+    def __init__(self, path: Any) -> None:
+        """As :class:`SCons.CacheDir.CacheDir`."""
+        super().__init__(path)
+        self._caches: dict[int, Any] = {}
+        self._off = False
+
+    def _shared(self, node: Any) -> Any:
+        import threading
+
+        if self._off:
+            return None
+        ident = threading.get_ident()
+        if ident not in self._caches:
+            env = node.get_build_env()
+
+            def setting(name: str) -> Any:
+                return env.get(name) if env.get(name) is not None else os.environ.get(name, "")
+
+            text = env.subst(str(setting("MCT_CACHE_REPO"))).strip()
+            if not text:
+                self._off = True
+                return None
+            from microcontainer_tool.registry.sharedcache import open_shared_cache
+
+            def flag(name: str) -> bool:
+                value = setting(name)
+                return (env.subst(value).strip().lower() not in _FALSE_WORDS if isinstance(value, str)
+                        else bool(value))
+
+            try:
+                self._caches[ident] = open_shared_cache(
+                    text, read_only=flag("MCT_CACHE_REPO_READONLY"),
+                    plain_http=flag("MCT_CACHE_REPO_PLAIN_HTTP"), insecure=flag("MCT_CACHE_REPO_INSECURE"),
+                    docker_config=_docker_config(env) if env.get("MCT_DOCKER_CONFIG") else None,
+                    warn=lambda line: print(f"microcontainer: warning: CacheDir: {line}"))
+            except MicrocontainerError as error:
+                print(f"microcontainer: warning: CacheDir: MCT_CACHE_REPO: {error}")
+                self._off = True
+                return None
+        return self._caches[ident]
+
+    def retrieve(self, node: Any) -> bool:
+        """The node from ``DIR``, else from the repository through ``DIR``."""
+        if not self.is_enabled():
+            return False
+        if super().retrieve(node):
+            return True
+        cache = self._shared(node)
+        if cache is None:
+            return False
+        _cachedir, cachefile = self.cachepath(node)
+        fetched = cache.fetch_file(node.get_cachedir_bsig(), cachefile)
+        if cache.stats.errors:
+            self._off = True
+        return bool(fetched) and bool(super().retrieve(node))
+
+    def push(self, node: Any) -> Any:
+        """Push to ``DIR``, then store the cached file in the repository."""
+        result = super().push(node)
+        if self.is_readonly() or not self.is_enabled() or node.nocache:
+            return result
+        cache = self._shared(node)
+        if cache is not None:
+            _cachedir, cachefile = self.cachepath(node)
+            cache.store_file(node.get_cachedir_bsig(), cachefile)
+            if cache.stats.errors:
+                self._off = True
+        return result
 
 
 def register() -> None:

@@ -91,3 +91,46 @@ def test_two_checkouts_share_layers_and_the_push_mounts(tmp_path: Path) -> None:
         assert (two / "pushed/a.ref").read_text().startswith(f"{registry.host}/app/two:latest@sha256:")
     finally:
         registry.stop()
+
+
+CACHEDIR_SCONSTRUCT = """\
+import microcontainer_tool.sconstool as m
+env = Environment(MCT_CACHE_REPO_PLAIN_HTTP=True)
+env.CacheDir("scache", m.RegistryCacheDir)  # per environment: SCons keeps the class per environment
+env.Command("out.txt", "in.txt", "cat $SOURCE $SOURCE > $TARGET && echo ran >> ran.log")
+"""
+
+
+def cachedir_checkout(root: Path) -> Path:
+    write(root / "SConstruct", CACHEDIR_SCONSTRUCT)
+    write(root / "in.txt", "input\n")
+    return root
+
+
+def test_cachedir_class_shares_files_through_the_registry(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry", "open", None, access_log=True)
+    try:
+        env = {"MCT_CACHE_REPO": f"{registry.host}/team/scons-cache",
+               "DOCKER_CONFIG": str(tmp_path / "no-docker-config")}
+        one, two, three = (cachedir_checkout(tmp_path / name) for name in ("one", "two", "three"))
+        ok(scons(one, ".", env=env))
+        assert (one / "ran.log").read_text() == "ran\n"
+        start = mark(registry, "start")
+        out = ok(scons(two, ".", env={**env, "MCT_CACHE_REPO_READONLY": "1"}))
+        sent = registry.requests_logged()[start + 1:mark(registry, "after-two")]
+        assert "Retrieved `out.txt' from cache" in out, out
+        assert not (two / "ran.log").exists()  # the command never ran
+        assert (two / "out.txt").read_bytes() == (one / "out.txt").read_bytes() == b"input\ninput\n"
+        assert [r for r in sent if r[0] != "GET"] == []
+        # a blob that does not match its digest is refused: the command runs, the build succeeds
+        manifest_path = next(p for m, p in sent if "/manifests/scons-" in p)
+        manifest = requests.get(f"http://{registry.host}{manifest_path}", timeout=10,
+                                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+        blob = registry.blob_data_path(manifest["layers"][0]["digest"])
+        blob.write_bytes(b"INPUT\nINPUT\n")  # same size, other bytes
+        out = ok(scons(three, ".", env=env))
+        assert "Retrieved" not in out and "refused the entry" in out, out
+        assert (three / "ran.log").read_text() == "ran\n"
+        assert (three / "out.txt").read_bytes() == b"input\ninput\n"
+    finally:
+        registry.stop()

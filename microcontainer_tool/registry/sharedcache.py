@@ -13,6 +13,9 @@ deduplicates the blobs. Two kinds of entries live side by side:
 * **RPM payloads**, tagged ``rpm-sha256-<hex>``: the ``.rpm`` file whose
   SHA-256 (from ``microimage.lock``) is ``<hex>`` is the manifest's layer, so
   its blob digest *is* the lock's checksum.
+* **build-system files**, tagged ``scons-<hex>`` (the SHA-256 of SCons's build
+  signature): any file a SCons ``CacheDir`` holds. Only their integrity can be
+  checked (the signature names inputs; nothing here can derive the output).
 
 Nothing fetched is trusted: blobs are checked against their digest and size
 while they download (:meth:`~.client.RegistryClient.get_blob`); a layer then
@@ -49,6 +52,8 @@ CACHE_CONFIG_TYPE = CACHE_ARTIFACT_TYPE
 """Media type of a cache manifest's config blob (the entry's facts as JSON)."""
 RPM_MEDIA_TYPE = "application/x-rpm"
 """Media type of an RPM payload entry's layer."""
+FILE_MEDIA_TYPE = "application/octet-stream"
+"""Media type of a build system's file entry (SCons ``CacheDir``)."""
 ANNOTATION_PREFIX = "dev.microcontainer.cache."
 """Prefix of the annotations of a cache manifest (``key``, ``diff_id``, ``tool``, ``format``)."""
 
@@ -66,6 +71,9 @@ class SharedCacheStats:
         rpm_hits: RPM payloads fetched.
         rpm_misses: RPM payloads not in the repository.
         rpms_stored: RPM payloads written.
+        file_hits: build-system files fetched (SCons ``CacheDir``).
+        file_misses: build-system files not in the repository.
+        files_stored: build-system files written.
         refused: entries that failed a check and were not used.
         errors: lookups or stores that failed (warned about).
     """
@@ -76,6 +84,9 @@ class SharedCacheStats:
     rpm_hits: int = 0
     rpm_misses: int = 0
     rpms_stored: int = 0
+    file_hits: int = 0
+    file_misses: int = 0
+    files_stored: int = 0
     refused: int = 0
     errors: int = 0
 
@@ -95,6 +106,11 @@ def layer_tag(key: str, compression: str) -> str:
     """The tag of the layer entry for the layer cache key ``key``."""
     text = f"{key}\0{__version__}\0{FORMAT_VERSION}\0{codec_version(compression)}"
     return "layer-" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_tag(signature: str) -> str:
+    """The tag of a build system's file entry (SCons's build signature: hex)."""
+    return "scons-" + hashlib.sha256(signature.encode()).hexdigest()
 
 
 def rpm_tag(sha256_hex: str) -> str:
@@ -272,6 +288,67 @@ class SharedCache:
             self._failed(f"storing package {digest[:23]}…", error)
             return
         self.stats.rpms_stored += 1
+
+    # --- build-system files (SCons CacheDir) -----------------------------------------------------
+
+    def fetch_file(self, signature: str, dest: str) -> bool:
+        """Write the file stored under a build system's ``signature`` to ``dest`` (parents made).
+
+        Only the blob's integrity is checked (its digest and size): the bytes a
+        signature stands for cannot be derived here, so such entries are as
+        trustworthy as the repository's writers (as a shared ``CacheDir`` is).
+
+        Returns:
+            Whether ``dest`` now holds the file.
+        """
+        if self._down:
+            return False
+        tag = file_tag(signature)
+        try:
+            found = self._get_entry(tag)
+            if found is None:
+                self.stats.file_misses += 1
+                return False
+            _manifest, blob = found
+            os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+            self.client.get_blob(self.repository, blob.digest, dest, blob.size)
+        except OSError as error:
+            self._failed(f"looking up {tag}", MicrocontainerError(f"{dest}: {error.strerror or error}"))
+            return False
+        except MicrocontainerError as error:
+            if _is_not_found(error):
+                self.stats.file_misses += 1
+                return False
+            if _is_content_error(error):
+                self.stats.refused += 1
+                self.warn(f"refused the entry {tag}: {error}; building it here")
+                return False
+            self._failed(f"looking up {tag}", error)
+            return False
+        self.stats.file_hits += 1
+        return True
+
+    def store_file(self, signature: str, path: str) -> None:
+        """Store the file at ``path`` under a build system's ``signature`` (nothing in read-only mode)."""
+        if self.read_only or self._down:
+            return
+        try:
+            with open(path, "rb") as handle:
+                sha = hashlib.sha256()
+                while chunk := handle.read(1 << 20):
+                    sha.update(chunk)
+            size = os.path.getsize(path)
+        except OSError:
+            return
+        digest = "sha256:" + sha.hexdigest()
+        facts = {"signature": signature, "size": size, "tool": __version__}
+        try:
+            self._put_entry(file_tag(signature), path, oci.Descriptor(FILE_MEDIA_TYPE, digest, size), facts,
+                            {ANNOTATION_PREFIX + "key": signature})
+        except MicrocontainerError as error:
+            self._failed(f"storing {file_tag(signature)}", error)
+            return
+        self.stats.files_stored += 1
 
     # --- entries ---------------------------------------------------------------------------------
 
