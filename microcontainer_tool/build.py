@@ -453,6 +453,11 @@ def _image_id(location: ImageLocation, name: str, manifest_digest: str, config_d
     return name if "@sha256:" in name else f"{name}@{manifest_digest}"
 
 
+def default_name(output: str) -> str:
+    """The image name a build gives by default: the output's stem, cleaned to a valid name."""
+    return _default_name(output)
+
+
 def _default_name(output: str) -> str:
     base = os.path.basename(os.path.normpath(output))
     for suffix in (".tar.gz", ".tgz", ".tar"):

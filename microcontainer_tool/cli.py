@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--probe-read", metavar="DIR",
                        help="host directory mounted read-only at /read for the probe")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
+    build.add_argument("--platform", metavar="[OS/]ARCH[/VARIANT]",
+                       help="of a multi-platform spec (arch: a list), build only this platform's image "
+                            "(a single image, as for one arch)")
 
     lock = sub.add_parser("lock", help="resolve an RPM spec's packages and write microimage.lock")
     lock.add_argument("-c", "--config", metavar="SPEC",
@@ -279,6 +282,17 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
     spec = load_spec(args.config)
     epoch = source_date_epoch(env)
     args.name, args.tag = split_reference(args.name, args.tag)
+    if spec.platforms:
+        from microcontainer_tool.platformbuild import select_platform
+
+        if args.platform is None:
+            return _build_platforms(spec, args, out, err, epoch)
+        spec = select_platform(spec, args.platform)
+    elif args.platform is not None:
+        from microcontainer_tool.errors import SpecError
+
+        raise SpecError(f"{spec.where('arch')}: --platform chooses among the platforms of a spec whose "
+                        "arch is a list; this spec builds one image")
     result = build_image(
         spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
         compression=args.compression, epoch=epoch,
@@ -305,6 +319,40 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
             print(f"sbom     {sbom}", file=out)
     if args.probe is not None:
         return _probe(result, args, err)
+    return 0
+
+
+def _build_platforms(spec: Any, args: argparse.Namespace, out: TextIO, err: TextIO, epoch: int) -> int:
+    """``build`` of a multi-platform spec: one image per platform, written as one image index."""
+    from microcontainer_tool.errors import UnsupportedError
+    from microcontainer_tool.oci.layer import layer_limits
+    from microcontainer_tool.oci.layercache import LayerCache
+    from microcontainer_tool.platformbuild import build_platforms
+    from microcontainer_tool.registry.imagecache import RegistryOptions
+
+    for flag, given in (("--sbom", args.sbom), ("--probe", args.probe)):
+        if given:
+            raise UnsupportedError(f"{flag} is not supported for a multi-platform build yet: "
+                                   "give --platform to build one platform")
+    result = build_platforms(
+        spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
+        compression=args.compression, epoch=epoch, allow_missing=args.allow_missing,
+        layer_cache=LayerCache(args.layer_cache) if args.layer_cache else None,
+        cache_dir=args.cache_dir, offline=args.offline,
+        registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
+                                 docker_config=args.docker_config, deadline=args.deadline),
+        layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
+    )
+    for warning in result.warnings:
+        print(f"microcontainer: warning: {warning}", file=err)
+    if args.quiet:
+        print(result.index_digest, file=out)
+        return 0
+    print(f"{result.output} ({result.format}): image index of {len(result.builds)} platforms", file=out)
+    print(f"index    {result.index_digest}", file=out)
+    for platform, build in zip(result.platforms, result.builds, strict=True):
+        print(f"{platform:<16} manifest {build.manifest_digest}: {build.files} entries, "
+              f"layer {build.layer.size} bytes", file=out)
     return 0
 
 
