@@ -160,7 +160,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         from microcontainer_tool.sources.image.root import ImageRoot
 
         path, image_name = fetch_image(source, cache, registry, platform_for(spec.arch), offline)
-        sysroot = ImageRoot.open(path, cache, name=image_name, limits=layer_limits)
+        sysroot = ImageRoot.open(path, cache, name=image_name, limits=layer_limits,
+                                 platform=spec.arch or None)
         image_id = _image_id(source, image_name, sysroot.manifest_digest, sysroot.config_digest)
         sysroot.label = f"image:{image_id}"
         spec = inherit_from_image(spec, sysroot.config)

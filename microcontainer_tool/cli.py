@@ -166,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     sbom.add_argument("--format", choices=tuple(SBOM_FORMATS), default="cyclonedx",
                       help="cyclonedx (CycloneDX 1.6 JSON, the default) or spdx (SPDX 2.3 JSON)")
     sbom.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+    _add_platform_options(sub)
     return parser
 
 
@@ -453,6 +454,14 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _add_platform_options(sub: Any) -> None:
+    """``--platform`` on the commands that read one image of a multi-platform index."""
+    for command in ("run", "inspect", "why", "sbom", "diff", "push"):
+        what = ("push only this platform's image (default: the whole index)" if command == "push" else
+                "the image of a multi-platform index (default: this machine's, else the first)")
+        sub.choices[command].add_argument("--platform", metavar="[OS/]ARCH[/VARIANT]", help=what)
+
+
 def _add_registry_parsers(sub: Any) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-u", "--username",
@@ -543,7 +552,8 @@ def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
                            state_dir=state, cache_dir=args.cache_dir or default_cache_dir(), debug=args.debug,
                            toolbox=args.toolbox, args=args.args or None, env=args.env, user=args.user,
                            write_dir=args.write,
-                           read_dir=args.read, net=args.net, userns=not args.no_userns)
+                           read_dir=args.read, net=args.net, userns=not args.no_userns,
+                           platform=args.platform)
     if args.command == "ps":
         infos = runtime.ps(state)
         if args.json:
@@ -584,7 +594,7 @@ def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ref = Reference.parse(args.ref)
     with _client(args, ref.registry) as client:
         result = push(args.image, ref, client, docker_media_types=args.docker_media_types,
-                      mount_from=args.mount_from, progress=tty_progress(err))
+                      mount_from=args.mount_from, progress=tty_progress(err), platform=args.platform)
     if args.quiet:
         print(result.digest, file=out)
     else:
@@ -684,7 +694,7 @@ def _print_tree(closure: object, out: TextIO) -> None:
 def _why(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.model.provenance import package_line, read_record, why
 
-    record = read_record(args.image)
+    record = read_record(args.image, args.platform)
     for line in why(record, args.path):
         print(line, file=out)
     print(package_line(record, args.path), file=out)
@@ -694,7 +704,7 @@ def _why(args: argparse.Namespace, out: TextIO) -> int:
 def _sbom(args: argparse.Namespace, out: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from microcontainer_tool.reports.sbom import render_sbom, write_file
 
-    data = render_sbom(args.image, args.format, source_date_epoch(env))
+    data = render_sbom(args.image, args.format, source_date_epoch(env), args.platform)
     if args.output is not None:
         write_file(args.output, data)
     elif getattr(out, "buffer", None) is not None:
@@ -709,7 +719,7 @@ def _sbom(args: argparse.Namespace, out: TextIO, env: dict[str, str] | os._Envir
 def _packages(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.model.provenance import read_record
 
-    packages = read_record(args.image)["packages"]
+    packages = read_record(args.image, args.platform)["packages"]
     rows = [(p["name"], (f"{p['epoch']}:" if p.get("epoch") and p["type"] == "rpm" else "") + p["version"]
              + (f"-{p['release']}" if p.get("release") else ""),
              p["arch"], p["type"], p.get("license") or "-")
@@ -734,7 +744,7 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.packages:
         return _packages(args, out)
-    view = open_image(args.image)
+    view = open_image(args.image, platform=args.platform)
     files = list(view.iter_files())
     if args.json:
         data = {
@@ -783,14 +793,21 @@ def _diff(args: argparse.Namespace, out: TextIO) -> int:
         path, label = text, text
         if location is not None and location.local is None:
             path, label = fetch_image(location, args.cache_dir or default_cache_dir(), options,
-                                      offline=args.offline)
-        with open_image(path) as view:
+                                      platform=_registry_platform(args.platform), offline=args.offline)
+        with open_image(path, platform=args.platform) as view:
             summaries.append(summarize(view, label))
     result = compare(summaries[0], summaries[1])
     if args.package:
         result = only_package(result, args.package)
     out.write(render_json(result) if args.json else render_text(result))
     return 0 if result["identical"] else 1
+
+
+def _registry_platform(platform: str | None) -> str:
+    """``--platform`` as a registry pull takes it (``os/arch[/variant]``; empty: this machine's)."""
+    if not platform:
+        return ""
+    return platform if "/" in platform else f"linux/{platform}"
 
 
 def main_entry() -> None:
