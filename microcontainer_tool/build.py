@@ -189,6 +189,12 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
             notes.append(f"resolved the packages and wrote {lock_path(spec)}")
         packages = prepare_sysroot(lock, spec, cache, offline=offline)
     assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot)
+    if spec.arch and assembly.closure is not None:  # every ELF file of the image is of its machine
+        from microcontainer_tool.closure.machines import check_machines
+
+        where = "packages" if spec.packages else spec.from_
+        check_machines(assembly.closure.objects, spec.arch,
+                       f"{spec.where('from')} (arch {spec.arch}, from {where})")
     if parent is not None:
         from microcontainer_tool.sources.image.parent import check_platform, drop_inherited
 

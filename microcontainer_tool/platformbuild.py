@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from microcontainer_tool.build import BuildResult, build_image, default_name
-from microcontainer_tool.closure.machines import check_machines
 from microcontainer_tool.errors import SpecError
 from microcontainer_tool.hostfs.atomic import make_temp_dir
 from microcontainer_tool.oci.imageindex import (
@@ -29,7 +28,7 @@ from microcontainer_tool.oci.imageindex import (
 )
 from microcontainer_tool.oci.layer import LayerLimits
 from microcontainer_tool.oci.layercache import LayerCache
-from microcontainer_tool.oci.layout import format_for_path, split_reference
+from microcontainer_tool.oci.layout import format_for_path, split_reference, sync_layout_from_archive
 from microcontainer_tool.registry.imagecache import RegistryOptions
 from microcontainer_tool.spec.imagespec import ImageSpec, platform_specs
 
@@ -77,7 +76,10 @@ def platform_layout(platform_dir: str, arch: str) -> str:
 
 
 def build_one_platform(spec: ImageSpec, layout: str, tag: str, name: str, **options: object) -> BuildResult:
-    """Build one platform's image (a single-platform spec) as an OCI layout, its ELF machines checked.
+    """Build one platform's image (a single-platform spec) as an OCI layout.
+
+    :func:`~microcontainer_tool.build.build_image` checks that every ELF file
+    of the image is of ``spec.arch``'s machine.
 
     Args:
         spec: a spec from :func:`~microcontainer_tool.spec.imagespec.platform_specs` (``arch`` set).
@@ -90,12 +92,7 @@ def build_one_platform(spec: ImageSpec, layout: str, tag: str, name: str, **opti
         ElfError: an ELF file of the image is of another machine than ``spec.arch``.
         MicrocontainerError: as :func:`~microcontainer_tool.build.build_image`.
     """
-    label = f"{spec.where('from')} ({spec.arch}: from {spec.from_ if not spec.packages else 'packages'})"
-    result = build_image(spec, layout, fmt="oci", tag=tag, name=name, **options)  # type: ignore[arg-type]
-    closure = result.assembly.closure
-    if closure is not None:
-        check_machines(closure.objects, spec.arch, label)
-    return result
+    return build_image(spec, layout, fmt="oci", tag=tag, name=name, **options)  # type: ignore[arg-type]
 
 
 def build_platforms(spec: ImageSpec, output: str, fmt: str | None = None, tag: str | None = None,
@@ -168,6 +165,39 @@ def build_platforms(spec: ImageSpec, output: str, fmt: str | None = None, tag: s
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def join_archives(archives: Sequence[str], output: str, fmt: str | None, tag: str | None = None,
+                  name: str | None = None, annotations: Mapping[str, str] | None = None) -> IndexResult:
+    """Join single-platform oci-archives (one image each) into one multi-platform image at ``output``.
+
+    Each archive is read into a temporary layout beside ``output`` (removed
+    after), in the order given.
+
+    Args:
+        archives: the per-platform oci-archives (as :func:`build_one_platform`'s
+            builds would write them as archives).
+        output: the output path.
+        fmt: output format, or ``None`` to choose by ``output``'s suffix.
+        tag: the index's tag (default: the tag in ``name``, else ``latest``).
+        name: the image's name (default: output stem).
+        annotations: more annotations on the index's entry.
+
+    Raises:
+        LayoutError: an archive does not hold exactly one image, or the output cannot be written.
+    """
+    name, tag = split_reference(name, tag)
+    target = os.path.abspath(output)
+    work = make_temp_dir(os.path.dirname(target), f".{os.path.basename(target)}.platforms-")
+    try:
+        images = []
+        for number, archive in enumerate(archives):
+            layout = os.path.join(work, str(number))
+            sync_layout_from_archive(archive, layout)
+            images.append(read_platform_image(layout))
+        return join_platforms(images, output, fmt, tag, name or default_name(output), annotations)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def join_platforms(images: Sequence[PlatformImage], output: str, fmt: str | None, tag: str, name: str,

@@ -13,20 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clients import Client, podman_client
-from conftest import assert_one_line_error, run_cli, runc_run
+from conftest import REPO, assert_one_line_error, copy_closure, ldd_files, run_cli, runc_run
 from registry_env import Env, running_registries
 
 from microcontainer_tool.errors import SpecError
 from microcontainer_tool.spec.imagespec import parse_spec, platform_specs
 
 ARM64_DEBS = ("coreutils", "libc6", "libselinux1", "libpcre2-8-0")
+TOOL_DIR = REPO / "microcontainer_tool" / "site_tools"
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -229,6 +233,9 @@ def test_a_file_of_the_wrong_machine_is_refused(arm64_root: Path, tmp_path: Path
     assert_one_line_error(proc, "/bin/ls", "EM_AARCH64", "not amd64")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no per-platform debris
+    single = _spec(tmp_path / "single", arm64_root, "arm64", "/")  # one arch: checked too
+    proc = run_cli("build", "-c", str(single), "-o", str(tmp_path / "single-out"))
+    assert_one_line_error(proc, "/bin/ls", "EM_X86_64", "not arm64")
 
 
 def test_docker_archive_is_refused_for_several_platforms(arm64_root: Path, tmp_path: Path) -> None:
@@ -301,3 +308,49 @@ def test_push_the_index_and_clients_pick_their_platform(built: Path, env: Env, t
     one = run_cli("push", "--plain-http", "-q", "--platform", "arm64", str(built),
                   f"{env.open.host}/multi/arm:v1")
     assert one.returncode == 0 and one.stdout.strip() == platforms["linux/arm64/v8"], one.stderr
+
+
+# --------------------------------------------------------------------------- SCons
+
+
+def _scons(cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "SCons", "-Q"], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_scons_rebuilds_only_the_platform_whose_inputs_changed(arm64_root: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    copy_closure(project / "root-amd64", ldd_files("/bin/ls"))
+    shutil.copytree(arm64_root, project / "root-arm64", symlinks=True)
+    for arch in ("amd64", "arm64"):
+        (project / f"root-{arch}/etc").mkdir(parents=True, exist_ok=True)
+        (project / f"root-{arch}/etc/note").write_text(f"{arch}\n")
+    (project / "microimage.yaml").write_text(
+        "arch: [amd64, arm64]\nfrom: {amd64: ./root-amd64, arm64: ./root-arm64}\n"
+        "paths: [/bin/ls, /etc/note]\nentrypoint: [/bin/ls]\n")
+    (project / "SConstruct").write_text(
+        f"env = Environment(tools=['default', 'microimage'], toolpath=[{str(TOOL_DIR)!r}])\n"
+        "env.MicroImage('build/img', 'microimage.yaml')\n")
+    first = _scons(project)
+    assert re.findall(r"^MicroImage (\S+)$", first, re.M) == [
+        "build/img.platforms/amd64.tar", "build/img.platforms/arm64.tar", "build/img.tar"], first
+    layout = project / "build/img"
+    before = _platforms(_index(layout)[1])
+    # the same bytes as the command line's build of the spec
+    cli = tmp_path / "cli" / "img"
+    proc = run_cli("build", "-c", str(project / "microimage.yaml"), "-o", str(cli))
+    assert proc.returncode == 0, proc.stderr
+    assert (cli / "index.json").read_bytes() == (layout / "index.json").read_bytes()
+    assert "MicroImage" not in _scons(project)  # up to date
+    amd64_part = project / "build/img.platforms/amd64.tar"
+    stamp = (amd64_part.stat().st_ino, amd64_part.stat().st_mtime_ns)
+    (project / "root-arm64/etc/note").write_text("arm64, changed\n")
+    second = _scons(project)
+    assert re.findall(r"^MicroImage (\S+)$", second, re.M) == ["build/img.platforms/arm64.tar",
+                                                                "build/img.tar"], second
+    assert (amd64_part.stat().st_ino, amd64_part.stat().st_mtime_ns) == stamp
+    after = _platforms(_index(layout)[1])
+    assert after["linux/amd64"] == before["linux/amd64"]
+    assert after["linux/arm64/v8"] != before["linux/arm64/v8"]
