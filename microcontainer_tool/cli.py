@@ -622,24 +622,25 @@ def _lock(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.sources.rpm.lock import read_lock, write_lock
     from microcontainer_tool.sources.rpm.root import lock_packages, lock_path, spec_inputs_digest
     from microcontainer_tool.sources.rpm.yumrepos import with_system_repos
-    from microcontainer_tool.spec.imagespec import load_spec
+    from microcontainer_tool.spec.imagespec import load_spec, platform_specs
 
-    spec = load_spec(args.config)
-    if not spec.packages:
-        raise SpecError(f"{spec.source}: no 'package' or 'packages' to lock")
-    spec = with_system_repos(spec)
-    path = lock_path(spec)
-    if os.path.exists(path) and not args.update:
-        if read_lock(path).inputs_digest == spec_inputs_digest(spec):
-            print(f"{path} is up to date with the spec (--update to take newer packages)", file=out)
-            return 0
-    lock = lock_packages(spec, args.cache_dir or default_cache_dir())
-    write_lock(path, lock)
-    print(f"{path}: {len(lock.packages)} packages", file=out)
-    for package in lock.packages:
-        epoch = f"{package.epoch}:" if package.epoch else ""
-        print(f"  {package.name}-{epoch}{package.version}-{package.release}.{package.arch} ({package.repo})",
-              file=out)
+    loaded = load_spec(args.config)
+    if not loaded.packages:
+        raise SpecError(f"{loaded.source}: no 'package' or 'packages' to lock")
+    for one in platform_specs(loaded):  # a multi-platform spec: one lock per architecture
+        spec = with_system_repos(one)
+        path = lock_path(spec)
+        if os.path.exists(path) and not args.update:
+            if read_lock(path).inputs_digest == spec_inputs_digest(spec):
+                print(f"{path} is up to date with the spec (--update to take newer packages)", file=out)
+                continue
+        lock = lock_packages(spec, args.cache_dir or default_cache_dir())
+        write_lock(path, lock)
+        print(f"{path}: {len(lock.packages)} packages", file=out)
+        for package in lock.packages:
+            epoch = f"{package.epoch}:" if package.epoch else ""
+            print(f"  {package.name}-{epoch}{package.version}-{package.release}.{package.arch} "
+                  f"({package.repo})", file=out)
     return 0
 
 

@@ -230,10 +230,10 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     except MicrocontainerError as error:
         _fail_in_sconscript(f"MicroImage('{name}'): {error}")
     project += _spec_inputs(env, spec, files)
-    if spec.packages:
-        project += _package_inputs(env, spec, name)
     if spec.platforms:
         return _micro_image_platforms(env, overrides, name, spec, project)
+    if spec.packages:
+        project += _package_inputs(env, spec, name)
     project += _image_inputs(env, spec)
     top = env.Dir("#").abspath
     payload = json.dumps({"format": FORMAT_VERSION, "base": os.path.relpath(spec.base_dir, top),
@@ -264,7 +264,7 @@ def _micro_image_platforms(env: Any, overrides: Any, name: str, spec: Any, proje
     for one in platform_specs(spec):
         payload = json.dumps({"format": FORMAT_VERSION, "base": os.path.relpath(one.base_dir, top),
                               "spec": one.canonical()}, sort_keys=True)
-        inputs = project + _image_inputs(env, one)
+        inputs = project + (_package_inputs(env, one, name) if one.packages else []) + _image_inputs(env, one)
         parts += overrides._MicroImageArchive(
             f"{name}.platforms/{one.arch}.tar", [env.Value(payload)] + inputs, _MCT_FORMAT="oci-archive",
             _MCT_SPEC=payload, _MCT_PROJECT=[_host_path(n) for n in inputs])

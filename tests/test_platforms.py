@@ -23,13 +23,14 @@ from typing import Any
 
 import pytest
 from clients import Client, podman_client
-from conftest import REPO, assert_one_line_error, copy_closure, ldd_files, run_cli, runc_run
+from conftest import REPO, assert_one_line_error, copy_closure, ldd_files, make_repo, run_cli, runc_run
 from registry_env import Env, running_registries
+from rpmbuild_fixtures import build_rpm
 
 from microcontainer_tool.errors import SpecError
 from microcontainer_tool.spec.imagespec import parse_spec, platform_specs
 
-ARM64_DEBS = ("coreutils", "libc6", "libselinux1", "libpcre2-8-0")
+ARM64_DEBS = ("coreutils", "libc6", "libselinux1", "libpcre2-8-0", "busybox-static")
 TOOL_DIR = REPO / "microcontainer_tool" / "site_tools"
 INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -354,3 +355,35 @@ def test_scons_rebuilds_only_the_platform_whose_inputs_changed(arm64_root: Path,
     after = _platforms(_index(layout)[1])
     assert after["linux/amd64"] == before["linux/amd64"]
     assert after["linux/arm64/v8"] != before["linux/arm64/v8"]
+
+
+# --------------------------------------------------------------------------- RPM specs
+
+
+def test_an_rpm_spec_resolves_and_locks_each_architecture(arm64_root: Path, tmp_path: Path) -> None:
+    rpms = [build_rpm(tmp_path / "rpms", "bbox", arch="x86_64",
+                      files={"/bin/busybox": Path("/bin/busybox")}),
+            build_rpm(tmp_path / "rpms", "bbox", arch="aarch64",
+                      files={"/bin/busybox": arm64_root / "bin/busybox"})]
+    repo = make_repo(tmp_path / "repo", rpms)
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    (spec_dir / "microimage.yaml").write_text(
+        f"arch: [amd64, arm64]\npackages: [bbox]\nrepos: [{{baseurl: 'file://{repo}'}}]\n"
+        "paths: [/bin/busybox]\ncmd: [/bin/busybox, uname, -m]\n")
+    locked = run_cli("lock", "-c", str(spec_dir), "--cache-dir", str(tmp_path / "cache"))
+    assert locked.returncode == 0, locked.stderr
+    for rpm_arch in ("x86_64", "aarch64"):
+        lock = json.loads((spec_dir / f"microimage.{rpm_arch}.lock").read_text())
+        assert [(p["name"], p["arch"]) for p in lock["packages"]] == [("bbox", rpm_arch)]
+    assert not (spec_dir / "microimage.lock").exists()
+    out = tmp_path / "img"
+    proc = run_cli("build", "-c", str(spec_dir), "-o", str(out), "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert list(_platforms(_index(out)[1])) == ["linux/amd64", "linux/arm64/v8"]
+    for arch, machine in (("amd64", "x86_64"), ("arm64", "aarch64")):
+        ran = run_cli("run", "--platform", arch, "--cache-dir", str(tmp_path / "cache"), str(out))
+        assert ran.returncode == 0 and ran.stdout == f"{machine}\n", ran.stderr
+        why = run_cli("why", "--platform", arch, str(out), "/bin/busybox")
+        nevra = f"bbox-1.0-1.{'x86_64' if arch == 'amd64' else 'aarch64'}"
+        assert why.returncode == 0 and nevra in why.stdout, why.stdout + why.stderr

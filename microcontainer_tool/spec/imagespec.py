@@ -122,6 +122,7 @@ class ImageSpec:
     platforms: tuple[str, ...] = ()
     from_platforms: tuple[tuple[str, str], ...] = ()
     variant: str = ""
+    per_arch_lock: bool = False
     packages: tuple[str, ...] = ()
     repos: tuple[RepoSpec, ...] = ()
     exclude_packages: tuple[str, ...] = ()
@@ -182,7 +183,7 @@ class ImageSpec:
 
 
 #: Fields :meth:`ImageSpec.canonical` leaves out when empty.
-_OPTIONAL_CANONICAL = ("platforms", "from_platforms", "variant")
+_OPTIONAL_CANONICAL = ("platforms", "from_platforms", "variant", "per_arch_lock")
 
 
 def find_spec(path: str | None) -> str:
@@ -683,13 +684,16 @@ def platform_specs(spec: ImageSpec) -> list[ImageSpec]:
 
     Each has ``arch`` set to one platform, ``variant`` to its :data:`VARIANTS`
     entry, and ``from`` to that platform's sysroot (``from:`` per platform) or
-    the shared one. A single-platform spec gives itself.
+    the shared one; an RPM spec's each resolves into a lock of its own
+    architecture (``per_arch_lock``: ``microimage.ARCH.lock``). A
+    single-platform spec gives itself.
     """
     if not spec.platforms:
         return [spec]
     sysroots = dict(spec.from_platforms)
     return [replace(spec, arch=arch, variant=VARIANTS.get(arch, ""), platforms=(), from_platforms=(),
-                    from_=sysroots.get(arch, spec.from_)) for arch in spec.platforms]
+                    from_=sysroots.get(arch, spec.from_), per_arch_lock=bool(spec.packages))
+            for arch in spec.platforms]
 
 
 def spec_warnings(spec: ImageSpec) -> list[str]:
