@@ -387,3 +387,20 @@ def test_an_rpm_spec_resolves_and_locks_each_architecture(arm64_root: Path, tmp_
         why = run_cli("why", "--platform", arch, str(out), "/bin/busybox")
         nevra = f"bbox-1.0-1.{'x86_64' if arch == 'amd64' else 'aarch64'}"
         assert why.returncode == 0 and nevra in why.stdout, why.stdout + why.stderr
+
+
+def test_microizing_a_multi_platform_index_takes_each_platform_from_it(built: Path, tmp_path: Path) -> None:
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    (spec_dir / "microimage.yaml").write_text(
+        f"arch: [arm64, amd64]\nfrom: {built}:v1\npaths: [/bin/uname]\ncmd: [/bin/uname, -m]\n")
+    out = tmp_path / "micro"
+    proc = run_cli("build", "-c", str(spec_dir), "-o", str(out), "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 0, proc.stderr
+    assert list(_platforms(_index(out)[1])) == ["linux/arm64/v8", "linux/amd64"]
+    for arch, machine in (("amd64", "x86_64"), ("arm64", "aarch64")):
+        ran = run_cli("run", "--platform", arch, "--cache-dir", str(tmp_path / "cache"), str(out))
+        assert ran.returncode == 0 and ran.stdout == f"{machine}\n", ran.stderr
+        listing = run_cli("inspect", "--json", "--platform", arch, str(out))
+        names = {os.path.basename(f["path"]) for f in json.loads(listing.stdout)["files"]}
+        assert "uname" in names and "ls" not in names, sorted(names)
