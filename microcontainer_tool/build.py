@@ -145,6 +145,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
     Raises:
         MicrocontainerError: any input or output problem (nothing is written).
     """
+    _one_platform(spec, "this command")
     fmt = format_for_path(output, fmt)
     name, tag = split_reference(name, tag)
     packages = None
@@ -314,6 +315,7 @@ def trace_spec(spec: ImageSpec, args: list[str], cache_dir: str | None = None, r
     from microcontainer_tool.errors import UnsupportedError
     from microcontainer_tool.runtime.tracer import trace_root
 
+    _one_platform(spec, "trace")
     if cache_dir is None:
         from microcontainer_tool.hostfs.cachedir import default_cache_dir
 
@@ -458,6 +460,20 @@ def _image_id(location: ImageLocation, name: str, manifest_digest: str, config_d
     if location.ref is None:
         return config_digest or manifest_digest
     return name if "@sha256:" in name else f"{name}@{manifest_digest}"
+
+
+def _one_platform(spec: ImageSpec, what: str) -> None:
+    """Refuse a multi-platform spec (``arch:`` a list) where one platform's image is made.
+
+    Raises:
+        UnsupportedError: the spec lists several platforms.
+    """
+    if spec.platforms:
+        from microcontainer_tool.errors import UnsupportedError
+
+        raise UnsupportedError(f"{spec.where('arch')}: arch lists {len(spec.platforms)} platforms and {what} "
+                               "handles one: `microcontainer build` builds them all (an image index), "
+                               "`build --platform ARCH` one")
 
 
 def default_name(output: str) -> str:

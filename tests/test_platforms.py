@@ -246,6 +246,8 @@ def test_docker_archive_is_refused_for_several_platforms(arm64_root: Path, tmp_p
     one = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "arm.tar"), "--format", "docker-archive",
                   "--platform", "arm64")
     assert one.returncode == 0, one.stderr
+    traced = run_cli("trace", "-c", str(spec), "--", "/bin/ls")
+    assert_one_line_error(traced, "arch lists 2 platforms and trace handles one")
 
 
 def test_platform_options_choose_the_manifest(built: Path, arm64_root: Path, tmp_path: Path) -> None:
