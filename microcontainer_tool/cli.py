@@ -747,6 +747,12 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
         return _packages(args, out)
     view = open_image(args.image, platform=args.platform)
     files = list(view.iter_files())
+    index = None
+    if view.platform_index is not None:  # a multi-platform image: which index, which platforms
+        from microcontainer_tool.oci.imageview import platform_text
+
+        index = {"digest": view.platform_index[0].digest,
+                 "platforms": {platform_text(d.platform): d.digest for d in view.platform_index[1]}}
     if args.json:
         data = {
             "manifest_digest": view.manifest_digest,
@@ -755,11 +761,15 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             "files": [{"path": f.path, "type": f.type, "mode": f"{f.mode:04o}", "size": f.size,
                        "link": f.linkname} for f in files],
         }
+        if index is not None:
+            data["index"] = index
         json.dump(data, out, indent=2, sort_keys=True)
         out.write("\n")
         return 0
     config = view.config
     conf = config.get("config", {})
+    if index is not None:
+        print(f"index     {index['digest']} ({', '.join(index['platforms'])})", file=out)
     print(f"manifest  {view.manifest_digest}", file=out)
     print(f"config    {view.manifest['config']['digest']}", file=out)
     for layer in view.manifest.get("layers", []):

@@ -23,6 +23,7 @@ from microcontainer_tool.hostfs.atomic import make_temp_dir
 from microcontainer_tool.oci.imageindex import (
     IndexResult,
     PlatformImage,
+    check_index_format,
     read_platform_image,
     write_index_image,
 )
@@ -135,8 +136,7 @@ def build_platforms(spec: ImageSpec, output: str, fmt: str | None = None, tag: s
     if not spec.platforms:
         raise SpecError(f"{spec.where('arch')}: not a multi-platform spec (arch is not a list)")
     fmt = format_for_path(output, fmt)
-    if fmt == "docker-archive":
-        write_index_image(output, fmt, [], "latest", "x")  # raises the one message for this
+    check_index_format(output, fmt)
     name, tag = split_reference(name, tag)
     name = name or default_name(output)
     options = {"compression": compression, "epoch": epoch, "allow_missing": allow_missing,

@@ -255,6 +255,12 @@ def test_platform_options_choose_the_manifest(built: Path, arm64_root: Path, tmp
     assert arm.returncode == 0 and "platform  linux/arm64/v8" in arm.stdout.splitlines(), arm.stderr
     host = run_cli("inspect", str(built))
     assert "platform  linux/amd64" in host.stdout.splitlines(), host.stderr
+    top, index = _index(built)
+    assert host.stdout.splitlines()[0] == \
+        f"index     {top['manifests'][0]['digest']} (linux/amd64, linux/arm64/v8)"
+    as_json = json.loads(run_cli("inspect", "--json", "--platform", "arm64", str(built)).stdout)
+    assert as_json["index"] == {"digest": top["manifests"][0]["digest"], "platforms": _platforms(index)}
+    assert as_json["manifest_digest"] == _platforms(index)["linux/arm64/v8"]
     assert_one_line_error(run_cli("inspect", "--platform", "linux/s390x", str(built)),
                           "no image for platform linux/s390x", "linux/arm64/v8")
     why = run_cli("why", "--platform", "linux/arm64", str(built), "/lib/ld-linux-aarch64.so.1")
@@ -406,3 +412,20 @@ def test_microizing_a_multi_platform_index_takes_each_platform_from_it(built: Pa
         listing = run_cli("inspect", "--json", "--platform", arch, str(out))
         names = {os.path.basename(f["path"]) for f in json.loads(listing.stdout)["files"]}
         assert "uname" in names and "ls" not in names, sorted(names)
+
+
+def test_scons_pushes_the_index(arm64_root: Path, env: Env, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    _spec(project, arm64_root)
+    ref = f"{env.open.host}/scons/multi:v1"
+    (project / "SConstruct").write_text(
+        f"env = Environment(tools=['default', 'microimage'], toolpath=[{str(TOOL_DIR)!r}])\n"
+        "img = env.MicroImage('build/img', 'microimage.yaml')\n"
+        f"env.MicroPush('build/img.pushed', img, REF={ref!r}, MCT_PUSH_PLAIN_HTTP=True)\n")
+    _scons(project)
+    top, _index_blob = _index(project / "build/img")
+    digest = top["manifests"][0]["digest"]
+    assert (project / "build/img.pushed").read_text() == f"{ref}@{digest}\n"
+    raw = _skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}")
+    assert raw.returncode == 0 and json.loads(raw.stdout)["mediaType"] == INDEX, raw.stderr
+    assert "MicroPush" not in _scons(project)

@@ -126,6 +126,17 @@ def platform_index(images: Sequence[PlatformImage]) -> bytes:
     return canonical_json(oci.index([image.manifest for image in images]))
 
 
+def check_index_format(out: str, fmt: str) -> None:
+    """Refuse ``docker-archive`` for a multi-platform image (see the module docstring).
+
+    Raises:
+        UnsupportedError: ``fmt`` is ``docker-archive``.
+    """
+    if fmt == "docker-archive":
+        raise UnsupportedError(f"{out}: a docker-archive holds one image per tag, not a multi-platform "
+                               "index: write an OCI layout or oci-archive, or build one platform")
+
+
 def write_index_image(out: str, fmt: str | None, images: Sequence[PlatformImage], tag: str, name: str,
                       annotations: Mapping[str, str] | None = None) -> IndexResult:
     """Write ``images`` as one multi-platform image (an image index) to ``out``, atomically.
@@ -147,9 +158,7 @@ def write_index_image(out: str, fmt: str | None, images: Sequence[PlatformImage]
             OCI layout, or an I/O failure (the previous output is left intact).
     """
     fmt = format_for_path(out, fmt)
-    if fmt == "docker-archive":
-        raise UnsupportedError(f"{out}: a docker-archive holds one image per tag, not a multi-platform "
-                               "index: write an OCI layout or oci-archive, or build one platform")
+    check_index_format(out, fmt)
     check_tag(tag)
     check_name(name)
     target = os.path.abspath(out)
