@@ -31,7 +31,7 @@ from microcontainer_tool.oci.layer import LayerLimits
 from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.layout import format_for_path, split_reference, sync_layout_from_archive
 from microcontainer_tool.registry.imagecache import RegistryOptions
-from microcontainer_tool.spec.imagespec import ImageSpec, platform_specs
+from microcontainer_tool.spec.imagespec import ARCHES, ImageSpec, platform_specs
 
 
 @dataclass
@@ -57,13 +57,14 @@ class PlatformsResult:
 
 
 def select_platform(spec: ImageSpec, platform: str) -> ImageSpec:
-    """The single-platform spec of ``platform`` (``arm64``, ``linux/arm64`` or ``linux/arm64/v8``).
+    """The single-platform spec of ``platform`` (``arm64``, ``aarch64``, ``linux/arm64``, ``linux/arm64/v8``).
 
     Raises:
         SpecError: the spec does not list that platform.
     """
     parts = platform.split("/")
     arch = parts[1] if len(parts) > 1 else parts[0]
+    arch = {rpm: oci for oci, rpm in ARCHES.items()}.get(arch, arch)  # aarch64 is arm64
     for one in platform_specs(spec):
         if one.arch == arch:
             return one
