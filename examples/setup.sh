@@ -33,6 +33,26 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
+# Multi-platform images (tests/test_platforms.py): arm64 .debs come from Debian's archive
+# (dpkg --add-architecture arm64), and runc runs arm64 programs through qemu-aarch64-static,
+# registered with binfmt_misc with the F flag (the interpreter is opened at registration, so it
+# works inside a container's root). Both steps are idempotent.
+if [ "$(id -u)" = 0 ] && command -v dpkg >/dev/null; then
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        echo "setup: dpkg --add-architecture arm64" >&2
+        dpkg --add-architecture arm64
+        apt-get update -qq
+    fi
+    if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+    fi
+    if [ -e /proc/sys/fs/binfmt_misc/register ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] \
+            && [ -f /usr/lib/binfmt.d/qemu-aarch64.conf ]; then
+        echo "setup: registering qemu-aarch64 with binfmt_misc" >&2
+        grep -v '^#' /usr/lib/binfmt.d/qemu-aarch64.conf | grep -v '^$' > /proc/sys/fs/binfmt_misc/register
+    fi
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi

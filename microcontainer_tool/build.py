@@ -150,6 +150,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
     Raises:
         MicrocontainerError: any input or output problem (nothing is written).
     """
+    _one_platform(spec, "this command")
     fmt = format_for_path(output, fmt)
     name, tag = split_reference(name, tag)
     packages = None
@@ -165,7 +166,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         from microcontainer_tool.sources.image.root import ImageRoot
 
         path, image_name = fetch_image(source, cache, registry, platform_for(spec.arch), offline)
-        sysroot = ImageRoot.open(path, cache, name=image_name, limits=layer_limits)
+        sysroot = ImageRoot.open(path, cache, name=image_name, limits=layer_limits,
+                                 platform=spec.arch or None)
         image_id = _image_id(source, image_name, sysroot.manifest_digest, sysroot.config_digest)
         sysroot.label = f"image:{image_id}"
         spec = inherit_from_image(spec, sysroot.config)
@@ -193,6 +195,12 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
             notes.append(f"resolved the packages and wrote {lock_path(spec)}")
         packages = prepare_sysroot(lock, spec, cache, offline=offline, shared=shared_packages)
     assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot)
+    if spec.arch and assembly.closure is not None:  # every ELF file of the image is of its machine
+        from microcontainer_tool.closure.machines import check_machines
+
+        where = "packages" if spec.packages else spec.from_
+        check_machines(assembly.closure.objects, spec.arch,
+                       f"{spec.where('from')} (arch {spec.arch}, from {where})")
     if parent is not None:
         from microcontainer_tool.sources.image.parent import check_platform, drop_inherited
 
@@ -312,6 +320,7 @@ def trace_spec(spec: ImageSpec, args: list[str], cache_dir: str | None = None, r
     from microcontainer_tool.errors import UnsupportedError
     from microcontainer_tool.runtime.tracer import trace_root
 
+    _one_platform(spec, "trace")
     if cache_dir is None:
         from microcontainer_tool.hostfs.cachedir import default_cache_dir
 
@@ -456,6 +465,25 @@ def _image_id(location: ImageLocation, name: str, manifest_digest: str, config_d
     if location.ref is None:
         return config_digest or manifest_digest
     return name if "@sha256:" in name else f"{name}@{manifest_digest}"
+
+
+def _one_platform(spec: ImageSpec, what: str) -> None:
+    """Refuse a multi-platform spec (``arch:`` a list) where one platform's image is made.
+
+    Raises:
+        UnsupportedError: the spec lists several platforms.
+    """
+    if spec.platforms:
+        from microcontainer_tool.errors import UnsupportedError
+
+        raise UnsupportedError(f"{spec.where('arch')}: arch lists {len(spec.platforms)} platforms and {what} "
+                               "handles one: `microcontainer build` builds them all (an image index), "
+                               "`build --platform ARCH` one")
+
+
+def default_name(output: str) -> str:
+    """The image name a build gives by default: the output's stem, cleaned to a valid name."""
+    return _default_name(output)
 
 
 def _default_name(output: str) -> str:

@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="host directory mounted read-only at /read for the probe")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
     _add_cache_repo_options(build)
+    build.add_argument("--platform", metavar="[OS/]ARCH[/VARIANT]",
+                       help="of a multi-platform spec (arch: a list), build only this platform's image "
+                            "(a single image, as for one arch)")
 
     lock = sub.add_parser("lock", help="resolve an RPM spec's packages and write microimage.lock")
     lock.add_argument("-c", "--config", metavar="SPEC",
@@ -164,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     sbom.add_argument("--format", choices=tuple(SBOM_FORMATS), default="cyclonedx",
                       help="cyclonedx (CycloneDX 1.6 JSON, the default) or spdx (SPDX 2.3 JSON)")
     sbom.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of stdout")
+    _add_platform_options(sub)
     return parser
 
 
@@ -272,7 +276,6 @@ def guarded(action: Callable[[], int], err: TextIO, prog: str = "microcontainer"
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from microcontainer_tool.build import build_image
     from microcontainer_tool.oci.layer import layer_limits
-    from microcontainer_tool.oci.layercache import LayerCache
     from microcontainer_tool.oci.layout import split_reference
     from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.spec.imagespec import load_spec
@@ -280,18 +283,24 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
     spec = load_spec(args.config)
     epoch = source_date_epoch(env)
     args.name, args.tag = split_reference(args.name, args.tag)
-    shared = _open_cache_repo(args, err, env)
-    layer_cache = None
-    if args.layer_cache or shared is not None:
-        from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    if spec.platforms:
+        from microcontainer_tool.platformbuild import select_platform
 
-        layer_cache = LayerCache(args.layer_cache or args.cache_dir or default_cache_dir(), remote=shared)
+        if args.platform is None:
+            return _build_platforms(spec, args, out, err, epoch, env)
+        spec = select_platform(spec, args.platform)
+    elif args.platform is not None:
+        from microcontainer_tool.errors import SpecError
+
+        raise SpecError(f"{spec.where('arch')}: --platform chooses among the platforms of a spec whose "
+                        "arch is a list; this spec builds one image")
+    shared = _open_cache_repo(args, err, env)
     try:
         result = build_image(
             spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
             compression=args.compression, epoch=epoch,
             allow_missing=args.allow_missing,
-            layer_cache=layer_cache,
+            layer_cache=_layer_cache(args, shared),
             cache_dir=args.cache_dir, offline=args.offline, shared_packages=shared,
             registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
                                      docker_config=args.docker_config, deadline=args.deadline),
@@ -320,6 +329,45 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
             print(f"cache    {describe(shared)}", file=out)
     if args.probe is not None:
         return _probe(result, args, err)
+    return 0
+
+
+def _build_platforms(spec: Any, args: argparse.Namespace, out: TextIO, err: TextIO, epoch: int,
+                     env: dict[str, str] | os._Environ[str]) -> int:
+    """``build`` of a multi-platform spec: one image per platform, written as one image index."""
+    from microcontainer_tool.errors import UnsupportedError
+    from microcontainer_tool.oci.layer import layer_limits
+    from microcontainer_tool.platformbuild import build_platforms
+    from microcontainer_tool.registry.imagecache import RegistryOptions
+
+    for flag, given in (("--sbom", args.sbom), ("--probe", args.probe)):
+        if given:
+            raise UnsupportedError(f"{flag} is not supported for a multi-platform build yet: "
+                                   "give --platform to build one platform")
+    shared = _open_cache_repo(args, err, env)
+    try:
+        result = build_platforms(
+            spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
+            compression=args.compression, epoch=epoch, allow_missing=args.allow_missing,
+            layer_cache=_layer_cache(args, shared),
+            cache_dir=args.cache_dir, offline=args.offline, shared_packages=shared,
+            registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
+                                     docker_config=args.docker_config, deadline=args.deadline),
+            layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
+        )
+    finally:
+        if shared is not None:
+            shared.client.close()
+    for warning in result.warnings:
+        print(f"microcontainer: warning: {warning}", file=err)
+    if args.quiet:
+        print(result.index_digest, file=out)
+        return 0
+    print(f"{result.output} ({result.format}): image index of {len(result.builds)} platforms", file=out)
+    print(f"index    {result.index_digest}", file=out)
+    for platform, build in zip(result.platforms, result.builds, strict=True):
+        print(f"{platform:<16} manifest {build.manifest_digest}: {build.files} entries, "
+              f"layer {build.layer.size} bytes", file=out)
     return 0
 
 
@@ -445,6 +493,23 @@ def _open_cache_repo(args: argparse.Namespace, err: TextIO,
                              warn=lambda line: print(f"microcontainer: warning: {line}", file=err))
 
 
+def _layer_cache(args: argparse.Namespace, shared: Any) -> Any:
+    """The build's layer cache: ``--layer-cache DIR``, or the tool's cache when a cache repo is used."""
+    if not args.layer_cache and shared is None:
+        return None
+    from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    from microcontainer_tool.oci.layercache import LayerCache
+
+    return LayerCache(args.layer_cache or args.cache_dir or default_cache_dir(), remote=shared)
+
+def _add_platform_options(sub: Any) -> None:
+    """``--platform`` on the commands that read one image of a multi-platform index."""
+    for command in ("run", "inspect", "why", "sbom", "diff", "push"):
+        what = ("push only this platform's image (default: the whole index)" if command == "push" else
+                "the image of a multi-platform index (default: this machine's, else the first)")
+        sub.choices[command].add_argument("--platform", metavar="[OS/]ARCH[/VARIANT]", help=what)
+
+
 def _add_registry_parsers(sub: Any) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-u", "--username",
@@ -535,7 +600,8 @@ def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
                            state_dir=state, cache_dir=args.cache_dir or default_cache_dir(), debug=args.debug,
                            toolbox=args.toolbox, args=args.args or None, env=args.env, user=args.user,
                            write_dir=args.write,
-                           read_dir=args.read, net=args.net, userns=not args.no_userns)
+                           read_dir=args.read, net=args.net, userns=not args.no_userns,
+                           platform=args.platform)
     if args.command == "ps":
         infos = runtime.ps(state)
         if args.json:
@@ -576,7 +642,7 @@ def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ref = Reference.parse(args.ref)
     with _client(args, ref.registry) as client:
         result = push(args.image, ref, client, docker_media_types=args.docker_media_types,
-                      mount_from=args.mount_from, progress=tty_progress(err))
+                      mount_from=args.mount_from, progress=tty_progress(err), platform=args.platform)
     if args.quiet:
         print(result.digest, file=out)
     else:
@@ -604,24 +670,25 @@ def _lock(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.sources.rpm.lock import read_lock, write_lock
     from microcontainer_tool.sources.rpm.root import lock_packages, lock_path, spec_inputs_digest
     from microcontainer_tool.sources.rpm.yumrepos import with_system_repos
-    from microcontainer_tool.spec.imagespec import load_spec
+    from microcontainer_tool.spec.imagespec import load_spec, platform_specs
 
-    spec = load_spec(args.config)
-    if not spec.packages:
-        raise SpecError(f"{spec.source}: no 'package' or 'packages' to lock")
-    spec = with_system_repos(spec)
-    path = lock_path(spec)
-    if os.path.exists(path) and not args.update:
-        if read_lock(path).inputs_digest == spec_inputs_digest(spec):
-            print(f"{path} is up to date with the spec (--update to take newer packages)", file=out)
-            return 0
-    lock = lock_packages(spec, args.cache_dir or default_cache_dir())
-    write_lock(path, lock)
-    print(f"{path}: {len(lock.packages)} packages", file=out)
-    for package in lock.packages:
-        epoch = f"{package.epoch}:" if package.epoch else ""
-        print(f"  {package.name}-{epoch}{package.version}-{package.release}.{package.arch} ({package.repo})",
-              file=out)
+    loaded = load_spec(args.config)
+    if not loaded.packages:
+        raise SpecError(f"{loaded.source}: no 'package' or 'packages' to lock")
+    for one in platform_specs(loaded):  # a multi-platform spec: one lock per architecture
+        spec = with_system_repos(one)
+        path = lock_path(spec)
+        if os.path.exists(path) and not args.update:
+            if read_lock(path).inputs_digest == spec_inputs_digest(spec):
+                print(f"{path} is up to date with the spec (--update to take newer packages)", file=out)
+                continue
+        lock = lock_packages(spec, args.cache_dir or default_cache_dir())
+        write_lock(path, lock)
+        print(f"{path}: {len(lock.packages)} packages", file=out)
+        for package in lock.packages:
+            epoch = f"{package.epoch}:" if package.epoch else ""
+            print(f"  {package.name}-{epoch}{package.version}-{package.release}.{package.arch} "
+                  f"({package.repo})", file=out)
     return 0
 
 
@@ -676,7 +743,7 @@ def _print_tree(closure: object, out: TextIO) -> None:
 def _why(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.model.provenance import package_line, read_record, why
 
-    record = read_record(args.image)
+    record = read_record(args.image, args.platform)
     for line in why(record, args.path):
         print(line, file=out)
     print(package_line(record, args.path), file=out)
@@ -686,7 +753,7 @@ def _why(args: argparse.Namespace, out: TextIO) -> int:
 def _sbom(args: argparse.Namespace, out: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from microcontainer_tool.reports.sbom import render_sbom, write_file
 
-    data = render_sbom(args.image, args.format, source_date_epoch(env))
+    data = render_sbom(args.image, args.format, source_date_epoch(env), args.platform)
     if args.output is not None:
         write_file(args.output, data)
     elif getattr(out, "buffer", None) is not None:
@@ -701,7 +768,7 @@ def _sbom(args: argparse.Namespace, out: TextIO, env: dict[str, str] | os._Envir
 def _packages(args: argparse.Namespace, out: TextIO) -> int:
     from microcontainer_tool.model.provenance import read_record
 
-    packages = read_record(args.image)["packages"]
+    packages = read_record(args.image, args.platform)["packages"]
     rows = [(p["name"], (f"{p['epoch']}:" if p.get("epoch") and p["type"] == "rpm" else "") + p["version"]
              + (f"-{p['release']}" if p.get("release") else ""),
              p["arch"], p["type"], p.get("license") or "-")
@@ -726,8 +793,14 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
 
     if args.packages:
         return _packages(args, out)
-    view = open_image(args.image)
+    view = open_image(args.image, platform=args.platform)
     files = list(view.iter_files())
+    index = None
+    if view.platform_index is not None:  # a multi-platform image: which index, which platforms
+        from microcontainer_tool.oci.imageview import platform_text
+
+        index = {"digest": view.platform_index[0].digest,
+                 "platforms": {platform_text(d.platform): d.digest for d in view.platform_index[1]}}
     if args.json:
         data = {
             "manifest_digest": view.manifest_digest,
@@ -736,11 +809,15 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
             "files": [{"path": f.path, "type": f.type, "mode": f"{f.mode:04o}", "size": f.size,
                        "link": f.linkname} for f in files],
         }
+        if index is not None:
+            data["index"] = index
         json.dump(data, out, indent=2, sort_keys=True)
         out.write("\n")
         return 0
     config = view.config
     conf = config.get("config", {})
+    if index is not None:
+        print(f"index     {index['digest']} ({', '.join(index['platforms'])})", file=out)
     print(f"manifest  {view.manifest_digest}", file=out)
     print(f"config    {view.manifest['config']['digest']}", file=out)
     for layer in view.manifest.get("layers", []):
@@ -775,14 +852,21 @@ def _diff(args: argparse.Namespace, out: TextIO) -> int:
         path, label = text, text
         if location is not None and location.local is None:
             path, label = fetch_image(location, args.cache_dir or default_cache_dir(), options,
-                                      offline=args.offline)
-        with open_image(path) as view:
+                                      platform=_registry_platform(args.platform), offline=args.offline)
+        with open_image(path, platform=args.platform) as view:
             summaries.append(summarize(view, label))
     result = compare(summaries[0], summaries[1])
     if args.package:
         result = only_package(result, args.package)
     out.write(render_json(result) if args.json else render_text(result))
     return 0 if result["identical"] else 1
+
+
+def _registry_platform(platform: str | None) -> str:
+    """``--platform`` as a registry pull takes it (``os/arch[/variant]``; empty: this machine's)."""
+    if not platform:
+        return ""
+    return platform if "/" in platform else f"linux/{platform}"
 
 
 def main_entry() -> None:

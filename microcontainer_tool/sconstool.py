@@ -72,6 +72,13 @@ same repository (any target: see :class:`RegistryCacheDir`).
 
 The flags take booleans or strings (``""``, ``0``, ``false``, ``no``, ``off``
 are false).
+
+Multi-platform images: a spec (or an ``ARCH`` keyword) whose ``arch`` is a list
+builds each platform as its own node, the oci-archive
+``NAME.platforms/ARCH.tar`` (its own spec ``Value``, scanner and sysroot
+inputs), and joins them into one image index at the target: a change to one
+platform's inputs rebuilds that platform's archive only, then the (cheap)
+join. ``docker-archive`` targets are refused for them.
 """
 
 from __future__ import annotations
@@ -110,6 +117,8 @@ SPEC_KEYWORDS = {
 #: Construction variables that change the output bytes (in the action's varlist).
 OUTPUT_VARIABLES = ["MCT_COMPRESSION", "MCT_TAG", "MCT_NAME", "MCT_SOURCE_DATE_EPOCH",
                     "MCT_ALLOW_MISSING", "_MCT_FORMAT"]
+#: Construction variables that change a multi-platform index's bytes (the join's varlist).
+INDEX_VARIABLES = ["MCT_TAG", "MCT_NAME", "_MCT_FORMAT"]
 #: The probe run after each build (``build --probe``): a change builds and probes again.
 PROBE_VARIABLES = ["MCT_PROBE", "MCT_PROBE_WARN"]
 #: MicroPush options (in the push action's varlist: a change pushes again).
@@ -258,6 +267,11 @@ def generate(env: Any) -> None:
         action=SCons.Action.Action(_sync_layout, "$MCT_LAYOUTCOMSTR"),
         target_factory=SCons.Node.FS.File,
     )
+    env["BUILDERS"]["_MicroImageIndex"] = SCons.Builder.Builder(
+        action=SCons.Action.Action(_join_platforms, "$MCT_COMSTR", varlist=INDEX_VARIABLES),
+        target_factory=SCons.Node.FS.File,
+        source_factory=SCons.Node.FS.File,
+    )
     env["BUILDERS"]["_MicroPush"] = SCons.Builder.Builder(
         action=SCons.Action.Action(_push_image, "$MCT_PUSHCOMSTR", varlist=PUSH_VARIABLES),
         target_factory=SCons.Node.FS.File,
@@ -315,6 +329,8 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     except MicrocontainerError as error:
         _fail_in_sconscript(f"MicroImage('{name}'): {error}")
     project += _spec_inputs(env, spec, files)
+    if spec.platforms:
+        return _micro_image_platforms(env, overrides, name, spec, project)
     if spec.packages:
         project += _package_inputs(env, spec, name)
     project += _image_inputs(env, spec)
@@ -328,6 +344,32 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
         return env.Flatten(overrides._MicroImageArchive(name, [value] + project, _MCT_FORMAT=fmt, **build_kw))
     archive = overrides._MicroImageArchive(f"{name}.tar", [value] + project, _MCT_FORMAT="oci-archive",
                                            **build_kw)
+    layout = overrides._MicroImageLayout(f"{name}/index.json", archive)
+    env.NoCache(layout)
+    env.Clean(layout, env.Dir(name))
+    return env.Flatten([archive, layout])
+
+
+def _micro_image_platforms(env: Any, overrides: Any, name: str, spec: Any, project: list[Any]) -> list[Any]:
+    """``MicroImage`` of a multi-platform spec: one archive node per platform, joined into an index."""
+    from microcontainer_tool.spec.imagespec import platform_specs
+
+    fmt = overrides.subst("$MCT_FORMAT") or _format_by_suffix(name)
+    if fmt == "docker-archive":
+        _fail_in_sconscript(f"MicroImage('{name}'): a docker-archive holds one image per tag, not a "
+                            "multi-platform index: use an OCI layout or oci-archive target")
+    top = env.Dir("#").abspath
+    parts = []
+    for one in platform_specs(spec):
+        payload = json.dumps({"format": FORMAT_VERSION, "base": os.path.relpath(one.base_dir, top),
+                              "spec": one.canonical()}, sort_keys=True)
+        inputs = project + (_package_inputs(env, one, name) if one.packages else []) + _image_inputs(env, one)
+        parts += overrides._MicroImageArchive(
+            f"{name}.platforms/{one.arch}.tar", [env.Value(payload)] + inputs, _MCT_FORMAT="oci-archive",
+            _MCT_SPEC=payload, _MCT_PROJECT=[_host_path(n) for n in inputs])
+    if fmt != "oci":
+        return env.Flatten(overrides._MicroImageIndex(name, parts, _MCT_FORMAT=fmt))
+    archive = overrides._MicroImageIndex(f"{name}.tar", parts, _MCT_FORMAT="oci-archive")
     layout = overrides._MicroImageLayout(f"{name}/index.json", archive)
     env.NoCache(layout)
     env.Clean(layout, env.Dir(name))
@@ -560,6 +602,18 @@ def _shared_cache(env: Any, target: Any) -> Any:
                              docker_config=_docker_config(env),
                              compression=env.subst("$MCT_COMPRESSION"),
                              warn=lambda line: print(f"microcontainer: warning: {target}: {line}"))
+
+
+def _join_platforms(target: list[Any], source: list[Any], env: Any) -> int:
+    """Action: join the per-platform archives into one multi-platform image (an image index)."""
+    from microcontainer_tool.platformbuild import join_archives
+
+    try:
+        join_archives([part.abspath for part in source], target[0].abspath, env.subst("$_MCT_FORMAT"),
+                      tag=env.subst("$MCT_TAG") or None, name=env.subst("$MCT_NAME") or None)
+    except MicrocontainerError as error:
+        raise SCons.Errors.UserError(f"{target[0]}: {error}") from None
+    return 0
 
 
 def _probe(target: Any, result: Any, command: str, cache_dir: str | None, warn_only: bool) -> None:

@@ -28,7 +28,7 @@ PACKAGE_DIR = Path(microcontainer_tool.__file__).resolve().parent
 LIBRARY_PACKAGES = ("spec", "sources", "closure", "model", "assembly", "oci", "registry", "runtime",
                     "reports", "hostfs")
 #: The front ends: no library module may import them.
-FRONT_ENDS = ("build", "cli", "smithcli", "sconstool", "__main__", "site_tools")
+FRONT_ENDS = ("build", "platformbuild", "cli", "smithcli", "sconstool", "__main__", "site_tools")
 #: Modules at the bottom: they may import nothing of the package but ``errors``.
 FOUNDATIONS = ("hostfs", "errors")
 

@@ -642,7 +642,7 @@ class _Assembler:
 
     def _platform(self, main: str | None, closure: Closure | None) -> tuple[str, str | None]:
         if self.spec.arch:
-            return self.spec.arch, None
+            return self.spec.arch, self.spec.variant or None
         infos: list[ElfInfo] = []
         if main is not None and closure is not None:
             found = self._lookup(main)

@@ -102,8 +102,10 @@ def add_record(tree: FileTree, packages: Mapping[str, Mapping[str, Any]], image:
                    provenance=(generated,)))
 
 
-def read_record(image: str) -> dict[str, Any]:
+def read_record(image: str, platform: str | None = None) -> dict[str, Any]:
     """Read the provenance record out of an image (the topmost layer holding one).
+
+    ``platform`` (``[OS/]ARCH[/VARIANT]``) picks the image of a multi-platform index.
 
     Raises:
         LayoutError: the image has no record, or it is malformed.
@@ -112,7 +114,7 @@ def read_record(image: str) -> dict[str, Any]:
     from microcontainer_tool.oci.imageview import open_image
 
     wanted = RECORD_PATH.lstrip("/")
-    with open_image(image) as view:
+    with open_image(image, platform=platform) as view:
         for number in reversed(range(len(view.layers))):
             data = None
             with view.layer_tar(number) as tar:  # verified when the block ends

@@ -205,6 +205,8 @@ class ImageView:
         self._layer_names = layer_names
         self._config_name = config_name
         self.limits = LayerLimits()
+        #: the multi-platform image index followed to the manifest, and its entries (else None)
+        self.platform_index: tuple[Descriptor, list[Descriptor]] | None = None
         rootfs = config.get("rootfs")
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
         if not isinstance(diff_ids, list) or len(diff_ids) != len(self.layers):
@@ -235,6 +237,21 @@ class ImageView:
             data = oci.canonical_json(self.manifest)
         if oci.sha256_digest(data) != self.manifest_digest:
             raise LayoutError(f"{self.path}: manifest {self.manifest_digest} does not match its content")
+        return data
+
+    def index_bytes(self) -> bytes:
+        """The exact bytes of the image index followed to this image (:attr:`platform_index`).
+
+        Raises:
+            LayoutError: the image was not reached through an index, or the bytes do not match.
+        """
+        if self.platform_index is None:
+            raise LayoutError(f"{self.path}: the image is not a multi-platform index")
+        desc = self.platform_index[0]
+        with self._source.open(_blob_name(desc.digest)) as handle:
+            data: bytes = handle.read(MAX_JSON_BLOB + 1)
+        if oci.sha256_digest(data) != desc.digest:
+            raise LayoutError(f"{self.path}: image index {desc.digest} does not match its content")
         return data
 
     def open_config_blob(self) -> BinaryIO:
@@ -403,15 +420,40 @@ def _choose(descs: list[Descriptor], tag: str | None, label: str) -> Descriptor:
     raise LayoutError(f"{label}: holds {len(descs)} images; name one as {label}:TAG")
 
 
-def _by_platform(descs: list[Descriptor], label: str) -> Descriptor:
+def platform_text(plat: Any) -> str:
+    """``os/architecture[/variant]`` of a descriptor's ``platform`` (``?`` for what it lacks)."""
+    plat = plat if isinstance(plat, dict) else {}
+    parts = [str(plat.get("os") or "?"), str(plat.get("architecture") or "?")]
+    return "/".join(parts + ([str(plat["variant"])] if plat.get("variant") else []))
+
+
+def _by_platform(descs: list[Descriptor], label: str, platform: str | None = None) -> Descriptor:
     if not descs:
         raise LayoutError(f"{label}: empty nested image index")
+    if platform is not None:
+        return _chosen_platform(descs, label, platform)
     arch = _HOST_ARCH.get(_platform.machine(), _platform.machine())
     for desc in descs:
         plat = desc.platform or {}
         if plat.get("os") == "linux" and plat.get("architecture") == arch:
             return desc
     return descs[0]
+
+
+def _chosen_platform(descs: list[Descriptor], label: str, platform: str) -> Descriptor:
+    """The entry for ``platform``: ``[OS/]ARCH[/VARIANT]`` (OS defaults to linux; no variant: any)."""
+    parts = platform.split("/")
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        raise LayoutError(f"invalid platform {platform!r} (expected [os/]arch[/variant], e.g. linux/arm64)")
+    if len(parts) == 1:
+        parts = ["linux", *parts]
+    for desc in descs:
+        plat = desc.platform or {}
+        if plat.get("os") == parts[0] and plat.get("architecture") == parts[1] \
+                and (len(parts) < 3 or plat.get("variant") == parts[2]):
+            return desc
+    have = ", ".join(platform_text(d.platform) for d in descs)
+    raise LayoutError(f"{label}: no image for platform {platform} (available: {have})")
 
 
 def _is_artifact(source: _Source, raw: Any, desc: Descriptor, label: str) -> bool:
@@ -427,7 +469,7 @@ def _is_artifact(source: _Source, raw: Any, desc: Descriptor, label: str) -> boo
     return "subject" in manifest or "artifactType" in manifest
 
 
-def _open_oci(path: str, source: _Source, tag: str | None) -> ImageView:
+def _open_oci(path: str, source: _Source, tag: str | None, platform: str | None = None) -> ImageView:
     index = _read_json(source, "index.json", path)
     descs = _descriptors(index, path)
     if len(descs) > 1:  # referrers (SBOMs, signatures) are listed beside their image, without a tag
@@ -435,11 +477,15 @@ def _open_oci(path: str, source: _Source, tag: str | None) -> ImageView:
                   if not _is_artifact(source, raw, d, path)]
         descs = images or descs
     desc = _choose(descs, tag, path)
+    followed: tuple[Descriptor, list[Descriptor]] | None = None
     for _ in range(4):
         if desc.media_type not in oci.INDEX_TYPES:
             break
-        nested = _json_blob(source, desc, path)
-        desc = _by_platform(_descriptors(nested, path), path)
+        nested = _descriptors(_json_blob(source, desc, path), path)
+        followed = followed or (desc, nested)
+        desc = _by_platform(nested, path, platform)
+    if platform is not None and followed is None:
+        _check_single_platform(source, desc, path, platform)
     if desc.media_type not in oci.MANIFEST_TYPES:
         raise LayoutError(f"{path}: {desc.digest} has unsupported media type {desc.media_type!r}")
     manifest = _json_blob(source, desc, path)
@@ -451,7 +497,18 @@ def _open_oci(path: str, source: _Source, tag: str | None) -> ImageView:
     for name in names:
         if not source.exists(name):
             raise LayoutError(f"{path}: layer blob {name} is missing")
-    return ImageView(path, source, index, manifest, desc.digest, config, names)
+    view = ImageView(path, source, index, manifest, desc.digest, config, names)
+    view.platform_index = followed
+    return view
+
+
+def _check_single_platform(source: _Source, desc: Descriptor, label: str, platform: str) -> None:
+    """``--platform`` on a single-platform image: it must be that platform's."""
+    if desc.media_type not in oci.MANIFEST_TYPES:
+        return
+    manifest = _json_blob(source, desc, label)
+    config = _json_blob(source, Descriptor.from_dict(manifest.get("config") or {}), label)
+    _chosen_platform([desc.with_platform(oci.platform_of(config))], label, platform)
 
 
 def _legacy_digest(name: str) -> str | None:
@@ -515,13 +572,16 @@ def _open_docker_legacy(path: str, source: _TarSource, tag: str | None) -> Image
                      [_member_name(n) for n in layer_names], _member_name(config_name))
 
 
-def open_image(path: str, tag: str | None = None) -> ImageView:
+def open_image(path: str, tag: str | None = None, platform: str | None = None) -> ImageView:
     """Open an image for reading.
 
     Args:
         path: an OCI layout directory (or ``DIR:TAG``), an oci-archive, a smith
             ``.tar.gz``, or a docker-archive.
         tag: the image to pick when the index holds several (``ref.name``).
+        platform: ``[OS/]ARCH[/VARIANT]``: the manifest to pick from a
+            multi-platform index (default: this machine's, else the first); a
+            single-platform image must be of it.
 
     Returns:
         A verified view of the image's index, manifest and config.
@@ -538,13 +598,17 @@ def open_image(path: str, tag: str | None = None) -> ImageView:
         source = _DirSource(path)
         if not source.exists("oci-layout"):
             raise LayoutError(f"{path}: not an OCI image layout (no oci-layout file)")
-        return _open_oci(path, source, tag)
+        return _open_oci(path, source, tag, platform)
     source = _open_archive(path)
     try:
         if source.exists("index.json") and source.exists("oci-layout"):
-            return _open_oci(path, source, tag)
+            return _open_oci(path, source, tag, platform)
         if source.exists("manifest.json"):
-            return _open_docker_legacy(path, source, tag)
+            view = _open_docker_legacy(path, source, tag)
+            if platform is not None:
+                _chosen_platform([Descriptor(oci.DOCKER_MANIFEST, view.manifest_digest, 0, None,
+                                             oci.platform_of(view.config))], path, platform)
+            return view
         raise LayoutError(f"{path}: not an OCI or docker archive (no index.json or manifest.json)")
     except BaseException:
         source.close()

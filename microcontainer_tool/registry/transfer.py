@@ -174,7 +174,8 @@ def to_docker_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_media_types: bool = False,
-         mount_from: str | None = None, progress: Progress | None = None) -> PushResult:
+         mount_from: str | None = None, progress: Progress | None = None,
+         platform: str | None = None) -> PushResult:
     """Push an image to ``ref``.
 
     Args:
@@ -186,6 +187,10 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
             (its bytes and digest change; the result holds the pushed digest).
         mount_from: a repository on the same registry to mount missing blobs from.
         progress: called with ``(digest, done, total)`` during uploads.
+        platform: of a multi-platform image (an image index), push only this
+            platform's manifest (``[OS/]ARCH[/VARIANT]``); without it the whole
+            index is pushed: each platform's manifest by digest, then the index
+            under the tag.
 
     Returns:
         The pushed digest, the blob counts (uploaded, skipped, mounted) and
@@ -204,7 +209,16 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
         mount_from = Reference.parse(f"{client.registry}/{mount_from}").repository
         if mount_from == ref.repository:
             mount_from = None
-    with open_image(image_path) as view:
+    with open_image(image_path, platform=platform) as view:
+        if view.platform_index is not None and platform is None:
+            index_bytes = view.index_bytes()
+            children = list(view.platform_index[1])
+        else:
+            children = []
+    if children:
+        return _push_index(image_path, ref, client, index_bytes, children,
+                           docker_media_types=docker_media_types, mount_from=mount_from, progress=progress)
+    with open_image(image_path, platform=platform) as view:
         manifest_bytes = view.manifest_bytes()
         media_type = _manifest_media_type(view.manifest)
         if media_type not in oci.MANIFEST_TYPES:
@@ -244,6 +258,33 @@ def push(image_path: str, ref: Reference, client: RegistryClient, *, docker_medi
         referrers = push_referrers(client, ref.repository, view.path, pushed, send_blob).pushed
     return PushResult(pushed, ref.with_digest(pushed), media_type, counts["uploaded"], counts["skipped"],
                       counts["mounted"], counts["sent"], referrers)
+
+
+def _push_index(image_path: str, ref: Reference, client: RegistryClient, index_bytes: bytes,
+                children: list[Descriptor], *, docker_media_types: bool, mount_from: str | None,
+                progress: Progress | None) -> PushResult:
+    """Push a multi-platform image: each platform's image by digest, then the index's exact bytes."""
+    if docker_media_types:
+        raise RegistryError(f"{image_path}: --docker-media-types converts one image manifest; "
+                            "this is a multi-platform index (push it as OCI, or one --platform)")
+    digest = oci.sha256_digest(index_bytes)
+    if ref.digest and ref.digest != digest:
+        raise RegistryError(f"{ref}: the image's index is {digest}")
+    totals = {"uploaded": 0, "skipped": 0, "mounted": 0, "sent": 0, "referrers": 0}
+    for child in children:
+        if child.media_type not in oci.MANIFEST_TYPES or not child.platform:
+            raise LayoutError(f"{image_path}: index entry {child.digest} is not a platform's image manifest")
+        plat = child.platform
+        text = "/".join([plat.get("os", ""), plat.get("architecture", "")]
+                        + ([plat["variant"]] if plat.get("variant") else []))
+        one = push(image_path, Reference(ref.registry, ref.repository, None, child.digest), client,
+                   mount_from=mount_from, progress=progress, platform=text)
+        for key, value in (("uploaded", one.uploaded), ("skipped", one.skipped), ("mounted", one.mounted),
+                           ("sent", one.bytes_uploaded), ("referrers", one.referrers)):
+            totals[key] += value
+    pushed = client.put_manifest(ref.repository, ref.tag or digest, index_bytes, oci.MEDIA_TYPE_INDEX)
+    return PushResult(pushed, ref.with_digest(pushed), oci.MEDIA_TYPE_INDEX, totals["uploaded"],
+                      totals["skipped"], totals["mounted"], totals["sent"], totals["referrers"])
 
 
 def push_and_record(image_path: str, ref: Reference, client: RegistryClient, stamp: str, *,

@@ -102,7 +102,7 @@ class ImageFacts:
         return sorted(pairs)
 
 
-def render_sbom(image: str, fmt: str = "cyclonedx", epoch: int = 0) -> bytes:
+def render_sbom(image: str, fmt: str = "cyclonedx", epoch: int = 0, platform: str | None = None) -> bytes:
     """Render the SBOM of ``image``.
 
     Args:
@@ -110,6 +110,7 @@ def render_sbom(image: str, fmt: str = "cyclonedx", epoch: int = 0) -> bytes:
             oci-archive, docker-archive, smith ``.tar.gz``).
         fmt: ``cyclonedx`` (CycloneDX 1.6 JSON) or ``spdx`` (SPDX 2.3 JSON).
         epoch: the document's timestamp (``SOURCE_DATE_EPOCH``).
+        platform: ``[OS/]ARCH[/VARIANT]``: the image to pick from a multi-platform index.
 
     Returns:
         The document: UTF-8 JSON with sorted keys, two-space indented, ending in a newline.
@@ -123,7 +124,7 @@ def render_sbom(image: str, fmt: str = "cyclonedx", epoch: int = 0) -> bytes:
     if fmt not in FORMATS:
         raise SpecError(f"unknown SBOM format {fmt!r} (choose from {', '.join(FORMATS)})")
     timestamp = rfc3339(epoch)  # checks the range
-    facts = read_image_facts(image, sha1=fmt == "spdx")
+    facts = read_image_facts(image, sha1=fmt == "spdx", platform=platform)
     if fmt == "spdx":
         return render_spdx(facts, timestamp)
     return render_cyclonedx(facts, epoch)
@@ -148,14 +149,16 @@ class _Layer:
     record: bytes | None = None
 
 
-def read_image_facts(image: str, sha1: bool = False) -> ImageFacts:
+def read_image_facts(image: str, sha1: bool = False, platform: str | None = None) -> ImageFacts:
     """Read the provenance record and hash the files of the layer holding it.
+
+    ``platform`` (``[OS/]ARCH[/VARIANT]``) picks the image of a multi-platform index.
 
     Raises:
         LayoutError: no record, a malformed record, or a record listing a file the layer lacks.
         DigestMismatchError: the layer's blob or tar does not match its digests.
     """
-    with open_image(image) as view:
+    with open_image(image, platform=platform) as view:
         for number in reversed(range(len(view.layers))):
             layer = _scan_layer(view, number, sha1)
             if layer.record is not None:

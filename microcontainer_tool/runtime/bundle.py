@@ -36,7 +36,7 @@ class Bundle:
     image_config: dict[str, Any]
 
 
-def make_bundle(image: str, cache_dir: str, tag: str | None = None) -> Bundle:
+def make_bundle(image: str, cache_dir: str, tag: str | None = None, platform: str | None = None) -> Bundle:
     """Unpack ``image`` into the cache (once per manifest digest) and return it.
 
     Args:
@@ -44,13 +44,14 @@ def make_bundle(image: str, cache_dir: str, tag: str | None = None) -> Bundle:
             docker-archive.
         cache_dir: the tool's cache; root filesystems go in ``cache_dir/bundles/``.
         tag: the image to pick when the layout holds several.
+        platform: ``[OS/]ARCH[/VARIANT]``: the image to pick from a multi-platform index.
 
     Raises:
         LayoutError: the image cannot be read or a blob does not match its digest.
         RunError: a layer holds an unsafe member, or ``cache_dir/bundles`` cannot be created.
         OutputError: the cache is not writable (no temporary directory, or the rename failed).
     """
-    with open_image(image, tag) as view:
+    with open_image(image, tag, platform) as view:
         digest = view.manifest_digest
         bundles = os.path.join(os.path.abspath(cache_dir), "bundles")
         final = os.path.join(bundles, digest)

@@ -243,7 +243,7 @@ def _generated_name() -> str:
 def run(image: str, *, name: str | None = None, detach: bool = False, runtime: str = "runc",
         state_dir: str, cache_dir: str, tag: str | None = None, debug: bool = False,
         toolbox: str | None = None, wrapper: Sequence[str] = (), stdout: int | None = None,
-        bundle: Bundle | None = None, **config_kw: Any) -> int:
+        bundle: Bundle | None = None, platform: str | None = None, **config_kw: Any) -> int:
     """Run ``image`` as a microcontainer.
 
     Args:
@@ -265,6 +265,7 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
             record): ``trace`` runs a sysroot this way. Its root is always
             staged (bound under the container's state directory), so that
             even ``/`` can be the container's root.
+        platform: ``[OS/]ARCH[/VARIANT]``: the image to pick from a multi-platform index.
         **config_kw: keyword arguments of :func:`~microcontainer_tool.runtime.config.runtime_config`
             (``args``, ``env``, ``user``, ``write_dir``, ``read_dir``, ``net``, ``userns``, ``extra_mounts``).
 
@@ -285,7 +286,7 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
         raise RunError("a wrapped (traced) container cannot be detached")
     prepared = bundle is not None
     if bundle is None:
-        bundle = make_bundle(image, cache_dir, tag)
+        bundle = make_bundle(image, cache_dir, tag, platform)
     extra = list(config_kw.pop("extra_mounts", ()))
     if debug:
         extra.append(bind_mount(toolbox_dir(toolbox, cache_dir), CRASHCART, readonly=True))

@@ -63,6 +63,9 @@ def names_image(text: str) -> bool:
 #: OCI architecture names and the RPM architectures they mean.
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "arm": "armv7hl", "386": "i686",
           "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64el"}
+#: The OCI ``platform.variant`` a multi-platform build gives each architecture that has one
+#: (the image spec's list for ``arm64`` and ``arm``; see README, "Multi-platform images").
+VARIANTS = {"arm64": "v8", "arm": "v7"}
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ class ImageSpec:
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[str, ...] = ()
     arch: str = ""
+    platforms: tuple[str, ...] = ()
+    from_platforms: tuple[tuple[str, str], ...] = ()
+    variant: str = ""
+    per_arch_lock: bool = False
     packages: tuple[str, ...] = ()
     repos: tuple[RepoSpec, ...] = ()
     exclude_packages: tuple[str, ...] = ()
@@ -155,10 +162,17 @@ class ImageSpec:
         return self.user or DEFAULT_USER
 
     def canonical(self) -> dict[str, Any]:
-        """A stable, JSON-able form (no host paths except ``from``/``files``)."""
+        """A stable, JSON-able form (no host paths except ``from``/``files``).
+
+        The multi-platform fields (``platforms``, ``from_platforms``, ``variant``)
+        appear only when set, so a single-platform spec's form is what it was
+        before they existed.
+        """
         out: dict[str, Any] = {}
         for fld in fields(self):
             if fld.name in ("base_dir", "source", "lines", "project_dir"):
+                continue
+            if fld.name in _OPTIONAL_CANONICAL and not getattr(self, fld.name):
                 continue
             value = getattr(self, fld.name)
             if fld.name == "repos":
@@ -166,6 +180,10 @@ class ImageSpec:
             out[fld.name] = [list(v) if isinstance(v, tuple) else v for v in value] \
                 if isinstance(value, tuple) else value
         return out
+
+
+#: Fields :meth:`ImageSpec.canonical` leaves out when empty.
+_OPTIONAL_CANONICAL = ("platforms", "from_platforms", "variant", "per_arch_lock")
 
 
 def find_spec(path: str | None) -> str:
@@ -264,6 +282,12 @@ def parse_spec(text: str, source: str, base_dir: str, complete: bool = True) -> 
                 f"{checker.at(key_node)}: unknown key {key!r} (known: {', '.join(sorted(_HANDLERS))})"
             )
         name, convert = handler
+        if key == "arch" and isinstance(value_node, yaml.SequenceNode):
+            values["platforms"] = _arch_list(checker, value_node)
+            continue
+        if key == "from" and isinstance(value_node, yaml.MappingNode):
+            values["from_platforms"] = _from_per_platform(checker, value_node)
+            continue
         values[name] = convert(checker, value_node)
     _package_image(values, lines, package_type, checker)
     spec = ImageSpec(base_dir=base_dir, source=source, lines=lines, given=tuple(sorted(lines)), **values)
@@ -470,6 +494,32 @@ def _arch(checker: _Checker, node: yaml.Node) -> str:
     return value
 
 
+def _arch_list(checker: _Checker, node: yaml.SequenceNode) -> tuple[str, ...]:
+    """``arch: [amd64, arm64]``: the platforms of a multi-platform image, in order, each once."""
+    if not node.value:
+        raise checker.fail(node, "arch must not be an empty list")
+    out: list[str] = []
+    for item in node.value:
+        arch = _arch(checker, item)
+        if arch in out:
+            raise checker.fail(item, f"arch {arch!r} is listed twice")
+        out.append(arch)
+    return tuple(out)
+
+
+def _from_per_platform(checker: _Checker, node: yaml.MappingNode) -> tuple[tuple[str, str], ...]:
+    """``from: {amd64: ./root-amd64, arm64: ./root-arm64}``: one sysroot per platform."""
+    if not node.value:
+        raise checker.fail(node, "from must not be an empty mapping")
+    out: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        arch = _arch(checker, key_node)
+        if arch in out:
+            raise checker.fail(key_node, f"from names arch {arch!r} twice")
+        out[arch] = checker.scalar(value_node, f"from.{arch}")
+    return tuple(out.items())
+
+
 def _package(checker: _Checker, node: yaml.Node) -> tuple[str, ...]:
     return (checker.scalar(node, "package"),)
 
@@ -603,9 +653,47 @@ def check_spec(spec: ImageSpec) -> None:
                         "to resolve")
     if spec.repos and not spec.packages:
         raise SpecError(f"{spec.where('repos')}: 'repos' without 'packages' has nothing to resolve")
+    _check_platforms(spec)
     if not spec.paths and not spec.files and not spec.packages and not os.path.isdir(spec.overlay_dir):
         raise SpecError(f"{spec.source}: nothing to put in the image: "
                         "give 'paths', 'files' or a rootfs/ overlay")
+
+
+def _check_platforms(spec: ImageSpec) -> None:
+    """``from:`` per platform must name exactly the platforms ``arch:`` lists."""
+    if not spec.from_platforms:
+        return
+    if spec.packages:
+        raise SpecError(f"{spec.where('from')}: 'from' and 'packages' both name the sysroot: give one")
+    named = [arch for arch, _ in spec.from_platforms]
+    if not spec.platforms:
+        raise SpecError(f"{spec.where('from')}: 'from' names a sysroot per platform: list the platforms "
+                        f"in 'arch' (arch: [{', '.join(named)}])")
+    missing = [arch for arch in spec.platforms if arch not in named]
+    extra = [arch for arch in named if arch not in spec.platforms]
+    if missing:
+        raise SpecError(f"{spec.where('from')}: 'from' names no sysroot for {', '.join(missing)} "
+                        "(listed in 'arch')")
+    if extra:
+        raise SpecError(f"{spec.where('from')}: 'from' names a sysroot for {', '.join(extra)}, "
+                        "which 'arch' does not list")
+
+
+def platform_specs(spec: ImageSpec) -> list[ImageSpec]:
+    """The single-platform specs a multi-platform spec (``arch:`` a list) builds, in ``arch:`` order.
+
+    Each has ``arch`` set to one platform, ``variant`` to its :data:`VARIANTS`
+    entry, and ``from`` to that platform's sysroot (``from:`` per platform) or
+    the shared one; an RPM spec's each resolves into a lock of its own
+    architecture (``per_arch_lock``: ``microimage.ARCH.lock``). A
+    single-platform spec gives itself.
+    """
+    if not spec.platforms:
+        return [spec]
+    sysroots = dict(spec.from_platforms)
+    return [replace(spec, arch=arch, variant=VARIANTS.get(arch, ""), platforms=(), from_platforms=(),
+                    from_=sysroots.get(arch, spec.from_), per_arch_lock=bool(spec.packages))
+            for arch in spec.platforms]
 
 
 def spec_warnings(spec: ImageSpec) -> list[str]:
@@ -668,6 +756,10 @@ def merge_specs(base: ImageSpec, override: ImageSpec) -> ImageSpec:
             value = tuple((image, _rebase(local, override.base_dir, base.base_dir)) for image, local in value)
         if key == "from":
             value = _rebase(value, override.base_dir, base.base_dir)
+            changes["from_platforms"] = tuple((arch, _rebase(path, override.base_dir, base.base_dir))
+                                              for arch, path in override.from_platforms)
+        if key == "arch":
+            changes["platforms"] = override.platforms
         if key in EXTENDING_KEYS:
             merged = dict(getattr(base, name))
             merged.update(dict(value))
@@ -694,6 +786,8 @@ def spec_from_canonical(data: dict[str, Any], base_dir: str, source: str, projec
     try:
         for fld in fields(ImageSpec):
             if fld.name in ("base_dir", "source", "lines", "project_dir"):
+                continue
+            if fld.name in _OPTIONAL_CANONICAL and fld.name not in data:
                 continue
             value = data[fld.name]
             if fld.name == "repos":

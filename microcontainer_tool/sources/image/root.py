@@ -120,7 +120,7 @@ class ImageRoot(SysRoot):
 
     @classmethod
     def open(cls, image: str, cache_dir: str, tag: str | None = None, name: str | None = None,
-             limits: LayerLimits | None = None) -> ImageRoot:
+             limits: LayerLimits | None = None, platform: str | None = None) -> ImageRoot:
         """Open an image as a sysroot, preparing its layers in ``cache_dir`` once.
 
         Args:
@@ -130,6 +130,9 @@ class ImageRoot(SysRoot):
             tag: the image to pick when the index holds several.
             name: how messages and provenance name the image (default: ``image``).
             limits: how far a layer may expand (see :class:`.layertars.LayerCache`).
+            platform: ``[OS/]ARCH[/VARIANT]``: the image to pick from a
+                multi-platform index (default: this machine's); a
+                single-platform image must be of it.
 
         Returns:
             The merged view.
@@ -141,7 +144,7 @@ class ImageRoot(SysRoot):
             SourceError: the cache cannot be written.
         """
         cache = LayerCache(cache_dir, limits)
-        with open_image(image, tag) as view:
+        with open_image(image, tag, platform) as view:
             layers = [cache.layer(view, number) for number in range(len(view.layers))]
             root = cls(name or image, cache.cache_dir, view.config, view.manifest_digest, layers)
             root.config_digest = str((view.manifest.get("config") or {}).get("digest", ""))

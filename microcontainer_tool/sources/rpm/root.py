@@ -37,7 +37,13 @@ LOCK_NAME = "microimage.lock"
 
 
 def lock_path(spec: ImageSpec) -> str:
-    """Where a spec's lock file lives: ``microimage.lock`` beside the spec."""
+    """Where a spec's lock file lives: ``microimage.lock`` beside the spec.
+
+    One platform of a multi-platform spec (``per_arch_lock``) has its own,
+    ``microimage.RPMARCH.lock`` (``microimage.aarch64.lock``).
+    """
+    if spec.per_arch_lock:
+        return os.path.join(spec.base_dir, f"microimage.{spec.rpm_arch}.lock")
     return os.path.join(spec.base_dir, LOCK_NAME)
 
 
