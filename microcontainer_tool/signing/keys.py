@@ -114,12 +114,21 @@ def load_public_key(path: str) -> ec.EllipticCurvePublicKey:
     data = _read(path)
     if b"PRIVATE KEY" in data:
         return load_private_key(path).public_key()
+    return load_public_key_bytes(data, path)
+
+
+def load_public_key_bytes(data: bytes, label: str = "public key") -> ec.EllipticCurvePublicKey:
+    """Parse an ECDSA P-256 public key (PEM ``PUBLIC KEY``); ``label`` names it in errors.
+
+    Raises:
+        SigningError: not a PEM P-256 public key.
+    """
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as error:
-        raise SigningError(f"{path}: not a PEM public key ({error})") from None
+        raise SigningError(f"{label}: not a PEM public key ({error})") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise SigningError(f"{path}: not an ECDSA P-256 public key")
+        raise SigningError(f"{label}: not an ECDSA P-256 public key")
     return key
 
 
