@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -462,6 +463,37 @@ def test_sign_a_pushed_image_and_pushed_referrers_follow(env: Env, pem: dict[str
     assert _cosign_independent(host, "team/built", digest, pem["wrong.pub"], tmp_path) == "ok"
     assert run_cli("verify", "--plain-http", f"{host}/team/built:1", "--key", str(pem["wrong.pub"]),
                    cwd=tmp_path).returncode == 0
+    # a second key adds its signature to the .sig image; the first one stays
+    again = run_cli("sign", "--plain-http", f"{host}/team/built:1", "--key", str(pem["right"]), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    layers = _skopeo_raw(f"{host}/team/built:sha256-{digest.split(':', 1)[1]}.sig")["layers"]
+    assert len(layers) == 2
+    for name in ("right.pub", "wrong.pub"):
+        assert _cosign_independent(host, "team/built", digest, pem[name], tmp_path) == "ok"
+
+
+def test_scons_attests_and_signs(pem: dict[str, Path], tmp_path: Path) -> None:
+    """``MCT_ATTEST`` and ``MCT_SIGN_KEY``: the archive and the synced layout carry both."""
+    tool_dir = Path(__file__).resolve().parent.parent / "microcontainer_tool" / "site_tools"
+    (tmp_path / "SConstruct").write_text(
+        f"env = Environment(tools=['default', 'microimage'], toolpath=[{str(tool_dir)!r}],\n"
+        f"                  MCT_ATTEST=True, MCT_SIGN_KEY={str(pem['right'])!r})\n"
+        "env.MicroImage('img', FROM='/', PATHS=['/usr/bin/true'], CMD=['/usr/bin/true'])\n")
+    environ = {k: v for k, v in os.environ.items() if k not in ("SCONSFLAGS", "SOURCE_DATE_EPOCH")}
+    environ["PYTHONPATH"] = str(tool_dir.parent.parent) + os.pathsep + environ.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "SCons"], cwd=tmp_path, env=environ, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for image in ("img.tar", "img"):
+        ok = run_cli("verify", image, "--key", str(pem["right.pub"]), cwd=tmp_path)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert run_cli("verify", image, "--key", str(pem["wrong.pub"]), cwd=tmp_path).returncode == 1
+    digest = json.loads((tmp_path / "img" / "index.json").read_text())["manifests"][0]["digest"]
+    kinds = {d.artifact_type for d in referrers(str(tmp_path / "img"), digest)}
+    assert kinds == {attest.STATEMENT_MEDIA_TYPE, SIG_TYPE}
+    rerun = subprocess.run([sys.executable, "-m", "SCons", "-q"], cwd=tmp_path, env=environ, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout  # up to date: signing does not rebuild
 
 
 # --- registries.d --------------------------------------------------------------------------------
