@@ -470,6 +470,10 @@ def test_sign_a_pushed_image_and_pushed_referrers_follow(env: Env, pem: dict[str
     assert len(layers) == 2
     for name in ("right.pub", "wrong.pub"):
         assert _cosign_independent(host, "team/built", digest, pem[name], tmp_path) == "ok"
+    # pulled, the image keeps its signature referrers: it verifies as a layout
+    pulled = run_cli("pull", "--plain-http", f"{host}/team/built:1", "-o", "pulled", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    assert run_cli("verify", "pulled", "--key", str(pem["right.pub"]), cwd=tmp_path).returncode == 0
 
 
 def test_scons_attests_and_signs(pem: dict[str, Path], tmp_path: Path) -> None:
@@ -491,8 +495,8 @@ def test_scons_attests_and_signs(pem: dict[str, Path], tmp_path: Path) -> None:
     digest = json.loads((tmp_path / "img" / "index.json").read_text())["manifests"][0]["digest"]
     kinds = {d.artifact_type for d in referrers(str(tmp_path / "img"), digest)}
     assert kinds == {attest.STATEMENT_MEDIA_TYPE, SIG_TYPE}
-    rerun = subprocess.run([sys.executable, "-m", "SCons", "-q"], cwd=tmp_path, env=environ, capture_output=True,
-                           text=True, timeout=300)
+    rerun = subprocess.run([sys.executable, "-m", "SCons", "-q"], cwd=tmp_path, env=environ,
+                           capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout  # up to date: signing does not rebuild
 
 

@@ -203,7 +203,7 @@ class RemoteSigning:
 
 def _merged_tag_layers(client: Any, repo: str, tag: str, ours: Descriptor) -> list[Descriptor]:
     """The ``.sig`` image's layers: those already there (other keys, other payloads), then ours."""
-    found = get_optional_manifest(client, repo, tag)
+    found = get_optional_manifest(client, repo, tag, accept=(oci.MEDIA_TYPE_MANIFEST, oci.DOCKER_MANIFEST))
     layers: list[Descriptor] = []
     if found is not None:
         try:

@@ -55,7 +55,7 @@ def layout_of(path: str, write: bool) -> Iterator[str]:
     if _kind(path) == "oci":
         yield path
         return
-    scratch = tempfile.mkdtemp(prefix=".mct-sign-", dir=os.path.dirname(os.path.abspath(path)))
+    scratch = tempfile.mkdtemp(prefix="mct-sign-")  # the archive's directory may be read-only (verify)
     try:
         layout = os.path.join(scratch, "layout")
         sync_layout_from_archive(path, layout)

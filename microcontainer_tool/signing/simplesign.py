@@ -101,7 +101,10 @@ def _load_config(directory: str) -> tuple[dict[str, Any] | None, dict[str, dict[
             if default is not None:
                 raise SigningError(f"{path}: default-docker is defined in two files of {directory}")
             default = data["default-docker"]
-        for namespace, config in (data.get("docker") or {}).items():
+        docker = data.get("docker") or {}
+        if not isinstance(docker, dict):
+            raise SigningError(f"{path}: docker: must be a mapping of namespaces")
+        for namespace, config in docker.items():
             if namespace in namespaces:
                 raise SigningError(f"{path}: docker namespace {namespace!r} is defined twice in {directory}")
             if isinstance(config, dict):

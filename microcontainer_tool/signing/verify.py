@@ -143,7 +143,7 @@ def verify_remote(client: Any, ref: Reference, spec: KeySpec, registries_d: str 
         return fetch_blob(client, repo, layer, cosign.MAX_PAYLOAD)
 
     tag = cosign.signature_tag(digest)
-    found = get_optional_manifest(client, repo, tag)
+    found = get_optional_manifest(client, repo, tag, accept=(oci.MEDIA_TYPE_MANIFEST, oci.DOCKER_MANIFEST))
     if found is not None:
         manifest = parse_json_object(found[0], f"{ref.name}:{tag}")
         checked += _check_layers(public, digest, cosign.layers_of(manifest), read, f"{ref.name}:{tag}")
