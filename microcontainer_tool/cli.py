@@ -808,6 +808,8 @@ def _add_signing_parsers(sub: Any) -> None:
                         help="OCI layout DIR[:TAG], FILE.tar, or host[:port]/repo[:tag]")
     verify.add_argument("--key", required=True, metavar="KEY",
                         help="PEM public key (cosign's format), or gpg:FINGERPRINT (a key in gpg's keyring)")
+    verify.add_argument("--attestation", action="store_true",
+                        help="also require a provenance statement (build --attest) signed with the key")
     registry_options(verify)
 
 
@@ -873,7 +875,7 @@ def _signing_command(args: argparse.Namespace, out: TextIO) -> int:
             return 0
         from microcontainer_tool.signing.verify import verify_local
 
-        verdict = verify_local(args.image, spec)
+        verdict = verify_local(args.image, spec, args.attestation)
     else:
         from microcontainer_tool.registry.reference import Reference
 
@@ -888,7 +890,7 @@ def _signing_command(args: argparse.Namespace, out: TextIO) -> int:
                 return 0
             from microcontainer_tool.signing.verify import verify_remote
 
-            verdict = verify_remote(client, ref, spec, args.registries_d)
+            verdict = verify_remote(client, ref, spec, args.registries_d, args.attestation)
     print(("verified: " if verdict.verified else "not verified: ") + verdict.message, file=out)
     return 0 if verdict.verified else 1
 

@@ -312,6 +312,17 @@ def test_build_attests_and_signs_the_image_its_sbom_and_statement(pem: dict[str,
     bad = run_cli("verify", "app", "--key", str(pem["wrong.pub"]), cwd=tmp_path)
     assert bad.returncode == 1 and "does not verify with the key" in bad.stdout
     assert len(bad.stdout.splitlines()) == 1
+    # --attestation: the signed statement must be there too
+    both = run_cli("verify", "app", "--attestation", "--key", str(pem["right.pub"]), cwd=tmp_path)
+    assert both.returncode == 0 and "provenance verified" in both.stdout, both.stdout + both.stderr
+    _build(tmp_path, "signed-only", "--sign", str(pem["right"]))
+    missing = run_cli("verify", "signed-only", "--attestation", "--key", str(pem["right.pub"]), cwd=tmp_path)
+    assert missing.returncode == 1 and "no provenance statement" in missing.stdout
+    _build(tmp_path, "unsigned-statement", "--attest")
+    assert run_cli("sign", "unsigned-statement", "--key", str(pem["right"]), cwd=tmp_path).returncode == 0
+    unsigned = run_cli("verify", "unsigned-statement", "--attestation", "--key", str(pem["right.pub"]),
+                       cwd=tmp_path)
+    assert unsigned.returncode == 1 and "statement is not signed" in unsigned.stdout
 
 
 def test_same_inputs_same_signed_bytes(pem: dict[str, Path], tmp_path: Path) -> None:
@@ -470,6 +481,13 @@ def test_sign_a_pushed_image_and_pushed_referrers_follow(env: Env, pem: dict[str
     assert len(layers) == 2
     for name in ("right.pub", "wrong.pub"):
         assert _cosign_independent(host, "team/built", digest, pem[name], tmp_path) == "ok"
+    # --attestation: the statement was signed with the right key only
+    attested = run_cli("verify", "--plain-http", "--attestation", f"{host}/team/built:1", "--key",
+                       str(pem["right.pub"]), cwd=tmp_path)
+    assert attested.returncode == 0 and "provenance verified" in attested.stdout, attested.stdout
+    other = run_cli("verify", "--plain-http", "--attestation", f"{host}/team/built:1", "--key",
+                    str(pem["wrong.pub"]), cwd=tmp_path)
+    assert other.returncode == 1 and "attestation's signature does not verify" in other.stdout, other.stdout
     # pulled, the image keeps its signature referrers: it verifies as a layout
     pulled = run_cli("pull", "--plain-http", f"{host}/team/built:1", "-o", "pulled", cwd=tmp_path)
     assert pulled.returncode == 0, pulled.stderr

@@ -194,3 +194,31 @@ def build_inputs(spec: ImageSpec, image: str, parameters: Mapping[str, Any],
     if about.get("arch"):
         params.setdefault("arch", about["arch"])
     return BuildInputs(name, file_digest, canonical_digest, packages, lock_digest, images, params, epoch)
+
+
+def check_attestation(public: ec.EllipticCurvePublicKey, data: bytes, layer_media_type: str,
+                      digest: str) -> str | None:
+    """Check an attached statement: ``None`` if ``public`` signed SLSA provenance about ``digest``.
+
+    Otherwise why not, in one line.
+    """
+    if layer_media_type != DSSE_MEDIA_TYPE:
+        return "the provenance statement is not signed (build with --attest --sign KEY)"
+    payload, problem = open_envelope(public, data)
+    if problem:
+        return problem
+    try:
+        body = jsontext.loads(payload, MAX_ENVELOPE)
+    except ValueError:
+        return "the attestation's payload is not JSON"
+    if not isinstance(body, dict) or body.get("_type") != STATEMENT_TYPE:
+        return "the attestation is not an in-toto Statement v1"
+    if body.get("predicateType") != SLSA_PROVENANCE:
+        return f"the attestation's predicate is {body.get('predicateType')}, not {SLSA_PROVENANCE}"
+    algorithm, _, value = oci.check_digest(digest).partition(":")
+    raw = body.get("subject")
+    subjects: list[Any] = raw if isinstance(raw, list) else []
+    if not any(isinstance(s, dict) and isinstance(s.get("digest"), dict)
+               and s["digest"].get(algorithm) == value for s in subjects):
+        return f"the provenance statement is not about {digest}"
+    return None

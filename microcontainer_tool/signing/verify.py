@@ -34,7 +34,7 @@ from microcontainer_tool.oci.store import LayoutStore
 from microcontainer_tool.registry.client import MANIFEST_ACCEPT
 from microcontainer_tool.registry.reference import Reference
 from microcontainer_tool.registry.referrers import fetch_referrers
-from microcontainer_tool.signing import cosign, keys, simplesign
+from microcontainer_tool.signing import attest, cosign, keys, simplesign
 from microcontainer_tool.signing.attachments import fetch_blob, get_optional_manifest
 from microcontainer_tool.signing.keys import KeySpec
 from microcontainer_tool.signing.localimage import layout_of
@@ -79,8 +79,35 @@ def _check_layers(public: ec.EllipticCurvePublicKey, digest: str, layers: list[D
     return out
 
 
-def verify_local(path: str, spec: KeySpec) -> Verdict:
+def _with_attestation(verdict: Verdict, checked: list[tuple[str, str | None]]) -> Verdict:
+    """The signature's verdict, further requiring a valid signed provenance statement among ``checked``."""
+    if not verdict.verified:
+        return verdict
+    for where, problem in checked:
+        if problem is None:
+            return Verdict(True, verdict.digest, f"{verdict.message}; provenance verified ({where})")
+    if not checked:
+        return Verdict(False, verdict.digest, f"{verdict.digest}: no provenance statement (build --attest)")
+    where, problem = checked[0]
+    return Verdict(False, verdict.digest, f"{verdict.digest}: {problem} ({where})")
+
+
+def _attestations(public: ec.EllipticCurvePublicKey, digest: str, manifest: dict[str, Any], read: Any,
+                  where: str) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for item in manifest.get("layers") or []:
+        if isinstance(item, dict):
+            layer = Descriptor.from_dict(item)
+            out.append((where, attest.check_attestation(public, read(layer, attest.MAX_ENVELOPE),
+                                                        layer.media_type, digest)))
+    return out
+
+
+def verify_local(path: str, spec: KeySpec, attestation: bool = False) -> Verdict:
     """Verify a local image (OCI layout ``DIR[:TAG]`` or oci-archive) with a cosign public key.
+
+    With ``attestation``, a provenance statement signed with the key (DSSE)
+    and naming the image must be attached too.
 
     Raises:
         SigningError: a ``gpg:`` key (GPG signatures live in a registry's lookaside store), or a bad key file.
@@ -93,23 +120,28 @@ def verify_local(path: str, spec: KeySpec) -> Verdict:
     with open_image(path) as view:
         digest = view.manifest_digest
     checked: list[tuple[str, str | None]] = []
+    statements: list[tuple[str, str | None]] = []
     with layout_of(path, write=False) as layout:
         store = LayoutStore(layout)
+
+        def read(layer: Descriptor, limit: int = cosign.MAX_PAYLOAD) -> bytes:
+            with open(store.blob_path(layer.digest), "rb") as handle:
+                data = handle.read(limit + 1)
+            if oci.sha256_digest(data) != layer.digest:
+                raise LayoutError(f"{path}: blob {layer.digest} does not match its digest")
+            return data
+
         for desc in referrers(layout, digest):
-            if getattr(desc, "artifact_type", "") != cosign.SIGNATURE_ARTIFACT_TYPE:
-                continue
-            manifest = store.read_json(desc, path, MAX_MANIFEST)
-
-            def read(layer: Descriptor) -> bytes:
-                with open(store.blob_path(layer.digest), "rb") as handle:
-                    data = handle.read(cosign.MAX_PAYLOAD + 1)
-                if oci.sha256_digest(data) != layer.digest:
-                    raise LayoutError(f"{path}: blob {layer.digest} does not match its digest")
-                return data
-
-            checked += _check_layers(public, digest, cosign.layers_of(manifest), read,
-                                     f"referrer {desc.digest}")
-    return _judge(digest, checked, f"no cosign signature in {path}")
+            kind = getattr(desc, "artifact_type", "")
+            if kind == cosign.SIGNATURE_ARTIFACT_TYPE:
+                manifest = store.read_json(desc, path, MAX_MANIFEST)
+                checked += _check_layers(public, digest, cosign.layers_of(manifest), read,
+                                         f"referrer {desc.digest}")
+            elif kind == attest.STATEMENT_MEDIA_TYPE and attestation:
+                manifest = store.read_json(desc, path, MAX_MANIFEST)
+                statements += _attestations(public, digest, manifest, read, f"referrer {desc.digest}")
+    verdict = _judge(digest, checked, f"no cosign signature in {path}")
+    return _with_attestation(verdict, statements) if attestation else verdict
 
 
 def resolve(client: Any, ref: Reference) -> str:
@@ -122,8 +154,12 @@ def resolve(client: Any, ref: Reference) -> str:
     return digest
 
 
-def verify_remote(client: Any, ref: Reference, spec: KeySpec, registries_d: str | None = None) -> Verdict:
+def verify_remote(client: Any, ref: Reference, spec: KeySpec, registries_d: str | None = None,
+                  attestation: bool = False) -> Verdict:
     """Verify a registry image: cosign signatures (``.sig`` tag, referrers) or GPG simple signatures.
+
+    With ``attestation`` (cosign keys), a provenance statement signed with the
+    key and naming the image must be among its referrers too.
 
     Raises:
         SigningError: a bad key file, an unreadable lookaside configuration, gpg missing.
@@ -133,27 +169,35 @@ def verify_remote(client: Any, ref: Reference, spec: KeySpec, registries_d: str 
     repo = ref.repository
     checked: list[tuple[str, str | None]] = []
     if spec.kind == "gpg":
+        if attestation:
+            raise SigningError("provenance statements are signed with PEM keys (DSSE): verify them with the "
+                               "public key, not gpg:FINGERPRINT")
         for path, data in simplesign.read_signatures(ref, digest, registries_d):
             checked.append((path, simplesign.check(simplesign.gpg_open(data), spec.value, digest, ref)))
         where = simplesign.signature_dir(ref, digest, False, registries_d)
         return _judge(digest, checked, f"no simple signature in the lookaside store ({where})")
     public = keys.load_public_key(spec.value)
 
-    def read(layer: Descriptor) -> bytes:
-        return fetch_blob(client, repo, layer, cosign.MAX_PAYLOAD)
+    def read(layer: Descriptor, limit: int = cosign.MAX_PAYLOAD) -> bytes:
+        return fetch_blob(client, repo, layer, limit)
 
     tag = cosign.signature_tag(digest)
     found = get_optional_manifest(client, repo, tag, accept=(oci.MEDIA_TYPE_MANIFEST, oci.DOCKER_MANIFEST))
     if found is not None:
         manifest = parse_json_object(found[0], f"{ref.name}:{tag}")
         checked += _check_layers(public, digest, cosign.layers_of(manifest), read, f"{ref.name}:{tag}")
-    if not any(problem is None for _, problem in checked):
+    statements: list[tuple[str, str | None]] = []
+    if attestation or not any(problem is None for _, problem in checked):
         with tempfile.TemporaryDirectory(prefix="mct-verify-") as scratch:
             store = LayoutStore(scratch)
             for entry in fetch_referrers(client, repo, digest, store):
-                if entry.artifact_type != cosign.SIGNATURE_ARTIFACT_TYPE:
-                    continue
-                manifest = store.read_json(entry.desc, ref.name, MAX_MANIFEST)
-                checked += _check_layers(public, digest, cosign.layers_of(manifest), read,
-                                         f"referrer {entry.desc.digest}")
-    return _judge(digest, checked, f"no cosign signature in {ref.name} (no {tag}, no signature referrer)")
+                if entry.artifact_type == cosign.SIGNATURE_ARTIFACT_TYPE:
+                    manifest = store.read_json(entry.desc, ref.name, MAX_MANIFEST)
+                    checked += _check_layers(public, digest, cosign.layers_of(manifest), read,
+                                             f"referrer {entry.desc.digest}")
+                elif entry.artifact_type == attest.STATEMENT_MEDIA_TYPE and attestation:
+                    manifest = store.read_json(entry.desc, ref.name, MAX_MANIFEST)
+                    statements += _attestations(public, digest, manifest, read,
+                                                f"referrer {entry.desc.digest}")
+    verdict = _judge(digest, checked, f"no cosign signature in {ref.name} (no {tag}, no signature referrer)")
+    return _with_attestation(verdict, statements) if attestation else verdict
