@@ -458,6 +458,7 @@ def test_push_sends_referrers_with_the_tag_schema(registry: Any, layout: tuple[P
         pulled = tmp_path / "pulled"
         assert pull(registry.ref("ref/app:v1"), str(pulled), client) == subject
         assert {d.digest for d in referrers(str(pulled), subject)} == {sbom.digest, spdx.digest, other.digest}
+        assert [d.digest for d in referrers(str(pulled), sbom.digest)] == [sig.digest]  # a referrer's, too
         assert _blob(pulled, oci.sha256_digest(b'{"sbom":1}')) == b'{"sbom":1}'
         with open_image(str(pulled)) as view:
             assert view.manifest_digest == subject

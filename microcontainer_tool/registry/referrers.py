@@ -178,11 +178,12 @@ def publish_referrers(client: Any, repo: str, subject_digest: str,
 
 
 def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutStore,
-                    progress: Any = None) -> list[IndexEntry]:
+                    progress: Any = None, _depth: int = 0) -> list[IndexEntry]:
     """Download the referrers of ``subject_digest`` into ``store`` (referrers API, else the tag).
 
     Only OCI manifests whose ``subject`` really is ``subject_digest`` are
-    taken; each manifest and blob is verified. Nothing listed: ``[]``.
+    taken; each manifest and blob is verified. The referrers of those
+    referrers (a signature of an SBOM) come too. Nothing listed: ``[]``.
 
     Returns:
         Their entries (each ``desc`` an :class:`~microcontainer_tool.oci.referrers.ArtifactDescriptor`),
@@ -229,5 +230,9 @@ def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutSt
         desc = ArtifactDescriptor(stored.media_type, stored.digest, stored.size, notes or None, None,
                                   entry.artifact_type)
         entries.append(IndexEntry(desc, entry.subject, entry.artifact_type, entry.blobs))
+    for entry in list(entries) if _depth < 4 else []:
+        known = {e.desc.digest for e in entries}
+        entries += [e for e in fetch_referrers(client, repo, entry.desc.digest, store, progress, _depth + 1)
+                    if e.desc.digest not in known]
     order = {d.digest: n for n, d in enumerate(order_entries(entries))}
     return sorted(entries, key=lambda e: order[e.desc.digest])
