@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_registry_parsers(sub)
     _add_runtime_parsers(sub)
+    _add_signing_parsers(sub)
 
     deps = sub.add_parser("deps", help="print the ELF closure of files, as ld.so would load it")
     deps.add_argument("files", nargs="+", metavar="FILE", help="image paths inside --root")
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     args = _parser().parse_args(argv)
     # diff keeps 1 for "different": its errors exit 2, as diff(1) and cmp(1) do
     return guarded(lambda: _dispatch(args, out, err, env), err,
-                   error_code=2 if args.command == "diff" else None)
+                   error_code=2 if args.command in ("diff", "verify") else None)
 
 
 def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO,
@@ -223,6 +224,8 @@ def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO,
         return _sbom(args, out, env)
     if args.command == "diff":
         return _diff(args, out)
+    if args.command in ("sign", "verify"):
+        return _signing_command(args, out)
     return _inspect(args, out)
 
 
@@ -294,6 +297,8 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
 
         raise SpecError(f"{spec.where('arch')}: --platform chooses among the platforms of a spec whose "
                         "arch is a list; this spec builds one image")
+    if args.attest or args.sign:
+        _check_signable(args)
     shared = _open_cache_repo(args, err, env)
     try:
         result = build_image(
@@ -313,6 +318,7 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         print(f"microcontainer: warning: {warning}", file=err)
     sbom = (_write_sbom(result, args.sbom, epoch, stamp=bool(env.get("SOURCE_DATE_EPOCH")))
             if args.sbom else "")
+    signing = _attest_and_sign(args, spec, result, env) if args.attest or args.sign else []
     if args.quiet:
         print(result.manifest_digest, file=out)
     else:
@@ -327,6 +333,8 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
             from microcontainer_tool.registry.sharedcache import describe
 
             print(f"cache    {describe(shared)}", file=out)
+        for line in signing:
+            print(f"signing  {line}", file=out)
     if args.probe is not None:
         return _probe(result, args, err)
     return 0
@@ -340,7 +348,8 @@ def _build_platforms(spec: Any, args: argparse.Namespace, out: TextIO, err: Text
     from microcontainer_tool.platformbuild import build_platforms
     from microcontainer_tool.registry.imagecache import RegistryOptions
 
-    for flag, given in (("--sbom", args.sbom), ("--probe", args.probe)):
+    for flag, given in (("--sbom", args.sbom), ("--probe", args.probe), ("--attest", args.attest),
+                        ("--sign", args.sign)):
         if given:
             raise UnsupportedError(f"{flag} is not supported for a multi-platform build yet: "
                                    "give --platform to build one platform")
@@ -643,6 +652,7 @@ def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     with _client(args, ref.registry) as client:
         result = push(args.image, ref, client, docker_media_types=args.docker_media_types,
                       mount_from=args.mount_from, progress=tty_progress(err), platform=args.platform)
+        signed = _sign_pushed(args, client, ref, result) if args.sign else []
     if args.quiet:
         print(result.digest, file=out)
     else:
@@ -651,6 +661,8 @@ def _push(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
               f"{result.mounted} mounted", file=out)
         if result.referrers:
             print(f"referrers {result.referrers} pushed (SBOMs and other artifacts of the image)", file=out)
+        for line in signed:
+            print(f"signed {line}", file=out)
     return 0
 
 
@@ -867,6 +879,145 @@ def _registry_platform(platform: str | None) -> str:
     if not platform:
         return ""
     return platform if "/" in platform else f"linux/{platform}"
+
+
+# --- signing and provenance (sign, verify, build --attest/--sign, push --sign) ---------------------
+
+
+def _add_signing_parsers(sub: Any) -> None:
+    build = sub.choices["build"]
+    build.add_argument("--attest", action="store_true",
+                       help="attach a provenance statement (in-toto, SLSA provenance v1) to the image as an "
+                            "OCI 1.1 referrer; DSSE-signed with --sign (OCI layouts and oci-archives)")
+    build.add_argument("--sign", metavar="KEY",
+                       help="sign the image, its SBOM and its attestation with the ECDSA P-256 PEM private "
+                            "key KEY (cosign's format), stored as referrers in the layout or oci-archive")
+    push = sub.choices["push"]
+    push.add_argument("--sign", metavar="KEY", action="append",
+                      help="sign the pushed manifest: a PEM private key (cosign: the sha256-<hex>.sig tag "
+                           "and a referrer) or gpg:FINGERPRINT (containers simple signing: the registries.d "
+                           "lookaside store); repeat for both")
+    push.add_argument("--registries.d", dest="registries_d", metavar="DIR",
+                      help="registries.d directory naming the lookaside store (default: "
+                           "~/.config/containers/registries.d, else /etc/containers/registries.d)")
+
+    def registry_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--registries.d", dest="registries_d", metavar="DIR",
+                            help="registries.d directory naming the lookaside store of GPG signatures")
+        parser.add_argument("-u", "--username",
+                            help="registry user; the password is read from standard input")
+        parser.add_argument("--docker-config", metavar="PATH",
+                            help="config.json or its directory (default: $DOCKER_CONFIG or ~/.docker)")
+        parser.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
+        parser.add_argument("--insecure", action="store_true",
+                            help="do not verify the registry's TLS certificate")
+        parser.add_argument("--timeout", type=float, default=30, metavar="SECONDS",
+                            help="connect and read timeout of each request (default: 30)")
+        parser.add_argument("--deadline", type=_positive_seconds, default=300, metavar="SECONDS",
+                            help=DEADLINE_HELP)
+        parser.add_argument("--retries", type=int, default=3,
+                            help="attempts for connection errors and 5xx answers (default: 3)")
+
+    sign = sub.add_parser("sign", help="sign an image (layout, oci-archive or registry reference) with a key")
+    sign.add_argument("image", metavar="IMAGE",
+                      help="OCI layout DIR[:TAG], FILE.tar, or host[:port]/repo[:tag]")
+    sign.add_argument("--key", required=True, metavar="KEY",
+                      help="ECDSA P-256 PEM private key (cosign's format), or gpg:FINGERPRINT "
+                           "(registry images)")
+    sign.add_argument("--identity", metavar="REPO",
+                      help="the repository a local image's signature names (default: its name)")
+    registry_options(sign)
+    verify = sub.add_parser("verify",
+                            help="check an image's signature (exit 0 verified, 1 not verified, 2 error)")
+    verify.add_argument("image", metavar="IMAGE",
+                        help="OCI layout DIR[:TAG], FILE.tar, or host[:port]/repo[:tag]")
+    verify.add_argument("--key", required=True, metavar="KEY",
+                        help="PEM public key (cosign's format), or gpg:FINGERPRINT (a key in gpg's keyring)")
+    verify.add_argument("--attestation", action="store_true",
+                        help="also require a provenance statement (build --attest) signed with the key")
+    registry_options(verify)
+
+
+def _is_local_image(text: str) -> bool:
+    return os.path.exists(text) or (":" in text and os.path.exists(text.rsplit(":", 1)[0]))
+
+
+def _check_signable(args: argparse.Namespace) -> None:
+    """``build --attest/--sign`` need an output that can hold referrers; fail before building."""
+    from microcontainer_tool.oci.layout import format_for_path
+
+    if format_for_path(args.output, args.format) not in ("oci", "oci-archive"):
+        raise SpecError("--attest and --sign need an OCI layout or an oci-archive (.tar) output: "
+                        "smith .tar.gz and docker-archives cannot carry referrers")
+    if args.sign and args.sign.startswith("gpg:"):
+        raise SpecError("build --sign takes a PEM key: GPG simple signatures name a registry reference, "
+                        "so they are made at push (push --sign gpg:FINGERPRINT)")
+
+
+def _attest_and_sign(args: argparse.Namespace, spec: Any, result: Any,
+                     env: dict[str, str] | os._Environ[str]) -> list[str]:
+    from microcontainer_tool.signing.attachments import attest_and_sign
+
+    parameters = {"format": result.format, "compression": args.compression, "tag": args.tag or "latest",
+                  "name": args.name or "", "allowMissing": bool(args.allow_missing),
+                  "sbom": args.sbom or ""}
+    stamp = source_date_epoch(env) if env.get("SOURCE_DATE_EPOCH") else None
+    return attest_and_sign(result.output, spec, parameters, attestation=args.attest, key=args.sign,
+                           epoch=stamp)
+
+
+def _sign_pushed(args: argparse.Namespace, client: Any, ref: Any, result: Any) -> list[str]:
+    from microcontainer_tool.oci.referrers import referrers
+    from microcontainer_tool.signing.attachments import UNSIGNED_TYPES, sign_remote
+    from microcontainer_tool.signing.keys import parse_key_spec
+
+    specs = [parse_key_spec(text) for text in args.sign]
+    path = args.image.rsplit(":", 1)[0] if not os.path.exists(args.image) else args.image
+    others = [d.digest for d in referrers(path, result.digest)
+              if getattr(d, "artifact_type", "") not in UNSIGNED_TYPES] \
+        if result.referrers and os.path.isdir(path) else []
+    lines = []
+    for spec in specs:
+        done = sign_remote(client, ref, result.digest, spec, args.registries_d)
+        lines.append(f"{done.digest} ({done.where})")
+        for digest in others if spec.kind == "cosign" else []:
+            extra = sign_remote(client, ref, digest, spec, args.registries_d)
+            lines.append(f"{extra.digest} (a referrer of the image; {extra.where})")
+    return lines
+
+
+def _signing_command(args: argparse.Namespace, out: TextIO) -> int:
+    from microcontainer_tool.signing.keys import parse_key_spec
+
+    spec = parse_key_spec(args.key)
+    if _is_local_image(args.image):
+        if args.command == "sign":
+            from microcontainer_tool.signing.attachments import sign_local
+
+            done = sign_local(args.image, spec, args.identity)
+            print(f"signed {done.digest} as {done.identity} in {args.image}"
+                  + (f" (and {len(done.referrers)} referrers)" if done.referrers else ""), file=out)
+            return 0
+        from microcontainer_tool.signing.verify import verify_local
+
+        verdict = verify_local(args.image, spec, args.attestation)
+    else:
+        from microcontainer_tool.registry.reference import Reference
+
+        ref = Reference.parse(args.image)
+        with _client(args, ref.registry) as client:
+            if args.command == "sign":
+                from microcontainer_tool.signing.attachments import sign_remote
+                from microcontainer_tool.signing.verify import resolve
+
+                remote = sign_remote(client, ref, resolve(client, ref), spec, args.registries_d)
+                print(f"signed {remote.digest} ({remote.where})", file=out)
+                return 0
+            from microcontainer_tool.signing.verify import verify_remote
+
+            verdict = verify_remote(client, ref, spec, args.registries_d, args.attestation)
+    print(("verified: " if verdict.verified else "not verified: ") + verdict.message, file=out)
+    return 0 if verdict.verified else 1
 
 
 def main_entry() -> None:

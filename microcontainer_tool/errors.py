@@ -86,3 +86,7 @@ class RunError(MicrocontainerError):
 
 class ProbeError(RunError):
     """A probe command (``build --probe``) failed, or looked for files the image lacks."""
+
+
+class SigningError(MicrocontainerError):
+    """A key cannot be read or used, a signature cannot be made or stored, or gpg fails."""

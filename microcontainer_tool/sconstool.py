@@ -119,6 +119,8 @@ OUTPUT_VARIABLES = ["MCT_COMPRESSION", "MCT_TAG", "MCT_NAME", "MCT_SOURCE_DATE_E
                     "MCT_ALLOW_MISSING", "_MCT_FORMAT"]
 #: Construction variables that change a multi-platform index's bytes (the join's varlist).
 INDEX_VARIABLES = ["MCT_TAG", "MCT_NAME", "_MCT_FORMAT"]
+#: Provenance and signing after each build (``build --attest``, ``build --sign``).
+SIGNING_VARIABLES = ["MCT_ATTEST", "MCT_SIGN_KEY"]
 #: The probe run after each build (``build --probe``): a change builds and probes again.
 PROBE_VARIABLES = ["MCT_PROBE", "MCT_PROBE_WARN"]
 #: MicroPush options (in the push action's varlist: a change pushes again).
@@ -256,9 +258,12 @@ def generate(env: Any) -> None:
         MCT_CACHE_REPO_READONLY=os.environ.get("MCT_CACHE_REPO_READONLY", ""),
         MCT_CACHE_REPO_PLAIN_HTTP=False,
         MCT_CACHE_REPO_INSECURE=False,
+        MCT_ATTEST=False,
+        MCT_SIGN_KEY="",
     )
     env["BUILDERS"]["_MicroImageArchive"] = SCons.Builder.Builder(
-        action=SCons.Action.Action(_build_archive, "$MCT_COMSTR", varlist=OUTPUT_VARIABLES + PROBE_VARIABLES),
+        action=SCons.Action.Action(_build_archive, "$MCT_COMSTR",
+                                   varlist=OUTPUT_VARIABLES + PROBE_VARIABLES + SIGNING_VARIABLES),
         target_scanner=SCons.Scanner.Scanner(function=_scan, name="MicroImageScanner"),
         target_factory=SCons.Node.FS.File,
         source_factory=SCons.Node.FS.File,
@@ -574,6 +579,7 @@ def _build_archive(target: list[Any], source: list[Any], env: Any) -> int:
                                      docker_config=_docker_config(env)),
             layer_limits=_layer_limits(env),
         )
+        _attest_and_sign(env, spec, out, int(epoch))
     except MicrocontainerError as error:
         raise SCons.Errors.UserError(f"{target[0]}: {error}") from None
     for warning in result.warnings:
@@ -636,6 +642,27 @@ def _probe(target: Any, result: Any, command: str, cache_dir: str | None, warn_o
         if not warn_only:
             raise SCons.Errors.UserError(message)
         print(f"microcontainer: warning: {message}")
+
+
+def _attest_and_sign(env: Any, spec: Any, out: str, epoch: int) -> None:
+    """``$MCT_ATTEST``: attach the provenance statement; ``$MCT_SIGN_KEY``: sign the image and its referrers.
+
+    The statement carries ``$MCT_SOURCE_DATE_EPOCH`` only when ``SOURCE_DATE_EPOCH`` was set.
+    """
+    attest = _flag(env, "MCT_ATTEST")
+    key = env.subst("$MCT_SIGN_KEY").strip()
+    if not attest and not key:
+        return
+    from microcontainer_tool.signing.attachments import attest_and_sign
+
+    if key:
+        top = env.Dir("#").abspath
+        key = os.path.join(top, key[1:].lstrip("/") if key.startswith("#") else os.path.expanduser(key))
+    parameters = {"format": "oci-archive", "compression": env.subst("$MCT_COMPRESSION"),
+                  "tag": env.subst("$MCT_TAG") or "latest", "name": env.subst("$MCT_NAME"),
+                  "allowMissing": bool(env.get("MCT_ALLOW_MISSING")), "sbom": ""}
+    attest_and_sign(out, spec, parameters, attestation=attest, key=key or None,
+                    epoch=epoch if os.environ.get("SOURCE_DATE_EPOCH") else None)
 
 
 def _sync_layout(target: list[Any], source: list[Any], env: Any) -> int:

@@ -25,8 +25,8 @@ PACKAGE = "microcontainer_tool"
 PACKAGE_DIR = Path(microcontainer_tool.__file__).resolve().parent
 
 #: Subpackages that make up the library (everything but the front ends).
-LIBRARY_PACKAGES = ("spec", "sources", "closure", "model", "assembly", "oci", "registry", "runtime",
-                    "reports", "hostfs")
+LIBRARY_PACKAGES = ("spec", "sources", "closure", "model", "assembly", "oci", "registry", "signing",
+                    "runtime", "reports", "hostfs")
 #: The front ends: no library module may import them.
 FRONT_ENDS = ("build", "platformbuild", "cli", "smithcli", "sconstool", "__main__", "site_tools")
 #: Modules at the bottom: they may import nothing of the package but ``errors``.

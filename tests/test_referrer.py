@@ -425,16 +425,18 @@ def test_push_sends_referrers_with_the_tag_schema(registry: Any, layout: tuple[P
     out, subject = layout
     sbom = attach(str(out), subject, b'{"sbom":1}', CDX, epoch=0)
     spdx = attach(str(out), subject, b'{"spdx":1}', SPDX, epoch=0)
-    sig = attach(str(out), sbom.digest, b"sig", "application/vnd.example.sig")  # not the image's: not pushed
+    sig = attach(str(out), sbom.digest, b"sig", "application/vnd.example.sig")  # the SBOM's: pushed too
     with registry.client() as client:
         first = push(str(out), registry.ref("ref/app:v1"), client)
-        assert first.digest == subject and first.referrers == 2
-        assert first.uploaded == 2 + 3  # config and layer; empty config and two SBOMs
+        assert first.digest == subject and first.referrers == 3
+        assert first.uploaded == 2 + 4  # config and layer; empty config, two SBOMs and the SBOM's signature
         fallback = _skopeo_raw(f"{registry.host}/ref/app:{referrers_tag(subject)}")
         assert fallback["mediaType"] == oci.MEDIA_TYPE_INDEX
         listed = {e["digest"]: e for e in fallback["manifests"]}
         assert set(listed) == {sbom.digest, spdx.digest} and sig.digest not in listed
         assert listed[sbom.digest]["artifactType"] == CDX
+        of_sbom = _skopeo_raw(f"{registry.host}/ref/app:{referrers_tag(sbom.digest)}")["manifests"]
+        assert [e["digest"] for e in of_sbom] == [sig.digest]
         created = {"org.opencontainers.image.created": "1970-01-01T00:00:00Z"}
         assert listed[sbom.digest]["annotations"] == created
         artifact = _skopeo_raw(f"{registry.host}/ref/app@{sbom.digest}")
@@ -442,12 +444,12 @@ def test_push_sends_referrers_with_the_tag_schema(registry: Any, layout: tuple[P
                                        "size": _index(out)[0]["size"]}
         assert artifact["artifactType"] == CDX
         again = push(str(out), registry.ref("ref/app:v1"), client)
-        assert (again.uploaded, again.referrers, again.skipped) == (0, 2, 5)
+        assert (again.uploaded, again.referrers, again.skipped) == (0, 3, 6)
         assert _skopeo_raw(f"{registry.host}/ref/app:{referrers_tag(subject)}") == fallback
         # a new artifact is merged into the existing list
         other = attach(str(out), subject, b"other", "application/vnd.example.other")
         third = push(str(out), registry.ref("ref/app:v1"), client)
-        assert (third.uploaded, third.referrers) == (1, 3)
+        assert (third.uploaded, third.referrers) == (1, 4)
         merged = _skopeo_raw(f"{registry.host}/ref/app:{referrers_tag(subject)}")
         assert [e["digest"] for e in merged["manifests"]] == [e["digest"] for e in fallback["manifests"]] + [
             other.digest]
@@ -456,6 +458,7 @@ def test_push_sends_referrers_with_the_tag_schema(registry: Any, layout: tuple[P
         pulled = tmp_path / "pulled"
         assert pull(registry.ref("ref/app:v1"), str(pulled), client) == subject
         assert {d.digest for d in referrers(str(pulled), subject)} == {sbom.digest, spdx.digest, other.digest}
+        assert [d.digest for d in referrers(str(pulled), sbom.digest)] == [sig.digest]  # a referrer's, too
         assert _blob(pulled, oci.sha256_digest(b'{"sbom":1}')) == b'{"sbom":1}'
         with open_image(str(pulled)) as view:
             assert view.manifest_digest == subject

@@ -194,7 +194,8 @@ def _subject_descriptor(descs: Sequence[Descriptor], digest: str, label: str) ->
 
 def attach(layout_dir: str, subject_digest: str, data: bytes, artifact_type: str,
            annotations: Mapping[str, str] | None = None, *, epoch: int | None = None,
-           title: str | None = None) -> Descriptor:
+           title: str | None = None, layer_media_type: str | None = None,
+           layer_annotations: Mapping[str, str] | None = None) -> Descriptor:
     """Attach ``data`` to the manifest ``subject_digest`` of a layout, as an OCI 1.1 referrer.
 
     Stores ``data`` and the empty config as blobs, writes the artifact
@@ -212,6 +213,9 @@ def attach(layout_dir: str, subject_digest: str, data: bytes, artifact_type: str
         annotations: the manifest's annotations.
         epoch: if given (``SOURCE_DATE_EPOCH``), ``org.opencontainers.image.created``.
         title: if given, the layer's ``org.opencontainers.image.title`` (a file name).
+        layer_media_type: the layer's media type, if not ``artifact_type`` (a cosign
+            signature's payload, a DSSE envelope).
+        layer_annotations: more annotations on the layer (a cosign signature's).
 
     Returns:
         The artifact manifest's descriptor (with ``artifact_type`` and the annotations).
@@ -231,9 +235,12 @@ def attach(layout_dir: str, subject_digest: str, data: bytes, artifact_type: str
     subject = _subject_descriptor(images + [e.desc for e in refs], oci.check_digest(subject_digest),
                                   layout_dir)
 
-    layer = store.put_blob(bytes(data), artifact_type)
+    layer = store.put_blob(bytes(data), layer_media_type or artifact_type)
+    layer_notes = {str(k): str(v) for k, v in (layer_annotations or {}).items()}
     if title:
-        layer = layer.with_annotations({ANNOTATION_TITLE: title})
+        layer_notes[ANNOTATION_TITLE] = title
+    if layer_notes:
+        layer = layer.with_annotations(layer_notes)
     store.put_blob(EMPTY_JSON, MEDIA_TYPE_EMPTY)
     manifest_bytes = canonical_json(artifact_manifest(subject, layer, artifact_type, notes))
     stored = store.put_blob(manifest_bytes, oci.MEDIA_TYPE_MANIFEST)

@@ -105,14 +105,15 @@ class ReferrerPush:
 
 
 def push_referrers(client: Any, repo: str, layout_dir: str, subject_digest: str,
-                   send_blob: Callable[[Descriptor, str], None]) -> ReferrerPush:
+                   send_blob: Callable[[Descriptor, str], None], _depth: int = 0) -> ReferrerPush:
     """Push the layout's referrers of ``subject_digest`` (already pushed) to ``repo``.
 
     For each referrer: its blobs through ``send_blob(desc, path)`` (which
-    skips those the registry has), then its manifest by digest. A registry
-    without the referrers API gets the referrers tag: the index it names is
-    fetched (if any), the new referrers are added, and it is put back only if
-    it changed.
+    skips those the registry has), then its manifest by digest, then its own
+    referrers (a signature of an SBOM), the same way. A registry without the
+    referrers API gets the referrers tag: the index it names is fetched (if
+    any), the new referrers are added, and it is put back only if it changed
+    (:func:`publish_referrers`).
 
     Raises:
         LayoutError: the layout is unreadable.
@@ -121,6 +122,7 @@ def push_referrers(client: Any, repo: str, layout_dir: str, subject_digest: str,
     store = LayoutStore(layout_dir)
     result = ReferrerPush()
     entries: list[dict[str, Any]] = []
+    nested: list[str] = []
     for desc in referrers(layout_dir, subject_digest):
         manifest = store.read_json(desc, layout_dir, MAX_MANIFEST)
         for item in [manifest.get("config")] + list(manifest.get("layers") or []):
@@ -132,12 +134,36 @@ def push_referrers(client: Any, repo: str, layout_dir: str, subject_digest: str,
         client.put_manifest(repo, desc.digest, data, desc.media_type)
         result.pushed += 1
         entries.append(registry_descriptor(manifest, desc))
+        nested.append(desc.digest)
     if not entries:
         return result
+    result.api, result.tag_updated = publish_referrers(client, repo, subject_digest, entries)
+    for digest in nested if _depth < 4 else []:
+        more = push_referrers(client, repo, layout_dir, digest, send_blob, _depth + 1)
+        result.pushed += more.pushed
+    return result
+
+
+def publish_referrers(client: Any, repo: str, subject_digest: str,
+                      entries: list[dict[str, Any]]) -> tuple[bool, bool]:
+    """Make the referrers (already pushed by digest) listed for ``subject_digest``.
+
+    A registry with the referrers API lists them itself; otherwise the
+    referrers tag's index is fetched, the entries it lacks are added, and it
+    is put back only if it changed.
+
+    Args:
+        entries: referrers-list entries (:func:`registry_descriptor`).
+
+    Returns:
+        ``(api, tag_updated)``: the registry has the API; the tag was (re)written.
+
+    Raises:
+        RegistryError: the registry refuses or fails.
+    """
     if _get_index(client, _api_url(client, repo, subject_digest), repo, True,
                   f"referrers of {subject_digest} in {repo}", probe=True) is not None:
-        result.api = True
-        return result
+        return True, False
     tag = referrers_tag(subject_digest)
     current = _get_index(client, _tag_url(client, repo, subject_digest), repo, True,
                          f"get manifest {repo}:{tag}")
@@ -147,16 +173,17 @@ def push_referrers(client: Any, repo: str, layout_dir: str, subject_digest: str,
     if added or current is None:
         index = {"schemaVersion": 2, "mediaType": oci.MEDIA_TYPE_INDEX, "manifests": listed + added}
         client.put_manifest(repo, tag, canonical_json(index), oci.MEDIA_TYPE_INDEX)
-        result.tag_updated = True
-    return result
+        return False, True
+    return False, False
 
 
 def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutStore,
-                    progress: Any = None) -> list[IndexEntry]:
+                    progress: Any = None, _depth: int = 0) -> list[IndexEntry]:
     """Download the referrers of ``subject_digest`` into ``store`` (referrers API, else the tag).
 
     Only OCI manifests whose ``subject`` really is ``subject_digest`` are
-    taken; each manifest and blob is verified. Nothing listed: ``[]``.
+    taken; each manifest and blob is verified. The referrers of those
+    referrers (a signature of an SBOM) come too. Nothing listed: ``[]``.
 
     Returns:
         Their entries (each ``desc`` an :class:`~microcontainer_tool.oci.referrers.ArtifactDescriptor`),
@@ -203,5 +230,9 @@ def fetch_referrers(client: Any, repo: str, subject_digest: str, store: LayoutSt
         desc = ArtifactDescriptor(stored.media_type, stored.digest, stored.size, notes or None, None,
                                   entry.artifact_type)
         entries.append(IndexEntry(desc, entry.subject, entry.artifact_type, entry.blobs))
+    for entry in list(entries) if _depth < 4 else []:
+        known = {e.desc.digest for e in entries}
+        entries += [e for e in fetch_referrers(client, repo, entry.desc.digest, store, progress, _depth + 1)
+                    if e.desc.digest not in known]
     order = {d.digest: n for n, d in enumerate(order_entries(entries))}
     return sorted(entries, key=lambda e: order[e.desc.digest])
