@@ -552,8 +552,35 @@ def _scan(node: Any, env: Any, path: Any) -> list[Any]:
         state.append((project_path, st.st_mtime_ns, st.st_size, st.st_ino))
     key = (payload, tuple(state))
     if key not in _SCAN_MEMO:
-        _SCAN_MEMO[key] = _sysroot_inputs(payload, env.Dir("#").abspath, set(project))
+        _SCAN_MEMO[key] = _remembered_scan(node, env, payload, project, key)
     return [env.File(p) for p in _SCAN_MEMO[key]]
+
+
+def _remembered_scan(node: Any, env: Any, payload: str, project: list[str],
+                     key: tuple[Any, ...]) -> list[str]:
+    """The scan, kept in ``$MCT_CACHEDIR/scans/`` across runs while its inputs are unchanged."""
+    import hashlib
+
+    from microcontainer_tool.assembly.inputs import remembered_inputs
+
+    top = env.Dir("#").abspath
+    cache_dir = env.subst("$MCT_CACHEDIR")
+    record = None
+    if cache_dir:
+        name = hashlib.sha256(node.abspath.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        record = os.path.join(env.Dir(cache_dir).abspath, "scans", name + ".json")
+    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, key], sort_keys=True).encode()).hexdigest()
+    return remembered_inputs(record, digest, lambda: _sysroot_inputs(payload, top, set(project)),
+                             lambda: _sysroot_dir(payload, top))
+
+
+def _sysroot_dir(payload: str, top: str) -> str | None:
+    """The directory the spec's files are taken from (``None``: an image or packages)."""
+    try:
+        spec = _spec_of(payload, top)
+    except MicrocontainerError:
+        return None
+    return None if spec.packages else spec.sysroot_dir
 
 
 def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:
