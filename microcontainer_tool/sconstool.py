@@ -226,13 +226,33 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     fmt = overrides.subst("$MCT_FORMAT") or _format_by_suffix(name)
     build_kw = {"_MCT_SPEC": payload, "_MCT_PROJECT": [_host_path(n) for n in project]}
     if fmt != "oci":
-        return env.Flatten(overrides._MicroImageArchive(name, [value] + project, _MCT_FORMAT=fmt, **build_kw))
-    archive = overrides._MicroImageArchive(f"{name}.tar", [value] + project, _MCT_FORMAT="oci-archive",
-                                           **build_kw)
+        return _timestamp_decided(env.Flatten(overrides._MicroImageArchive(name, [value] + project,
+                                                                           _MCT_FORMAT=fmt, **build_kw)))
+    archive = _timestamp_decided(overrides._MicroImageArchive(f"{name}.tar", [value] + project,
+                                                              _MCT_FORMAT="oci-archive", **build_kw))
     layout = overrides._MicroImageLayout(f"{name}/index.json", archive)
     env.NoCache(layout)
     env.Clean(layout, env.Dir(name))
     return env.Flatten([archive, layout])
+
+
+def _archive_changed(dependency: Any, target: Any, prev_ni: Any, repo_node: Any = None) -> bool:
+    """Decider of an image archive as a dependency (of its layout, of a push).
+
+    A timestamp other than the one recorded (rebuilt, or retrieved from a
+    ``CacheDir``): the content decides, as always. An archive whose timestamp
+    is the recorded one is not read again (SCons's ``content-timestamp``), so
+    a no-op run does not hash every image: that was most of what images added
+    to a no-op run.
+    """
+    return bool(dependency.changed_timestamp_then_content(target, prev_ni, repo_node))
+
+
+def _timestamp_decided(nodes: list[Any]) -> list[Any]:
+    """``nodes`` (image archives), each judged as a dependency by :func:`_archive_changed`."""
+    for node in nodes:
+        node.Decider(_archive_changed)
+    return nodes
 
 
 def micro_push(env: Any, target: Any, image: Any = None, **keywords: Any) -> list[Any]:
@@ -372,7 +392,6 @@ def _image_inputs(env: Any, spec: Any) -> list[Any]:
     A registry image is identified by the spec itself (a ``Value``): pin it
     by digest, since SCons cannot see a tag move.
     """
-    from microcontainer_tool.oci.imageview import image_files
     from microcontainer_tool.sources.image.locate import locate_image
 
     nodes = []
@@ -384,6 +403,8 @@ def _image_inputs(env: Any, spec: Any) -> list[Any]:
         _fail_in_sconscript(f"{spec.source}: {error}")
     for location in locations:
         if location is not None and location.local is not None:
+            from microcontainer_tool.oci.imageview import image_files  # only for local images: a heavy import
+
             nodes += [env.File(path) for path in image_files(location.local)]
     return nodes
 
