@@ -13,7 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import have, run_cli
+from conftest import run_cli
 
 from microcontainer_tool.assembly.assemble import assemble
 from microcontainer_tool.errors import LayoutError
@@ -130,7 +130,6 @@ def test_schema_1_records_still_read() -> None:
     assert parse_record(json.dumps(old).encode(), "img", {}) == old
 
 
-@pytest.mark.skipif(not have("strace"), reason="needs strace")
 def test_each_input_file_is_opened_once(tree_image: tuple[Path, Path, int], tmp_path: Path) -> None:
     """ELF check, layer cache key and tar member come from one read of each small file."""
     spec, _image, _total = tree_image

@@ -48,7 +48,7 @@ def remembered_inputs(record: str | None, key: str, compute: Callable[[], list[s
     paths = compute()
     if record is not None:
         root = sysroot()
-        watched = _watched(paths, [os.path.join(root, p) for p in LOADER_PATHS] if root else [])
+        watched = _watched(paths, [os.path.join(root, p) for p in LOADER_PATHS] if root else [], root)
         data = {"schema": SCHEMA, "key": key, "paths": paths, "stats": {p: _stat(p) for p in watched}}
         try:
             os.makedirs(os.path.dirname(record), exist_ok=True)
@@ -76,15 +76,17 @@ def _load(record: str, key: str) -> list[str] | None:
     return [str(p) for p in paths]
 
 
-def _watched(paths: Iterable[str], extra: Iterable[str]) -> list[str]:
-    """The inputs, every directory above them, and ``extra``."""
+def _watched(paths: Iterable[str], extra: Iterable[str], root: str | None) -> list[str]:
+    """The inputs, every directory above them up to ``root`` (inclusive; the file system's
+    root when ``None``), and ``extra``."""
+    top = os.path.realpath(root) if root else "/"
     watched = set(extra)
     for path in paths:
         watched.add(path)
         parent = os.path.dirname(path)
         while parent not in watched:
             watched.add(parent)
-            if parent == os.path.dirname(parent):
+            if parent == top or parent == os.path.dirname(parent):
                 break
             parent = os.path.dirname(parent)
     return sorted(watched)
