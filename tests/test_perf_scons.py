@@ -92,9 +92,8 @@ def test_no_op_keeps_the_scan_and_does_not_read_the_archive(project: Path, tmp_p
 
 def test_touched_archive_is_judged_by_content(project: Path) -> None:
     archive = project / "img.tar"
-    os.utime(archive)  # another timestamp, same bytes: the layout is not synced again
-    assert "OCI layout" not in ok(scons(project, "image"))
-    with open(archive, "r+b") as handle:  # other bytes: the layout follows the archive
-        handle.seek(0, 2)
-        handle.write(b"\0" * 1024)
-    assert scons(project, "-q", "image").returncode != 0
+    before = (project / "img/index.json").stat().st_mtime_ns
+    os.utime(archive)  # another timestamp, same bytes: the content decides, the layout is not synced again
+    out = ok(scons(project, "image"))
+    assert "OCI layout" not in out and "MicroImage" not in out, out
+    assert (project / "img/index.json").stat().st_mtime_ns == before
