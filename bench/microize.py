@@ -236,6 +236,7 @@ def main() -> int:
                         with open(log) as handle:
                             stats[name] = json.load(handle)
             shutil.rmtree(bundle, ignore_errors=True)
+        kept = {part: tree_bytes(os.path.join(cache, part)) for part in os.listdir(cache)}
     print(f"fat image: {layers} gzip layers, {compressed / 1e6:.1f} MB compressed,"
           f" {uncompressed / 1e6:.1f} MB uncompressed, {stats['microize, cold cache']['entries']} paths"
           f" (made in {made:.1f} s); program {args.program}; {args.rounds} rounds, medians")
@@ -254,7 +255,24 @@ def main() -> int:
     for name in ("microize, cold cache", "microize, warm cache"):
         print(f"{'ratio ' + name.split(', ')[1] + '/unpack':<24}"
               f"{statistics.median(t for t, _ in rows[name]) / base:>9.3f}")
+    total = sum(kept.values())
+    print(f"cache kept: {total / 1e6:.1f} MB ("
+          + ", ".join(f"{part} {size / 1e6:.1f} MB" for part, size in sorted(kept.items()))
+          + f") = {total / compressed:.2f}x the compressed layers (target: <= 1.00x:"
+          f" {'met' if total <= compressed else 'NOT met'})")
     return 0
+
+
+def tree_bytes(top: str) -> int:
+    """Bytes of the regular files under ``top`` (each inode once)."""
+    seen, total = set(), 0
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            st = os.lstat(os.path.join(dirpath, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from microcontainer_tool import __version__
 from microcontainer_tool.errors import MicrocontainerError, SpecError
-from microcontainer_tool.oci.layout import FORMATS
+from microcontainer_tool.oci.formats import FORMATS
 
 COMPRESSIONS = ("gzip", "zstd", "none")
 SBOM_FORMATS = {"cyclonedx": ("application/vnd.cyclonedx+json", ".cdx.json"),

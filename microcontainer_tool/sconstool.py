@@ -346,9 +346,10 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     fmt = overrides.subst("$MCT_FORMAT") or _format_by_suffix(name)
     build_kw = {"_MCT_SPEC": payload, "_MCT_PROJECT": [_host_path(n) for n in project]}
     if fmt != "oci":
-        return env.Flatten(overrides._MicroImageArchive(name, [value] + project, _MCT_FORMAT=fmt, **build_kw))
-    archive = overrides._MicroImageArchive(f"{name}.tar", [value] + project, _MCT_FORMAT="oci-archive",
-                                           **build_kw)
+        return _timestamp_decided(env.Flatten(overrides._MicroImageArchive(name, [value] + project,
+                                                                           _MCT_FORMAT=fmt, **build_kw)))
+    archive = _timestamp_decided(overrides._MicroImageArchive(f"{name}.tar", [value] + project,
+                                                              _MCT_FORMAT="oci-archive", **build_kw))
     layout = overrides._MicroImageLayout(f"{name}/index.json", archive)
     env.NoCache(layout)
     env.Clean(layout, env.Dir(name))
@@ -369,16 +370,35 @@ def _micro_image_platforms(env: Any, overrides: Any, name: str, spec: Any, proje
         payload = json.dumps({"format": FORMAT_VERSION, "base": os.path.relpath(one.base_dir, top),
                               "spec": one.canonical()}, sort_keys=True)
         inputs = project + (_package_inputs(env, one, name) if one.packages else []) + _image_inputs(env, one)
-        parts += overrides._MicroImageArchive(
+        parts += _timestamp_decided(overrides._MicroImageArchive(
             f"{name}.platforms/{one.arch}.tar", [env.Value(payload)] + inputs, _MCT_FORMAT="oci-archive",
-            _MCT_SPEC=payload, _MCT_PROJECT=[_host_path(n) for n in inputs])
+            _MCT_SPEC=payload, _MCT_PROJECT=[_host_path(n) for n in inputs]))
     if fmt != "oci":
-        return env.Flatten(overrides._MicroImageIndex(name, parts, _MCT_FORMAT=fmt))
-    archive = overrides._MicroImageIndex(f"{name}.tar", parts, _MCT_FORMAT="oci-archive")
+        return _timestamp_decided(env.Flatten(overrides._MicroImageIndex(name, parts, _MCT_FORMAT=fmt)))
+    archive = _timestamp_decided(overrides._MicroImageIndex(f"{name}.tar", parts, _MCT_FORMAT="oci-archive"))
     layout = overrides._MicroImageLayout(f"{name}/index.json", archive)
     env.NoCache(layout)
     env.Clean(layout, env.Dir(name))
     return env.Flatten([archive, layout])
+
+
+def _archive_changed(dependency: Any, target: Any, prev_ni: Any, repo_node: Any = None) -> bool:
+    """Decider of an image archive as a dependency (of its layout, of a push).
+
+    A timestamp other than the one recorded (rebuilt, or retrieved from a
+    ``CacheDir``): the content decides, as always. An archive whose timestamp
+    is the recorded one is not read again (SCons's ``content-timestamp``), so
+    a no-op run does not hash every image: that was most of what images added
+    to a no-op run.
+    """
+    return bool(dependency.changed_timestamp_then_content(target, prev_ni, repo_node))
+
+
+def _timestamp_decided(nodes: list[Any]) -> list[Any]:
+    """``nodes`` (image archives), each judged as a dependency by :func:`_archive_changed`."""
+    for node in nodes:
+        node.Decider(_archive_changed)
+    return nodes
 
 
 def micro_push(env: Any, target: Any, image: Any = None, **keywords: Any) -> list[Any]:
@@ -518,7 +538,6 @@ def _image_inputs(env: Any, spec: Any) -> list[Any]:
     A registry image is identified by the spec itself (a ``Value``): pin it
     by digest, since SCons cannot see a tag move.
     """
-    from microcontainer_tool.oci.imageview import image_files
     from microcontainer_tool.sources.image.locate import locate_image
 
     nodes = []
@@ -530,6 +549,8 @@ def _image_inputs(env: Any, spec: Any) -> list[Any]:
         _fail_in_sconscript(f"{spec.source}: {error}")
     for location in locations:
         if location is not None and location.local is not None:
+            from microcontainer_tool.oci.imageview import image_files  # only for local images: a heavy import
+
             nodes += [env.File(path) for path in image_files(location.local)]
     return nodes
 
@@ -772,8 +793,35 @@ def _scan(node: Any, env: Any, path: Any) -> list[Any]:
         state.append((project_path, st.st_mtime_ns, st.st_size, st.st_ino))
     key = (payload, tuple(state))
     if key not in _SCAN_MEMO:
-        _SCAN_MEMO[key] = _sysroot_inputs(payload, env.Dir("#").abspath, set(project))
+        _SCAN_MEMO[key] = _remembered_scan(node, env, payload, project, key)
     return [env.File(p) for p in _SCAN_MEMO[key]]
+
+
+def _remembered_scan(node: Any, env: Any, payload: str, project: list[str],
+                     key: tuple[Any, ...]) -> list[str]:
+    """The scan, kept in ``$MCT_CACHEDIR/scans/`` across runs while its inputs are unchanged."""
+    import hashlib
+
+    from microcontainer_tool.assembly.inputs import remembered_inputs
+
+    top = env.Dir("#").abspath
+    cache_dir = env.subst("$MCT_CACHEDIR")
+    record = None
+    if cache_dir:
+        name = hashlib.sha256(node.abspath.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        record = os.path.join(env.Dir(cache_dir).abspath, "scans", name + ".json")
+    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, key], sort_keys=True).encode()).hexdigest()
+    return remembered_inputs(record, digest, lambda: _sysroot_inputs(payload, top, set(project)),
+                             lambda: _sysroot_dir(payload, top))
+
+
+def _sysroot_dir(payload: str, top: str) -> str | None:
+    """The directory the spec's files are taken from (``None``: an image or packages)."""
+    try:
+        spec = _spec_of(payload, top)
+    except MicrocontainerError:
+        return None
+    return None if spec.packages else spec.sysroot_dir
 
 
 def _sysroot_inputs(payload: str, top: str, project: set[str]) -> list[str]:

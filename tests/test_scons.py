@@ -218,7 +218,7 @@ def test_config_only_change_reuses_the_layer(work):
     digest, man = manifest(layout)
     layer = blob(layout, man["layers"][0]["digest"])
     layer_stat = (layer.stat().st_ino, layer.stat().st_mtime_ns)
-    cache = stats(work, ".mct-cache")
+    cache = stats(work, ".mct-cache/layers")  # (scans/ keeps the scanner's answers: hello's is new)
     entries = [json.loads(p.read_text()) for p in (work / ".mct-cache/layers").glob("*.json")]
     assert man["layers"][0]["digest"] in {e["digest"] for e in entries}  # the layer is cached
     spec = work / "examples/hello/microimage.yaml"
@@ -231,7 +231,7 @@ def test_config_only_change_reuses_the_layer(work):
     assert new_digest != digest
     assert new_man["layers"] == man["layers"]
     assert (layer.stat().st_ino, layer.stat().st_mtime_ns) == layer_stat  # not rewritten
-    assert stats(work, ".mct-cache") == cache  # cache hit: no entry written
+    assert stats(work, ".mct-cache/layers") == cache  # cache hit: no entry written
     config = json.loads(blob(layout, new_man["config"]["digest"]).read_bytes())
     assert config["config"]["Labels"]["org.opencontainers.image.title"] == "hello-relabelled"
     for name, before in others.items():

@@ -28,7 +28,7 @@ from microcontainer_tool.assembly import packs
 from microcontainer_tool.assembly.nss import Identity, nss_files, parse_user
 from microcontainer_tool.assembly.pattern import covers, expand, has_magic
 from microcontainer_tool.closure import ldcache
-from microcontainer_tool.closure.elf import ElfInfo, oci_platform, read_elf, undefined_symbols
+from microcontainer_tool.closure.elf import ELF_MAGIC, ElfInfo, oci_platform, read_elf, undefined_symbols
 from microcontainer_tool.closure.ldd import Closure, LibraryResolver
 from microcontainer_tool.errors import MissingLibraryError, SourceError, SpecError
 from microcontainer_tool.model.tree import (
@@ -44,6 +44,7 @@ from microcontainer_tool.model.tree import (
     normalize_path,
 )
 from microcontainer_tool.sources.dpkg import STATUS_D, DpkgDatabase
+from microcontainer_tool.sources.hostcontent import ContentReader
 from microcontainer_tool.sources.sysroot import LayeredRoot, SysRoot
 from microcontainer_tool.spec.imagespec import ARCHES, DEFAULT_PATH, OVERLAY_SKIP, ImageSpec
 
@@ -111,6 +112,10 @@ def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot
     return _Assembler(spec, allow_missing, packages, sysroot, package_facts).run()
 
 
+#: The symbols each ELF file imports, by file identity, shared by the assemblies of a
+#: process (a build system resolving many images over one sysroot reads each library once).
+_IMPORTS: dict[tuple[object, ...], frozenset[str]] = {}
+
 #: Documentation a package's files bring that a microcontainer does without,
 #: when ``paths`` defaults to the requested packages' files.
 DOC_DIRS = ("/usr/share/doc", "/usr/share/man", "/usr/share/info", "/usr/share/licenses")
@@ -134,6 +139,7 @@ class _Assembler:
         self.warnings: list[str] = []
         self.dpkg = DpkgDatabase.open(self.sysroot) if packages is None and package_facts else None
         self._symbols: dict[str, frozenset[str]] = {}
+        self.contents = ContentReader()
 
     def run(self) -> Assembly:
         self._add_paths()
@@ -353,7 +359,7 @@ class _Assembler:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             self.tree.add(Entry(path, EntryKind.FILE, file_mode(mode),
-                                content=_host_file(self.sysroot.host_path(path), st),
+                                content=self.contents.host_file(self.sysroot.host_path(path), st),
                                 provenance=(prov,)))
         elif stat.S_ISLNK(mode):
             target = self.sysroot.readlink(path)
@@ -372,10 +378,12 @@ class _Assembler:
         stack = [(canonical, named)]
         while stack:
             real_dir, named_dir = stack.pop()
+            real_base = real_dir.rstrip("/")
+            shown_base = named_dir.rstrip("/")
             for name in self.sysroot.listdir(real_dir):
-                real = posixpath.join(real_dir, name)
-                shown = posixpath.join(named_dir, name)
-                if self._excluded(real, shown):
+                real = f"{real_base}/{name}"
+                shown = f"{shown_base}/{name}"
+                if self.spec.excludes and self._excluded(real, shown):
                     continue
                 st = self.sysroot.lstat(real)
                 if st is None:
@@ -438,7 +446,7 @@ class _Assembler:
             entry = Entry(image_path, EntryKind.DIR, DIR_MODE, provenance=(prov,))
         elif stat.S_ISREG(mode):
             entry = Entry(image_path, EntryKind.FILE, file_mode(mode),
-                          content=_host_file(host, st), provenance=(prov,))
+                          content=self.contents.host_file(host, st), provenance=(prov,))
         elif stat.S_ISLNK(mode):
             entry = Entry(image_path, EntryKind.SYMLINK, 0o777, linkname=os.readlink(host),
                           provenance=(prov,))
@@ -496,7 +504,9 @@ class _Assembler:
         return closure
 
     def _file_roots(self) -> list[str]:
-        return [e.path for e in self.tree if e.kind is EntryKind.FILE and isinstance(e.content, HostFile)]
+        """The files whose closure counts: host files, but not those already read and not ELF."""
+        return [e.path for e in self.tree if e.kind is EntryKind.FILE and isinstance(e.content, HostFile)
+                and (e.content.data is None or e.content.data[:4] == ELF_MAGIC)]
 
     # -- packs ------------------------------------------------------------
 
@@ -510,7 +520,16 @@ class _Assembler:
 
     def _imports(self, layered: LayeredRoot, path: str) -> frozenset[str]:
         if path not in self._symbols:
-            self._symbols[path] = undefined_symbols(layered.host_path(path), path)
+            host = layered.host_path(path)
+            try:
+                st = os.stat(host)
+            except OSError:
+                self._symbols[path] = undefined_symbols(host, path)  # it reports the error
+            else:
+                key = (host, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                if key not in _IMPORTS:
+                    _IMPORTS[key] = undefined_symbols(host, path)
+                self._symbols[path] = _IMPORTS[key]
         return self._symbols[path]
 
     def _add_pack(self, choice: packs.PackChoice, layered: LayeredRoot, closure: Closure) -> None:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from microcontainer_tool.closure.elf import ElfInfo
 from microcontainer_tool.errors import SourceError
-from microcontainer_tool.sources.sysroot import SysRoot
+from microcontainer_tool.sources.sysroot import Resolved, SysRoot
 
 #: Every pack, with a one-line summary (``packs:`` accepts these names).
 PACKS = {
@@ -118,6 +118,23 @@ def glibc_version(root: SysRoot, libc: str) -> tuple[int, int] | None:
         ``(major, minor)``, or ``None`` when neither tells.
     """
     resolved = root.resolve(libc)
+    if resolved is not None and stat.S_ISREG(resolved.st.st_mode):
+        directory = root.resolve(posixpath.dirname(libc))
+        st = resolved.st
+        key = (root.host_path(resolved.path), libc, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+               directory.st.st_mtime_ns if directory is not None else None)
+        if key not in _GLIBC_VERSIONS:
+            _GLIBC_VERSIONS[key] = _glibc_version(root, libc, resolved)
+        return _GLIBC_VERSIONS[key]
+    return _glibc_version(root, libc, resolved)
+
+
+#: glibc versions by libc file identity (and its directory's state): a build system
+#: resolving many images over one sysroot reads the 2 MB ``libc.so.6`` once.
+_GLIBC_VERSIONS: dict[tuple[object, ...], tuple[int, int] | None] = {}
+
+
+def _glibc_version(root: SysRoot, libc: str, resolved: Resolved | None) -> tuple[int, int] | None:
     names = [posixpath.basename(resolved.path)] if resolved is not None else []
     for name in names + _listdir(root, posixpath.dirname(libc))[1]:
         match = _LIBC_FILE.match(name)

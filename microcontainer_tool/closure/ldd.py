@@ -177,6 +177,8 @@ class Closure:
     roots: tuple[str, ...]
     objects: dict[str, ElfInfo]
     edges: list[Dependency]
+    _parents_cache: tuple[int, dict[str, str]] | None = field(default=None, init=False, repr=False,
+                                                               compare=False)
 
     def missing(self) -> list[Dependency]:
         """Edges whose library was not found, in edge order."""
@@ -186,6 +188,19 @@ class Closure:
         """Shortest needer chain from a root to ``path`` (root first, ``path`` last)."""
         if path in self.roots:
             return [path]
+        parents = self._parents()
+        if path not in parents:
+            return [path]
+        return _walk_back(parents, path)
+
+    def _parents(self) -> dict[str, str]:
+        """Each reachable object's needer on a shortest path from the roots (one breadth-first walk).
+
+        Kept until ``edges`` changes length (edges are only ever appended).
+        """
+        cached = self._parents_cache
+        if cached is not None and cached[0] == len(self.edges):
+            return cached[1]
         parents: dict[str, str] = {}
         queue = deque(self.roots)
         seen = set(self.roots)
@@ -200,10 +215,9 @@ class Closure:
                     continue
                 seen.add(child)
                 parents[child] = current
-                if child == path:
-                    return _walk_back(parents, path)
                 queue.append(child)
-        return [path]
+        self._parents_cache = (len(self.edges), parents)
+        return parents
 
     def libraries(self) -> list[str]:
         """Sorted canonical paths of everything pulled in (roots excluded)."""

@@ -113,6 +113,13 @@ class TarStreamWriter:
             self._write(data)
             self._pad(len(data))
 
+    def add_member(self, header: bytes, data: bytes = b"") -> None:
+        """Write a ready header (:func:`member_header`) and, for regular files, ``data``."""
+        self._write(header)
+        if data:
+            self._write(data)
+            self._pad(len(data))
+
     def add_stream(self, info: tarfile.TarInfo, stream: BinaryIO, label: str) -> None:
         """Write a member whose ``info.size`` bytes are read from ``stream``.
 
@@ -162,6 +169,33 @@ def normalized_info(name: str, kind: bytes, mode: int, mtime: int, size: int = 0
     return info
 
 
+_USTAR_TAIL = b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)
+"""magic and version, empty uname and gname, no device numbers, no prefix, padding to 512 bytes."""
+_OCTAL_LIMIT = 8 ** 7
+_SIZE_LIMIT = 8 ** 11
+
+
+def member_header(name: str, kind: bytes, mode: int, mtime: int, size: int = 0, linkname: str = "",
+                  uid: int = 0, gid: int = 0) -> bytes:
+    """The header block(s) of a normalized member: the bytes ``normalized_info(...).tobuf(PAX)`` gives.
+
+    Members whose names, link targets and numbers fit a plain ustar header (ASCII
+    names of at most 100 characters: nearly all of them) are formatted here directly,
+    about twenty times faster than :mod:`tarfile`; the rest (PAX extended headers)
+    are left to :mod:`tarfile`. ``tests/test_perf_layer.py`` compares the two.
+    """
+    full = name + "/" if kind == tarfile.DIRTYPE and not name.endswith("/") else name
+    if (len(full) <= 100 and len(linkname) <= 100 and full.isascii() and linkname.isascii()
+            and 0 <= uid < _OCTAL_LIMIT and 0 <= gid < _OCTAL_LIMIT and 0 <= size < _SIZE_LIMIT
+            and 0 <= mtime < _SIZE_LIMIT):
+        head = b"".join((full.encode("ascii").ljust(100, b"\0"), b"%07o\0" % (mode & 0o7777),
+                         b"%07o\0" % uid, b"%07o\0" % gid, b"%011o\0" % size, b"%011o\0" % mtime,
+                         b"        ", kind, linkname.encode("ascii").ljust(100, b"\0"), _USTAR_TAIL))
+        return b"%s%06o\0%s" % (head[:148], sum(head), head[155:])
+    info = normalized_info(name, kind, mode, mtime, size=size, linkname=linkname, uid=uid, gid=gid)
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
 class _DiffWriter:
     """Hash the uncompressed stream, then pass it to the compressor."""
 
@@ -203,25 +237,30 @@ def write_layer(tree: FileTree, sink: BinaryIO, compression: str, mtime: int,
     first_link: dict[tuple[int, int], str] = {}
     for entry in tree:
         name = entry.path.lstrip("/")
+        content = entry.content
         if entry.kind is EntryKind.DIR:
-            tar.add(normalized_info(name, tarfile.DIRTYPE, entry.mode, mtime, uid=uid, gid=gid))
+            tar.add_member(member_header(name, tarfile.DIRTYPE, entry.mode, mtime, uid=uid, gid=gid))
         elif entry.kind is EntryKind.SYMLINK:
-            tar.add(normalized_info(name, tarfile.SYMTYPE, entry.mode, mtime,
-                                    linkname=entry.linkname, uid=uid, gid=gid))
-        elif isinstance(entry.content, HostFile):
-            identity = entry.content.identity
+            tar.add_member(member_header(name, tarfile.SYMTYPE, entry.mode, mtime, linkname=entry.linkname,
+                                         uid=uid, gid=gid))
+        elif isinstance(content, HostFile):
+            identity = content.identity
             if identity is not None:
                 target = first_link.get(identity)
                 if target is not None:
-                    tar.add(normalized_info(name, tarfile.LNKTYPE, entry.mode, mtime,
-                                            linkname=target, uid=uid, gid=gid))
+                    tar.add_member(member_header(name, tarfile.LNKTYPE, entry.mode, mtime, linkname=target,
+                                                 uid=uid, gid=gid))
                     continue
                 first_link[identity] = name
-            _add_host_file(tar, name, entry.mode, mtime, entry.content, uid, gid)
+            if content.data is not None:  # read whole when it was selected: not opened again
+                tar.add_member(member_header(name, tarfile.REGTYPE, entry.mode, mtime, size=len(content.data),
+                                             uid=uid, gid=gid), content.data)
+            else:
+                _add_host_file(tar, name, entry.mode, mtime, content, uid, gid)
         else:
-            data = entry.content.data if isinstance(entry.content, InlineContent) else b""
-            tar.add(normalized_info(name, tarfile.REGTYPE, entry.mode, mtime, size=len(data),
-                                    uid=uid, gid=gid), data)
+            data = content.data if isinstance(content, InlineContent) else b""
+            tar.add_member(member_header(name, tarfile.REGTYPE, entry.mode, mtime, size=len(data),
+                                         uid=uid, gid=gid), data)
     tar.finish()
     compressor.close()
     return LayerInfo(

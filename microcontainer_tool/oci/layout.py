@@ -39,6 +39,7 @@ from microcontainer_tool.hostfs.atomic import (
 from microcontainer_tool.model.tree import FileTree
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.compression import open_compressor
+from microcontainer_tool.oci.formats import FORMATS
 from microcontainer_tool.oci.layer import CHUNK_SIZE, LayerInfo, TarStreamWriter, normalized_info, write_layer
 from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.model import Descriptor, canonical_json
@@ -49,9 +50,6 @@ from microcontainer_tool.oci.referrers import (
     surviving_referrers,
 )
 from microcontainer_tool.oci.store import BLOBS_DIR, INDEX_FILE, OCI_LAYOUT, OCI_LAYOUT_FILE, LayoutStore
-
-FORMATS = ("oci", "oci-archive", "smith", "docker-archive")
-"""Output format names accepted by :func:`write_image`."""
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"

@@ -103,6 +103,7 @@ def summarize(view: ImageView, label: str | None = None) -> ImageSummary:
     label = label or view.path
     files: dict[str, FileState] = {}
     record_data: bytes | None = None
+    record_layer: dict[str, FileState] = {}
     for number in range(len(view.layers)):
         opaque: list[str] = []
         removed: list[str] = []
@@ -133,6 +134,7 @@ def summarize(view: ImageView, label: str | None = None) -> ImageSummary:
                     digest = "sha256:" + sha.hexdigest()
                     if keep:
                         record_data = b"".join(chunks)
+                        record_layer = layer  # filled as the layer is read
                 layer[info.path] = FileState(info.type, info.mode, info.size, info.linkname, digest,
                                              f"{member.uid}:{member.gid}")
         for directory in opaque:
@@ -147,7 +149,8 @@ def summarize(view: ImageView, label: str | None = None) -> ImageSummary:
     summary = ImageSummary(label, str((view.manifest.get("config") or {}).get("digest", "")))
     if RECORD_PATH in files and record_data is not None:
         del files[RECORD_PATH]
-        _read_record(summary, parse_record(record_data, label))
+        entries = {path: state.type for path, state in record_layer.items()}
+        _read_record(summary, parse_record(record_data, label, entries))
     summary.files = files
     conf = view.config.get("config")
     summary.config = {key: value for key, value in (conf if isinstance(conf, dict) else {}).items()}

@@ -166,7 +166,9 @@ def read_image_facts(image: str, sha1: bool = False, platform: str | None = None
         else:
             raise LayoutError(f"{image}: no provenance record ({RECORD_PATH}): not built by"
                               " microcontainer-tool, or built before provenance records existed")
-        record = parse_record(layer.record, image)
+        entries = {path: "file" for path in layer.files}
+        entries.update({path: "symlink" for path in layer.links})
+        record = parse_record(layer.record, image, entries)
         name = _image_name(view)
         arch = str(view.config.get("architecture") or record.get("image", {}).get("arch") or "")
         digest = view.manifest_digest
