@@ -476,11 +476,33 @@ def _add_runtime_parsers(sub: Any) -> None:
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
     rm.add_argument("--state-dir", metavar="DIR", help=state_help)
+    _add_debug_parser(sub, state_help)
+
+
+def _add_debug_parser(sub: Any, state_help: str) -> None:
     debug = sub.add_parser("debug", help="run a command in a running container with a side-loaded toolbox")
-    debug.add_argument("name", metavar="NAME")
+    debug.add_argument("name", metavar="NAME", nargs="?",
+                       help="container: ours (default), a runc id (--runtime-root) or podman's (--podman)")
     debug.add_argument("command_args", nargs="*", metavar="CMD", help="after --: command (default: sh)")
-    debug.add_argument("--toolbox", metavar="DIR|IMAGE",
-                       help="directory of static tools, or an image (default: static busybox)")
+    debug.add_argument("--toolbox", metavar="PROGRAMS|SPEC|DIR|IMAGE",
+                       help="programs (strace,gdb,lsof,ss), a toolbox.yaml, a directory of static tools or an"
+                            " image (default: busybox, strace, and gdb, tcpdump, lsof when installed)")
+    debug.add_argument("--toolbox-root", metavar="DIR|IMAGE",
+                       help="sysroot or image the --toolbox programs are taken from (default: /)")
+    target = debug.add_mutually_exclusive_group()
+    target.add_argument("--runtime-root", metavar="DIR",
+                        help="NAME is a runc container id in this runc --root state dir (runc's default:"
+                             " /run/runc)")
+    target.add_argument("--pid", type=int, metavar="PID", help="debug this process (no NAME)")
+    target.add_argument("--podman", action="store_true", help="NAME is a podman container")
+    mode = debug.add_mutually_exclusive_group()
+    mode.add_argument("-e", "--exec", dest="mode", action="store_const", const="exec",
+                      help="run CMD through the runtime (runc/podman exec: the container's user and limits)")
+    mode.add_argument("--mount-only", dest="mode", action="store_const", const="mount",
+                      help="mount the toolbox at /dev/crashcart and leave it (for several sessions)")
+    mode.add_argument("--unmount", dest="mode", action="store_const", const="unmount",
+                      help="remove a toolbox left by --mount-only")
+    debug.add_argument("--runtime", default="runc", help="runc binary for --runtime-root (default: runc)")
     debug.add_argument("--cache-dir", metavar="DIR", help="as for build")
     debug.add_argument("--state-dir", metavar="DIR", help=state_help)
 
@@ -512,10 +534,31 @@ def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "rm":
         runtime.rm(args.name, state, force=args.force)
         return 0
-    from microcontainer_tool.runtime.debug import debug
+    return _debug(args, state, out)
 
-    return debug(args.name, state, args.toolbox, args.command_args or None,
-                 cache_dir=args.cache_dir or default_cache_dir())
+
+def _debug(args: argparse.Namespace, state: str, out: TextIO) -> int:
+    from microcontainer_tool.errors import RunError
+    from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    from microcontainer_tool.runtime import targets
+    from microcontainer_tool.runtime.debug import debug_target
+
+    command = list(args.command_args)
+    if args.pid is not None:
+        if args.name is not None:  # "debug --pid N -- CMD": argparse gave CMD's first word to NAME
+            command.insert(0, args.name)
+        target = targets.process(args.pid)
+    elif args.name is None:
+        raise RunError("debug: give a container NAME, or --pid PID")
+    elif args.runtime_root is not None:
+        target = targets.runc_container(args.name, args.runtime_root, args.runtime)
+    elif args.podman:
+        target = targets.podman_container(args.name)
+    else:
+        target = targets.our_container(args.name, state)
+    cache = args.cache_dir or default_cache_dir()
+    return debug_target(target, args.toolbox, command or None, cache_dir=cache, mode=args.mode or "enter",
+                        toolbox_root=args.toolbox_root, out=out)
 
 
 def _client(args: argparse.Namespace, registry: str) -> Any:
