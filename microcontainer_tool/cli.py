@@ -495,6 +495,8 @@ def _add_debug_parser(sub: Any, state_help: str) -> None:
                              " /run/runc)")
     target.add_argument("--pid", type=int, metavar="PID", help="debug this process (no NAME)")
     target.add_argument("--podman", action="store_true", help="NAME is a podman container")
+    debug.add_argument("--podman-option", action="append", default=[], metavar="OPT",
+                       help="podman global option for --podman (--podman-option=--root=DIR); repeatable")
     mode = debug.add_mutually_exclusive_group()
     mode.add_argument("-e", "--exec", dest="mode", action="store_const", const="exec",
                       help="run CMD through the runtime (runc/podman exec: the container's user and limits)")
@@ -553,7 +555,7 @@ def _debug(args: argparse.Namespace, state: str, out: TextIO) -> int:
     elif args.runtime_root is not None:
         target = targets.runc_container(args.name, args.runtime_root, args.runtime)
     elif args.podman:
-        target = targets.podman_container(args.name)
+        target = targets.podman_container(args.name, options=args.podman_option)
     else:
         target = targets.our_container(args.name, state)
     cache = args.cache_dir or default_cache_dir()

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,3 +304,56 @@ def test_mount_only_unmount_and_exec_through_runc(plain_runc: tuple[str, str, in
 def test_targets_errors() -> None:
     with pytest.raises(RunError, match="no process with pid"):
         targets.process(0)
+
+
+@pytest.fixture
+def podman_sleep(tmp_path: Path) -> Iterator[tuple[list[str], str, int]]:
+    """A read-only podman container running our ``sleep`` image, in private storage.
+
+    Yields:
+        (podman's global options for that storage, the container's name, its pid).
+    """
+    if os.geteuid() != 0 or not have("podman"):
+        pytest.fail("podman as root is needed: run examples/setup.sh")
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "microimage.yaml").write_text("from: /\npaths: [/usr/bin/sleep]\ncmd: [/usr/bin/sleep, '300']\n")
+    archive = tmp_path / "sleep.tar"
+    proc = run_cli("build", "-c", str(spec), "-o", str(archive), "--name", "localhost/sleep:1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    work = Path(tempfile.mkdtemp(prefix="mct-podman-"))  # podman refuses a long run root
+    options = [f"--root={work}/storage", f"--runroot={work}/run", f"--tmpdir={work}/tmp",
+               "--storage-driver=vfs"]
+    base = ["podman", *targets.PODMAN_FLAGS, *options]
+    name = f"pod-{uuid.uuid4().hex[:8]}"
+    try:
+        for args in (["load", "-q", "-i", str(archive)],
+                     ["run", "-d", "--read-only", "--network", "none", "--ulimit", "nofile=1024:1024",
+                      "--ulimit", "nproc=4096:4096", "--name", name, "localhost/sleep:1"]):
+            proc = subprocess.run(base + args, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=120)
+            assert proc.returncode == 0, proc.stderr
+        pid = int(subprocess.run(base + ["inspect", "--format", "{{.State.Pid}}", name], capture_output=True,
+                                 text=True, check=True, timeout=120).stdout)
+        yield options, name, pid
+    finally:
+        for args in (["rm", "--all", "--force", "--time", "0"], ["rmi", "--all", "--force"]):
+            subprocess.run(base + args, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_debug_podman_container_by_name(podman_sleep: tuple[list[str], str, int], toolbox: str,
+                                        cache: str) -> None:
+    options, name, pid = podman_sleep
+    common = ["--cache-dir", cache, "--toolbox", toolbox, *(f"--podman-option={opt}" for opt in options),
+              "--podman", name]
+    proc = run_cli("debug", *common, "--", "gdb", "-batch", "-p", "1", "-ex", "bt")
+    assert proc.returncode == 0, proc.stderr
+    assert "#0 " in proc.stdout and "nanosleep" in proc.stdout
+    assert_no_toolbox_mount(pid, toolbox)
+    proc = run_cli("debug", "--exec", *common, "--", "strace", "-f", "-c", "/usr/bin/sleep", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "execve" in proc.stderr and "total" in proc.stderr
+    assert_no_toolbox_mount(pid, toolbox)
+    proc = run_cli("debug", *common[:-1], "no-such-container")
+    assert_one_line_error(proc, "podman container 'no-such-container'")

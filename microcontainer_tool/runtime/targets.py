@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,8 +111,14 @@ def runc_container(container_id: str, runtime_root: str = DEFAULT_RUNC_ROOT, run
                   (binary, "--root", runtime_root, "exec"), container_id)
 
 
-def podman_container(name: str, podman: str = "podman") -> Target:
+def podman_container(name: str, podman: str = "podman", options: Sequence[str] = ()) -> Target:
     """A podman container by name or id.
+
+    Args:
+        name: the container.
+        podman: the podman binary.
+        options: podman global options after :data:`PODMAN_FLAGS` (``--root DIR``,
+            ``--runroot DIR``... for a storage other than the default).
 
     Raises:
         RunError: podman is missing, does not know the container, or it is not running.
@@ -119,7 +126,8 @@ def podman_container(name: str, podman: str = "podman") -> Target:
     binary = shutil.which(podman)
     if binary is None:
         raise RunError("podman not found; install podman")
-    proc = subprocess.run([binary, *PODMAN_FLAGS, "inspect", "--type", "container", "--format",
+    base = (binary, *PODMAN_FLAGS, *options)
+    proc = subprocess.run([*base, "inspect", "--type", "container", "--format",
                            "{{.State.Pid}} {{json .Config.Env}}", name],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
@@ -134,7 +142,7 @@ def podman_container(name: str, podman: str = "podman") -> Target:
     except ValueError:
         env = []
     return Target(int(pid_text), label, [item for item in env if isinstance(item, str)],
-                  (binary, *PODMAN_FLAGS, "exec"), name)
+                  (*base, "exec"), name)
 
 
 def process(pid: int) -> Target:
