@@ -190,10 +190,27 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     env = os.environ if environ is None else environ
-    args = _parser().parse_args(argv)
+    args = _parse_args(list(sys.argv[1:] if argv is None else argv))
     # diff keeps 1 for "different": its errors exit 2, as diff(1) and cmp(1) do
     return guarded(lambda: _dispatch(args, out, err, env), err,
                    error_code=2 if args.command == "diff" else None)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``debug``, everything after the first ``--`` is the command.
+
+    argparse cannot take options after ``debug NAME`` and then ``-- CMD`` (the
+    command's positional is filled when NAME is), so the command is split off first.
+    """
+    if argv[:1] == ["debug"] and "--" in argv:
+        split = argv.index("--")
+        parser = _parser()
+        args = parser.parse_args(argv[:split])
+        if args.command_args:  # NAME and another word before --
+            parser.error(f"unrecognized arguments: {' '.join(args.command_args)}")
+        args.command_args = argv[split + 1:]
+        return args
+    return _parser().parse_args(argv)
 
 
 def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO,

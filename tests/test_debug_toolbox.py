@@ -213,6 +213,8 @@ def _ldd_paths(program: str) -> list[str]:
 def test_debug_our_container_strace_and_gdb(ours: tuple[str, int], state: str, toolbox: str, cache: str,
                                             sleep_image: str, capfd: pytest.CaptureFixture[str]) -> None:
     name, pid = ours
+    # the container has a user namespace of its own: the session joins it
+    assert os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
     capfd.readouterr()
     # strace attaches to the container's pid 1 (sleep) until interrupted
     attach = ["timeout", "-s", "INT", "2", "strace", "-p", "1", "-e", "trace=none"]
@@ -238,7 +240,8 @@ def test_debug_our_container_strace_and_gdb(ours: tuple[str, int], state: str, t
 @needs_runc
 def test_debug_cli_default_toolbox_in_our_container(ours: tuple[str, int], state: str, cache: str) -> None:
     name, pid = ours
-    proc = run_cli("debug", "--state-dir", state, "--cache-dir", cache, name, "--",
+    # options may follow NAME: the command starts after --
+    proc = run_cli("debug", name, "--state-dir", state, "--cache-dir", cache, "--",
                    "sh", "-c", "strace -V | head -1; ls /dev/crashcart/libexec")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("strace -- version ")
@@ -264,6 +267,8 @@ def test_debug_plain_runc_container_by_id_and_by_pid(plain_runc: tuple[str, str,
     assert_no_toolbox_mount(pid, toolbox)
     proc = run_cli("debug", *common, "--runtime-root", root, "no-such-id")
     assert_one_line_error(proc, "no-such-id")
+    proc = run_cli("debug", "--runtime-root", root, cid, "stray", "--", "true")
+    assert proc.returncode == 2 and "unrecognized arguments: stray" in proc.stderr
 
 
 @needs_runc
