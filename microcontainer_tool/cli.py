@@ -479,7 +479,8 @@ def _add_runtime_parsers(sub: Any) -> None:
     run.add_argument("--runtime", default="runc", help="OCI runtime binary (default: runc)")
     run.add_argument("--no-userns", action="store_true", help="no user namespace: container ids are host ids")
     run.add_argument("--debug", action="store_true", help="mount the debug toolbox at /dev/crashcart")
-    run.add_argument("--toolbox", metavar="DIR|IMAGE", help="toolbox for --debug (default: static busybox)")
+    run.add_argument("--toolbox", metavar="PROGRAMS|SPEC|DIR|IMAGE",
+                     help="toolbox for --debug, as for debug --toolbox (default: busybox, strace...)")
     run.add_argument("--cache-dir", metavar="DIR", help="as for build (unpacked images, toolboxes)")
     run.add_argument("--state-dir", metavar="DIR", help=state_help)
     ps = sub.add_parser("ps", help="list containers")
