@@ -112,7 +112,7 @@ def assert_no_toolbox_mount(pid: int, toolbox: str) -> None:
 def test_toolbox_layout_wrappers_and_cache(toolbox: str, cache: str) -> None:
     root = Path(toolbox)
     wrapper = (root / "bin" / "strace").read_text()
-    assert wrapper.startswith("#!/dev/crashcart/bin/sh\n")
+    assert wrapper.startswith("#!/dev/crashcart/bin/busybox sh\n")
     assert ("exec /dev/crashcart/lib/ld-linux-x86-64.so.2 --library-path /dev/crashcart/lib --argv0 \"$0\""
             " /dev/crashcart/libexec/strace \"$@\"") in wrapper
     gdb = (root / "bin" / "gdb").read_text()
@@ -155,6 +155,10 @@ def test_toolbox_argument_forms_and_errors(tmp_path: Path, cache: str) -> None:
     directory = tmp_path / "static-tools"
     directory.mkdir()
     assert not is_program_list(str(directory))
+    archive = tmp_path / "toolbox.tar"
+    archive.write_bytes(b"not ELF")
+    assert not is_program_list(str(archive)) and not is_program_list("relative/image.tar")
+    assert is_program_list("/no/such/program")  # it may be in --toolbox-root
     assert resolve_toolbox(str(directory), cache) == str(directory)
     spec = tmp_path / "toolbox.yaml"
     spec.write_text("programs: [strace, /usr/bin/gdb]\npacks: [tz]\nfiles: [/etc/services]\n")
@@ -175,6 +179,8 @@ def test_toolbox_argument_forms_and_errors(tmp_path: Path, cache: str) -> None:
         build_toolbox(parse_program_list("strace,no-such-tool"), cache)
     with pytest.raises(SourceError, match="not an ELF program"):
         build_toolbox(parse_program_list("/usr/bin/ldd"), cache)  # a shell script
+    with pytest.raises(SourceError, match="has its own"):
+        build_toolbox(parse_program_list("strace,busybox"), cache)
     with pytest.raises(SourceError, match="unknown pack 'nope'"):
         build_toolbox(ToolboxSpec(("strace",), packs=("nope",)), cache)
     proc = run_cli("debug", "--pid", "999999999", "--cache-dir", cache, "--", "true")

@@ -18,7 +18,7 @@ and lays them out as::
 Each wrapper runs its program through the toolbox's own loader, never the
 container's, with the toolbox's libraries (the container is not patched)::
 
-    #!/dev/crashcart/bin/sh
+    #!/dev/crashcart/bin/busybox sh
     exec /dev/crashcart/lib/ld-linux-x86-64.so.2 --library-path /dev/crashcart/lib \\
         --argv0 "$0" /dev/crashcart/libexec/strace "$@"
 
@@ -110,15 +110,23 @@ def default_spec() -> ToolboxSpec | None:
 
 
 def is_program_list(value: str) -> bool:
-    """Whether ``--toolbox VALUE`` is a program list rather than a directory, spec or image."""
-    if "," in value or "/" not in value:
-        return not os.path.exists(value) or not (os.path.isdir(value) or value.endswith(SPEC_SUFFIXES))
+    """Whether ``--toolbox VALUE`` is a program list rather than a directory, spec or image.
+
+    A list has a comma, or is one name or absolute path; an existing directory,
+    ``*.yaml`` file or non-ELF file (an image archive) is not one.
+    """
+    if "," in value:
+        return True
+    if os.path.isdir(value) or (value.endswith(SPEC_SUFFIXES) and os.path.isfile(value)):
+        return False
     if os.path.isfile(value):
+        if not value.startswith("/"):
+            return False
         try:
             return read_elf(value) is not None
         except ElfError:
             return False
-    return False
+    return "/" not in value or value.startswith("/")
 
 
 def resolve_toolbox(value: str | None, cache_dir: str, toolbox_root: str | None = None) -> str:
@@ -216,7 +224,10 @@ def _plan(spec: ToolboxSpec, sysroot: SysRoot) -> _Plan:
         info = read_elf(sysroot.host_path(path), path)
         if info is None:
             raise SourceError(f"toolbox program {path}: not an ELF program (scripts cannot be made portable)")
-        programs[posixpath.basename(program)] = (path, info)
+        name = posixpath.basename(program)
+        if name == "busybox":
+            raise SourceError("toolbox program 'busybox': the toolbox has its own (static) busybox")
+        programs[name] = (path, info)
     resolver = LibraryResolver(sysroot)
     dynamic = {name: path for name, (path, info) in programs.items() if info.interpreter is not None}
     closure = resolver.closure(dynamic.values())
@@ -393,7 +404,7 @@ def _elves(paths: Iterable[str], sysroot: SysRoot) -> list[str]:
 
 
 def _wrapper(name: str, interpreter: str, plan: _Plan, glibc: tuple[int, int] | None) -> str:
-    lines = ["#!" + CRASHCART + "/bin/sh",
+    lines = ["#!" + CRASHCART + "/bin/busybox sh",
              f"# {name}: run by the toolbox's own loader with the toolbox's libraries (microcontainer debug)"]
     lines += [f"export {key}={_quote(value)}" for key, value in sorted(plan.env.items())]
     argv0 = ' --argv0 "$0"' if glibc is None or glibc >= _ARGV0_GLIBC else ""
