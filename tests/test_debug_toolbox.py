@@ -161,9 +161,9 @@ def test_toolbox_argument_forms_and_errors(tmp_path: Path, cache: str) -> None:
     assert is_program_list("/no/such/program")  # it may be in --toolbox-root
     assert resolve_toolbox(str(directory), cache) == str(directory)
     spec = tmp_path / "toolbox.yaml"
-    spec.write_text("programs: [strace, /usr/bin/gdb]\npacks: [tz]\nfiles: [/etc/services]\n")
+    spec.write_text("programs: [/usr/bin/strace]\npacks: [tz]\nfiles: [/etc/services]\n")
     loaded = load_toolbox_spec(str(spec))
-    assert loaded == ToolboxSpec(("strace", "/usr/bin/gdb"), "/", None, ("tz",), ("/etc/services",))
+    assert loaded == ToolboxSpec(("/usr/bin/strace",), "/", None, ("tz",), ("/etc/services",))
     built = Path(resolve_toolbox(str(spec), cache))
     assert (built / "root/etc/services").is_file() and (built / "root/usr/share/zoneinfo").is_dir()
     assert "export TZDIR=/dev/crashcart/root/usr/share/zoneinfo" in (built / "bin/strace").read_text()
@@ -198,6 +198,23 @@ def test_toolbox_from_another_sysroot(tmp_path: Path, cache: str) -> None:
     assert (built / "libexec/strace").read_bytes() == Path("/usr/bin/strace").read_bytes()
     with pytest.raises(SourceError, match="'gdb': not found in dir:"):
         resolve_toolbox("gdb", cache, str(sysroot))
+
+
+def test_toolbox_from_an_image(tmp_path: Path, cache: str) -> None:
+    """``--toolbox-root IMAGE``: an image built from ``/`` with strace is the sysroot."""
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "microimage.yaml").write_text("from: /\npaths: [/usr/bin/strace]\n")
+    proc = run_cli("build", "-c", str(spec), "-o", str(tmp_path / "strace.oci"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    built = Path(resolve_toolbox("strace", cache, str(tmp_path / "strace.oci")))
+    assert (built / "libexec/strace").read_bytes() == Path("/usr/bin/strace").read_bytes()
+    assert (built / "lib/libc.so.6").read_bytes() == Path(os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+                                                          ).read_bytes()
+    with pytest.raises(SourceError, match="'lsof': not found"):
+        resolve_toolbox("lsof", cache, str(tmp_path / "strace.oci"))
+    with pytest.raises(RunError, match="--toolbox-root needs"):
+        resolve_toolbox(None, cache, str(tmp_path / "strace.oci"))
 
 
 def _ldd_paths(program: str) -> list[str]:
