@@ -298,8 +298,8 @@ def test_debug_plain_runc_container_by_id_and_by_pid(plain_runc: tuple[str, str,
 def test_mount_only_unmount_and_exec_through_runc(plain_runc: tuple[str, str, int], toolbox: str,
                                                   cache: str) -> None:
     root, cid, pid = plain_runc
-    target = ["--cache-dir", cache, "--toolbox", toolbox, "--runtime-root", root, cid]
-    proc = run_cli("debug", "--mount-only", *target)
+    target = ["--cache-dir", cache, "--runtime-root", root, cid]
+    proc = run_cli("debug", "--mount-only", "--toolbox", toolbox, *target)
     assert proc.returncode == 0, proc.stderr
     assert "mounted at /dev/crashcart" in proc.stdout
     assert dbg.toolbox_mounted(pid)
@@ -307,7 +307,10 @@ def test_mount_only_unmount_and_exec_through_runc(plain_runc: tuple[str, str, in
     for _ in range(2):
         proc = run_cli("debug", *target, "--", "ls", "/dev/crashcart/libexec")
         assert proc.returncode == 0 and proc.stdout.split() == ["gdb", "strace"], proc.stderr
+        assert proc.stderr == ""
         assert dbg.toolbox_mounted(pid)
+    proc = run_cli("debug", "--toolbox", "strace", *target, "--", "true")
+    assert proc.returncode == 0 and "--toolbox is ignored" in proc.stderr
     # read-only
     proc = run_cli("debug", *target, "--", "touch", "/dev/crashcart/x")
     assert proc.returncode == 1 and "Read-only file system" in proc.stderr

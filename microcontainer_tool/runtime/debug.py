@@ -228,6 +228,9 @@ def debug_target(target: Target, toolbox: str | None = None, command: Sequence[s
     if not toolbox_mounted(pid):
         attach_toolbox(pid, resolve_toolbox(toolbox, cache_dir or default_cache_dir(), toolbox_root))
         mounted_here = True
+    elif toolbox is not None or toolbox_root is not None:
+        print(f"debug: {target.label} already has a toolbox at {CRASHCART}: it is used, --toolbox is ignored"
+              f" (--unmount removes it)", file=sys.stderr)
     if mode == "mount":
         state = "mounted" if mounted_here else "already mounted"
         print(f"{target.label}: toolbox {state} at {CRASHCART} (remove it with --unmount)", file=report)
