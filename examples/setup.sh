@@ -18,7 +18,9 @@ venv=${MCT_VENV:-$top/.venv}
 # run the outputs with (tests/test_clients.py).
 apt_packages=(runc umoci skopeo oci-image-tool gcc libc6-dev python3-venv rpm rpm2cpio cpio createrepo-c
               docker-registry apache2-utils openssl busybox-static debootstrap qemu-user-static curl gnupg
-              podman containerd)
+              podman containerd
+              # the debug toolbox's default programs (microcontainer debug, tests/test_debug_toolbox.py)
+              strace gdb tcpdump lsof iproute2)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -196,10 +196,27 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     env = os.environ if environ is None else environ
-    args = _parser().parse_args(argv)
+    args = _parse_args(list(sys.argv[1:] if argv is None else argv))
     # diff keeps 1 for "different": its errors exit 2, as diff(1) and cmp(1) do
     return guarded(lambda: _dispatch(args, out, err, env), err,
                    error_code=2 if args.command in ("diff", "verify") else None)
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``debug``, everything after the first ``--`` is the command.
+
+    argparse cannot take options after ``debug NAME`` and then ``-- CMD`` (the
+    command's positional is filled when NAME is), so the command is split off first.
+    """
+    if argv[:1] == ["debug"] and "--" in argv:
+        split = argv.index("--")
+        parser = _parser()
+        args = parser.parse_args(argv[:split])
+        if args.command_args:  # NAME and another word before --
+            parser.error(f"unrecognized arguments: {' '.join(args.command_args)}")
+        args.command_args = argv[split + 1:]
+        return args
+    return _parser().parse_args(argv)
 
 
 def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO,
@@ -576,7 +593,8 @@ def _add_runtime_parsers(sub: Any) -> None:
     run.add_argument("--runtime", default="runc", help="OCI runtime binary (default: runc)")
     run.add_argument("--no-userns", action="store_true", help="no user namespace: container ids are host ids")
     run.add_argument("--debug", action="store_true", help="mount the debug toolbox at /dev/crashcart")
-    run.add_argument("--toolbox", metavar="DIR|IMAGE", help="toolbox for --debug (default: static busybox)")
+    run.add_argument("--toolbox", metavar="PROGRAMS|SPEC|DIR|IMAGE",
+                     help="toolbox for --debug, as for debug --toolbox (default: busybox, strace...)")
     run.add_argument("--cache-dir", metavar="DIR", help="as for build (unpacked images, toolboxes)")
     run.add_argument("--state-dir", metavar="DIR", help=state_help)
     ps = sub.add_parser("ps", help="list containers")
@@ -590,11 +608,35 @@ def _add_runtime_parsers(sub: Any) -> None:
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
     rm.add_argument("--state-dir", metavar="DIR", help=state_help)
+    _add_debug_parser(sub, state_help)
+
+
+def _add_debug_parser(sub: Any, state_help: str) -> None:
     debug = sub.add_parser("debug", help="run a command in a running container with a side-loaded toolbox")
-    debug.add_argument("name", metavar="NAME")
+    debug.add_argument("name", metavar="NAME", nargs="?",
+                       help="container: ours (default), a runc id (--runtime-root) or podman's (--podman)")
     debug.add_argument("command_args", nargs="*", metavar="CMD", help="after --: command (default: sh)")
-    debug.add_argument("--toolbox", metavar="DIR|IMAGE",
-                       help="directory of static tools, or an image (default: static busybox)")
+    debug.add_argument("--toolbox", metavar="PROGRAMS|SPEC|DIR|IMAGE",
+                       help="programs (strace,gdb,lsof,ss), a toolbox.yaml, a directory of static tools or an"
+                            " image (default: busybox, strace, and gdb, tcpdump, lsof when installed)")
+    debug.add_argument("--toolbox-root", metavar="DIR|IMAGE",
+                       help="sysroot or image the --toolbox programs are taken from (default: /)")
+    target = debug.add_mutually_exclusive_group()
+    target.add_argument("--runtime-root", metavar="DIR",
+                        help="NAME is a runc container id in this runc --root state dir (runc's default:"
+                             " /run/runc)")
+    target.add_argument("--pid", type=int, metavar="PID", help="debug this process (no NAME)")
+    target.add_argument("--podman", action="store_true", help="NAME is a podman container")
+    debug.add_argument("--podman-option", action="append", default=[], metavar="OPT",
+                       help="podman global option for --podman (--podman-option=--root=DIR); repeatable")
+    mode = debug.add_mutually_exclusive_group()
+    mode.add_argument("-e", "--exec", dest="mode", action="store_const", const="exec",
+                      help="run CMD through the runtime (runc/podman exec: the container's user and limits)")
+    mode.add_argument("--mount-only", dest="mode", action="store_const", const="mount",
+                      help="mount the toolbox at /dev/crashcart and leave it (for several sessions)")
+    mode.add_argument("--unmount", dest="mode", action="store_const", const="unmount",
+                      help="remove a toolbox left by --mount-only")
+    debug.add_argument("--runtime", default="runc", help="runc binary for --runtime-root (default: runc)")
     debug.add_argument("--cache-dir", metavar="DIR", help="as for build")
     debug.add_argument("--state-dir", metavar="DIR", help=state_help)
 
@@ -627,10 +669,31 @@ def _runtime_command(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "rm":
         runtime.rm(args.name, state, force=args.force)
         return 0
-    from microcontainer_tool.runtime.debug import debug
+    return _debug(args, state, out)
 
-    return debug(args.name, state, args.toolbox, args.command_args or None,
-                 cache_dir=args.cache_dir or default_cache_dir())
+
+def _debug(args: argparse.Namespace, state: str, out: TextIO) -> int:
+    from microcontainer_tool.errors import RunError
+    from microcontainer_tool.hostfs.cachedir import default_cache_dir
+    from microcontainer_tool.runtime import targets
+    from microcontainer_tool.runtime.debug import debug_target
+
+    command = list(args.command_args)
+    if args.pid is not None:
+        if args.name is not None:  # "debug --pid N -- CMD": argparse gave CMD's first word to NAME
+            command.insert(0, args.name)
+        target = targets.process(args.pid)
+    elif args.name is None:
+        raise RunError("debug: give a container NAME, or --pid PID")
+    elif args.runtime_root is not None:
+        target = targets.runc_container(args.name, args.runtime_root, args.runtime)
+    elif args.podman:
+        target = targets.podman_container(args.name, options=args.podman_option)
+    else:
+        target = targets.our_container(args.name, state)
+    cache = args.cache_dir or default_cache_dir()
+    return debug_target(target, args.toolbox, command or None, cache_dir=cache, mode=args.mode or "enter",
+                        toolbox_root=args.toolbox_root, out=out)
 
 
 def _client(args: argparse.Namespace, registry: str) -> Any:

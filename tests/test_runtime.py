@@ -35,7 +35,7 @@ from microcontainer_tool.runtime.bundle import Bundle, make_bundle
 from microcontainer_tool.runtime.config import runtime_config
 from microcontainer_tool.runtime.extractor import extract_image
 from microcontainer_tool.runtime.namespaces import host_id_map, userns_supported
-from microcontainer_tool.runtime.toolbox import _static_busybox
+from microcontainer_tool.runtime.toolbox import static_busybox
 from microcontainer_tool.runtime.volumes import prepare_write_dir
 
 # --------------------------------------------------------------------------- image helpers
@@ -281,7 +281,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "from: /\npaths: [/usr/bin/touch, /usr/bin/id, /usr/bin/cat, /usr/bin/sleep]\ncmd: [/usr/bin/id]\n")
     result = {"cat": _build(REPO / "examples" / "cat", base / "cat"), "core": _build(core, base / "core")}
     try:
-        _static_busybox()
+        static_busybox()
     except RunError:
         return result
     busybox = base / "busybox-spec"

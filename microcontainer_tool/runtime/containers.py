@@ -51,7 +51,8 @@ from microcontainer_tool.hostfs.atomic import write_atomic
 from microcontainer_tool.runtime.bundle import Bundle, make_bundle
 from microcontainer_tool.runtime.config import bind_mount, runtime_config
 from microcontainer_tool.runtime.namespaces import IdMap, detach_mount, host_id_map, stage_mount
-from microcontainer_tool.runtime.toolbox import CRASHCART, toolbox_dir
+from microcontainer_tool.runtime.toolbox import CRASHCART
+from microcontainer_tool.runtime.toolboxbuilder import resolve_toolbox
 from microcontainer_tool.runtime.volumes import invoking_uids, prepare_write_dir
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -256,7 +257,8 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
         cache_dir: the tool's cache (root filesystems, toolboxes).
         tag: the image to pick when the layout holds several.
         debug: mount a toolbox read-only at ``/dev/crashcart`` from the start.
-        toolbox: the toolbox for ``debug`` (see :func:`microcontainer_tool.runtime.toolbox.toolbox_dir`).
+        toolbox: the toolbox for ``debug`` (see
+            :func:`microcontainer_tool.runtime.toolboxbuilder.resolve_toolbox`).
         wrapper: a command put before the runtime's (``strace ... -o LOG``: see
             :mod:`~microcontainer_tool.runtime.tracer`); foreground runs only.
         stdout: file descriptor for the program's standard output (default: ours).
@@ -289,7 +291,7 @@ def run(image: str, *, name: str | None = None, detach: bool = False, runtime: s
         bundle = make_bundle(image, cache_dir, tag, platform)
     extra = list(config_kw.pop("extra_mounts", ()))
     if debug:
-        extra.append(bind_mount(toolbox_dir(toolbox, cache_dir), CRASHCART, readonly=True))
+        extra.append(bind_mount(resolve_toolbox(toolbox, cache_dir), CRASHCART, readonly=True))
     config = runtime_config(bundle.image_config, bundle, extra_mounts=extra, **config_kw)
     name = name or _generated_name()
     directory = container_dir(state_dir, name)

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
-from microcontainer_tool import jsontext
 from microcontainer_tool.errors import MicrocontainerError, RunError
 from microcontainer_tool.hostfs.cachedir import default_cache_dir
-from microcontainer_tool.runtime.containers import container_dir, load_record, runtime_state
 from microcontainer_tool.runtime.namespaces import (
     attach_tree,
     clone_for_container,
@@ -46,12 +46,15 @@ from microcontainer_tool.runtime.namespaces import (
     fork_call,
     host_id_map,
 )
-from microcontainer_tool.runtime.toolbox import CRASHCART, toolbox_dir
+from microcontainer_tool.runtime.targets import Target, our_container
+from microcontainer_tool.runtime.toolbox import CRASHCART
+from microcontainer_tool.runtime.toolboxbuilder import resolve_toolbox
 
 TOOLBOX_PATH = [f"{CRASHCART}/{sub}" for sub in ("bin", "sbin", "usr/bin", "usr/sbin")]
 """Toolbox directories put first in the debug command's ``PATH``."""
 
 _NAMESPACES = ("user", "mnt", "uts", "ipc", "net", "pid")
+_INTERRUPTS = (signal.SIGINT, signal.SIGQUIT)
 
 
 def toolbox_mounted(pid: int) -> bool:
@@ -125,15 +128,6 @@ def detach_toolbox(pid: int) -> None:
             raise
 
 
-def _container_env(directory: str) -> list[str]:
-    try:
-        config: dict[str, Any] = jsontext.load_file(os.path.join(directory, "config.json"))
-        env = config.get("process", {}).get("env", [])
-        return [item for item in env if isinstance(item, str)]
-    except (OSError, ValueError, AttributeError):
-        return []
-
-
 def _debug_env(container_env: list[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in container_env:
@@ -186,17 +180,105 @@ def exec_in_container(pid: int, argv: Sequence[str], env: dict[str, str]) -> int
             signal.signal(signum, handler)
 
 
+MODES = ("enter", "exec", "mount", "unmount")
+"""``debug`` modes: enter the namespaces (default), exec through the runtime, mount only, unmount."""
+
+
+def debug_target(target: Target, toolbox: str | None = None, command: Sequence[str] | None = None, *,
+                 cache_dir: str | None = None, mode: str = "enter", toolbox_root: str | None = None,
+                 out: TextIO | None = None) -> int:
+    """Debug ``target`` with the toolbox at ``/dev/crashcart``.
+
+    Args:
+        target: the process (see :mod:`~microcontainer_tool.runtime.targets`).
+        toolbox: ``--toolbox`` (see :func:`~.toolboxbuilder.resolve_toolbox`; None: the default).
+            Ignored when a toolbox is already mounted.
+        command: what to run (default: ``sh``), looked up in the toolbox first.
+        cache_dir: where toolboxes are built (default: the tool's cache).
+        mode: ``enter``: our own setns/fork/exec into its namespaces (root of its user
+            namespace, full capabilities there); ``exec``: through its runtime (``runc
+            exec``, ``podman exec``: the container's user and restrictions); ``mount``:
+            mount the toolbox and leave it; ``unmount``: remove a left toolbox.
+        toolbox_root: ``--toolbox-root``: the sysroot or image toolbox programs come from.
+        out: where ``mount``/``unmount`` report (default: stdout).
+
+    Returns:
+        The command's exit code (0 for ``mount``/``unmount``).
+
+    Raises:
+        RunError: not root, no toolbox, or ``exec`` for a target without a runtime.
+    """
+    if os.geteuid() != 0:
+        raise RunError("debugging containers needs root")
+    if mode not in MODES:
+        raise RunError(f"unknown debug mode {mode!r}")
+    report = out or sys.stdout
+    pid = target.pid
+    if mode == "unmount":
+        if toolbox_mounted(pid):
+            detach_toolbox(pid)
+            print(f"{target.label}: toolbox unmounted from {CRASHCART}", file=report)
+        else:
+            print(f"{target.label}: no toolbox at {CRASHCART}", file=report)
+        return 0
+    if mode == "exec" and not target.exec_prefix:
+        raise RunError(f"{target.label}: --exec needs a runtime (a container, not --pid)")
+    argv = list(command) if command else ["sh"]
+    mounted_here = False
+    if not toolbox_mounted(pid):
+        attach_toolbox(pid, resolve_toolbox(toolbox, cache_dir or default_cache_dir(), toolbox_root))
+        mounted_here = True
+    elif toolbox is not None or toolbox_root is not None:
+        print(f"debug: {target.label} already has a toolbox at {CRASHCART}: it is used, --toolbox is ignored"
+              f" (--unmount removes it)", file=sys.stderr)
+    if mode == "mount":
+        state = "mounted" if mounted_here else "already mounted"
+        print(f"{target.label}: toolbox {state} at {CRASHCART} (remove it with --unmount)", file=report)
+        return 0
+    env = _debug_env(target.env)
+    try:
+        if mode == "exec":
+            return _exec_through_runtime(target, argv, env)
+        return exec_in_container(pid, argv, env)
+    finally:
+        if mounted_here:
+            try:
+                detach_toolbox(pid)
+            except MicrocontainerError:
+                if toolbox_mounted(pid):
+                    raise
+
+
+def _exec_through_runtime(target: Target, argv: list[str], env: dict[str, str]) -> int:
+    """``RUNTIME exec --env PATH=... ID ARGV``: the runtime's user and restrictions apply."""
+    settings = [item for name in ("PATH", "TERM") if name in env for item in ("--env", f"{name}={env[name]}")]
+    tty = ["--tty"] if sys.stdin.isatty() and sys.stdout.isatty() else []
+    if "podman" in os.path.basename(target.exec_prefix[0]):
+        tty += ["--interactive"] if tty else []
+    proc = subprocess.Popen([*target.exec_prefix, *tty, *settings, target.exec_id, *argv])
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in _INTERRUPTS}
+    try:
+        code = proc.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code if code >= 0 else 128 - code
+
+
 def debug(name: str, state_dir: str, toolbox: str | None = None, command: Sequence[str] | None = None,
-          *, cache_dir: str | None = None) -> int:
-    """Debug running container ``name`` with a side-loaded toolbox.
+          *, cache_dir: str | None = None, mode: str = "enter", toolbox_root: str | None = None) -> int:
+    """Debug running container ``name`` (of ``microcontainer run``) with a side-loaded toolbox.
 
     Args:
         name: the container (see :func:`microcontainer_tool.runtime.containers.ps`).
         state_dir: the state directory it was started with.
-        toolbox: a directory of static tools, an image, or None for busybox.
-            Ignored when a toolbox is already mounted (started with ``debug=True``).
+        toolbox: see :func:`debug_target`.
         command: what to run (default: ``sh``), looked up in the toolbox first.
         cache_dir: where toolboxes are built (default: the tool's cache).
+        mode: see :func:`debug_target`.
+        toolbox_root: see :func:`debug_target`.
 
     Returns:
         The command's exit code.
@@ -206,23 +288,5 @@ def debug(name: str, state_dir: str, toolbox: str | None = None, command: Sequen
     """
     if os.geteuid() != 0:
         raise RunError("debugging containers needs root")
-    record = load_record(name, state_dir)
-    state = runtime_state(name, state_dir, record.get("runtime", "runc"))
-    pid = state.get("pid") if state else None
-    if state is None or state.get("status") != "running" or not isinstance(pid, int) or pid <= 0:
-        status = state.get("status") if state else "unknown"
-        raise RunError(f"container {name!r} is not running (status {status})")
-    argv = list(command) if command else ["sh"]
-    mounted_here = False
-    if not toolbox_mounted(pid):
-        attach_toolbox(pid, toolbox_dir(toolbox, cache_dir or default_cache_dir()))
-        mounted_here = True
-    try:
-        return exec_in_container(pid, argv, _debug_env(_container_env(container_dir(state_dir, name))))
-    finally:
-        if mounted_here:
-            try:
-                detach_toolbox(pid)
-            except MicrocontainerError:
-                if toolbox_mounted(pid):
-                    raise
+    return debug_target(our_container(name, state_dir), toolbox, command, cache_dir=cache_dir, mode=mode,
+                        toolbox_root=toolbox_root)

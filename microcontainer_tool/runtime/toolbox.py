@@ -1,9 +1,10 @@
 """Debug toolboxes: the read-only directory of static tools a debug session side-loads.
 
-The default toolbox is the host's static busybox with a link per applet, built
-once in the cache (:func:`busybox_toolbox`); ``--toolbox`` may instead name a
-directory of static tools or an image, unpacked like a container image
-(:func:`toolbox_dir`). It appears inside a container at :data:`CRASHCART`.
+The host's static busybox with a link per applet, built once in the cache
+(:func:`busybox_toolbox`): the toolbox when no dynamically linked tool is wanted,
+and the shell of the portable toolboxes of
+:mod:`~microcontainer_tool.runtime.toolboxbuilder` (which resolves ``--toolbox``).
+A toolbox appears inside a container at :data:`CRASHCART`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import subprocess
 from microcontainer_tool.closure.elf import read_elf
 from microcontainer_tool.errors import ElfError, RunError
 from microcontainer_tool.hostfs.atomic import make_temp_dir, publish_dir
-from microcontainer_tool.runtime.bundle import make_bundle
 
 CRASHCART = "/dev/crashcart"
 """Where a debug toolbox appears inside a container."""
@@ -25,7 +25,12 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 """Where Debian's ``busybox-static`` puts its binary."""
 
 
-def _static_busybox() -> str:
+def static_busybox() -> str:
+    """The host's static busybox (Debian's ``busybox-static``).
+
+    Raises:
+        RunError: there is none.
+    """
     for path in BUSYBOX_CANDIDATES:
         if not os.path.isfile(path):
             continue
@@ -39,6 +44,21 @@ def _static_busybox() -> str:
                    " (apt-get install busybox-static) or pass --toolbox DIR|IMAGE")
 
 
+
+
+def busybox_applets(binary: str) -> list[str]:
+    """The applet names of a busybox (``busybox --list``), sorted, ``busybox`` itself excluded.
+
+    Raises:
+        RunError: ``--list`` failed.
+    """
+    proc = subprocess.run([binary, "--list"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          check=False)
+    if proc.returncode != 0:
+        raise RunError(f"{binary} --list failed: {' '.join(proc.stderr.split())}")
+    return sorted({name for name in proc.stdout.split() if name and "/" not in name} - {"busybox"})
+
+
 def busybox_toolbox(cache_dir: str) -> str:
     """The default toolbox: the host's static busybox and its applet links, built once in the cache.
 
@@ -50,18 +70,14 @@ def busybox_toolbox(cache_dir: str) -> str:
         RunError: no static busybox on this machine, or the toolbox cannot be built.
         OutputError: the cache is not writable.
     """
-    binary = _static_busybox()
+    binary = static_busybox()
     with open(binary, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
     parent = os.path.join(os.path.abspath(cache_dir), "toolbox")
     final = os.path.join(parent, f"busybox-{digest[:16]}")
     if os.path.isfile(os.path.join(final, "bin", "busybox")):
         return final
-    proc = subprocess.run([binary, "--list"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          check=False)
-    if proc.returncode != 0:
-        raise RunError(f"{binary} --list failed: {' '.join(proc.stderr.split())}")
-    applets = sorted({name for name in proc.stdout.split() if name and "/" not in name} - {"busybox"})
+    applets = busybox_applets(binary)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as error:
@@ -84,21 +100,3 @@ def busybox_toolbox(cache_dir: str) -> str:
     if not os.path.isfile(os.path.join(final, "bin", "busybox")):
         raise RunError(f"{final}: exists but holds no bin/busybox; remove it")
     return final
-
-
-def toolbox_dir(toolbox: str | None, cache_dir: str) -> str:
-    """Resolve ``--toolbox``: None -> :func:`busybox_toolbox`; a directory as is; else an image.
-
-    An image toolbox (OCI layout, archive) is unpacked like a container image
-    (:func:`~microcontainer_tool.runtime.bundle.make_bundle`) and its root is the toolbox:
-    its tools must be static, since the container's loader and libraries are not theirs.
-
-    Raises:
-        RunError: the toolbox cannot be built or unpacked.
-        LayoutError: an image toolbox cannot be read.
-    """
-    if toolbox is None:
-        return busybox_toolbox(cache_dir)
-    if os.path.isdir(toolbox) and not os.path.isfile(os.path.join(toolbox, "oci-layout")):
-        return os.path.realpath(toolbox)
-    return make_bundle(toolbox, cache_dir).rootfs
