@@ -536,21 +536,25 @@ def _add_platform_options(sub: Any) -> None:
         sub.choices[command].add_argument("--platform", metavar="[OS/]ARCH[/VARIANT]", help=what)
 
 
+def _add_registry_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that talks to a registry (credentials, TLS, timeouts)."""
+    parser.add_argument("-u", "--username",
+                        help="registry user; the password is read from standard input")
+    parser.add_argument("--docker-config", metavar="PATH",
+                        help="config.json or its directory (default: $DOCKER_CONFIG or ~/.docker)")
+    parser.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
+    parser.add_argument("--insecure", action="store_true",
+                        help="do not verify the registry's TLS certificate")
+    parser.add_argument("--timeout", type=float, default=30, metavar="SECONDS",
+                        help="connect and read timeout of each request (default: 30)")
+    parser.add_argument("--deadline", type=_positive_seconds, default=300, metavar="SECONDS",
+                        help=DEADLINE_HELP)
+    parser.add_argument("--retries", type=int, default=3,
+                        help="attempts for connection errors and 5xx answers (default: 3)")
+
+
 def _add_registry_parsers(sub: Any) -> None:
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-u", "--username",
-                            help="registry user; the password is read from standard input")
-        parser.add_argument("--docker-config", metavar="PATH",
-                            help="config.json or its directory (default: $DOCKER_CONFIG or ~/.docker)")
-        parser.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
-        parser.add_argument("--insecure", action="store_true",
-                            help="do not verify the registry's TLS certificate")
-        parser.add_argument("--timeout", type=float, default=30, metavar="SECONDS",
-                            help="connect and read timeout of each request (default: 30)")
-        parser.add_argument("--deadline", type=_positive_seconds, default=300, metavar="SECONDS",
-                            help=DEADLINE_HELP)
-        parser.add_argument("--retries", type=int, default=3,
-                            help="attempts for connection errors and 5xx answers (default: 3)")
+    common = _add_registry_options
 
     push = sub.add_parser("push", help="push an image to a registry")
     push.add_argument("image", metavar="IMAGE",
@@ -967,19 +971,7 @@ def _add_signing_parsers(sub: Any) -> None:
     def registry_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--registries.d", dest="registries_d", metavar="DIR",
                             help="registries.d directory naming the lookaside store of GPG signatures")
-        parser.add_argument("-u", "--username",
-                            help="registry user; the password is read from standard input")
-        parser.add_argument("--docker-config", metavar="PATH",
-                            help="config.json or its directory (default: $DOCKER_CONFIG or ~/.docker)")
-        parser.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS, to the registry")
-        parser.add_argument("--insecure", action="store_true",
-                            help="do not verify the registry's TLS certificate")
-        parser.add_argument("--timeout", type=float, default=30, metavar="SECONDS",
-                            help="connect and read timeout of each request (default: 30)")
-        parser.add_argument("--deadline", type=_positive_seconds, default=300, metavar="SECONDS",
-                            help=DEADLINE_HELP)
-        parser.add_argument("--retries", type=int, default=3,
-                            help="attempts for connection errors and 5xx answers (default: 3)")
+        _add_registry_options(parser)
 
     sign = sub.add_parser("sign", help="sign an image (layout, oci-archive or registry reference) with a key")
     sign.add_argument("image", metavar="IMAGE",

@@ -28,9 +28,7 @@ from microcontainer_tool.errors import LayoutError, UnsupportedError
 from microcontainer_tool.hostfs.atomic import fsync_dir, make_temp_dir, replace_dir
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.layout import (
-    check_name,
-    check_tag,
-    check_target,
+    check_output,
     format_for_path,
     image_name,
     write_archive_file,
@@ -157,15 +155,8 @@ def write_index_image(out: str, fmt: str | None, images: Sequence[PlatformImage]
         LayoutError: invalid arguments, an existing target that is not an
             OCI layout, or an I/O failure (the previous output is left intact).
     """
-    fmt = format_for_path(out, fmt)
-    check_index_format(out, fmt)
-    check_tag(tag)
-    check_name(name)
-    target = os.path.abspath(out)
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        raise LayoutError(f"{out}: parent directory {parent} does not exist")
-    check_target(target, fmt)
+    check_index_format(out, format_for_path(out, fmt))
+    fmt, target = check_output(out, fmt, tag, name)
     index_bytes = platform_index(images)
     entry = {**(annotations or {}),
              oci.ANNOTATION_REF_NAME: tag, oci.ANNOTATION_CONTAINERD_NAME: image_name(name, tag)}

@@ -163,6 +163,27 @@ def check_name(name: str) -> None:
                           " (lowercase letters, digits, separators '.', '_', '-', '/')")
 
 
+def check_output(out: str, fmt: str | None, tag: str, name: str) -> tuple[str, str]:
+    """Check an output's arguments and place before anything is written.
+
+    Returns:
+        ``(format, absolute target path)``.
+
+    Raises:
+        LayoutError: a bad tag or name, a missing parent directory, or an
+            existing target of another kind (see :func:`check_target`).
+    """
+    fmt = format_for_path(out, fmt)
+    check_tag(tag)
+    check_name(name)
+    target = os.path.abspath(out)
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise LayoutError(f"{out}: parent directory {parent} does not exist")
+    check_target(target, fmt)
+    return fmt, target
+
+
 def check_target(out: str, fmt: str) -> None:
     if fmt == "oci":
         if os.path.lexists(out) and not os.path.isdir(out):
@@ -240,14 +261,7 @@ def write_image(out: str, fmt: str, layer_blob_path: str, layer: LayerInfo, conf
             or an I/O failure (the previous output is left intact).
         DigestMismatchError: the layer blob does not match ``layer``.
     """
-    fmt = format_for_path(out, fmt)
-    check_tag(tag)
-    check_name(name)
-    target = os.path.abspath(out)
-    parent = os.path.dirname(target)
-    if not os.path.isdir(parent):
-        raise LayoutError(f"{out}: parent directory {parent} does not exist")
-    check_target(target, fmt)
+    fmt, target = check_output(out, fmt, tag, name)
     if not move_layer:
         _verify_file(layer_blob_path, layer.digest, layer.size)
 
@@ -318,14 +332,8 @@ def write_tree_image(out: str, fmt: str | None, tree: FileTree, compression: str
         SourceError: a host file vanished or changed while the layer was written.
         LayoutError: the output cannot be written (the previous one is left intact).
     """
-    fmt = format_for_path(out, fmt)
-    check_tag(tag)
-    check_name(name)
-    target = os.path.abspath(out)
+    fmt, target = check_output(out, fmt, tag, name)
     parent, base = os.path.split(target)
-    if not os.path.isdir(parent):
-        raise LayoutError(f"{out}: parent directory {parent} does not exist")
-    check_target(target, fmt)
     if layer_cache is not None:
         blob, layer, _hit = layer_cache.layer(tree, compression, epoch)
         return write_image(out, fmt, blob, layer, make_config(layer), tag, name, base_layers=base_layers,

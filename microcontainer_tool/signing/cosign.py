@@ -32,11 +32,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from microcontainer_tool import jsontext
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.oci.model import Descriptor
 from microcontainer_tool.registry.reference import DOCKER_HUB, Reference
 from microcontainer_tool.signing import keys
+from microcontainer_tool.signing.claims import check_claim
 
 SIMPLESIGNING_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -130,15 +130,4 @@ def check(public: ec.EllipticCurvePublicKey, data: bytes, signature: str, digest
         return "the signature annotation is not base64"
     if not keys.verify(public, data, raw):
         return "the signature does not verify with the key"
-    try:
-        body = jsontext.loads(data, MAX_PAYLOAD)
-    except ValueError:
-        return "the signed payload is not JSON"
-    critical = body.get("critical") if isinstance(body, dict) else None
-    if not isinstance(critical, dict) or critical.get("type") != PAYLOAD_TYPE:
-        return "the signed payload is not a cosign container image signature"
-    image = critical.get("image")
-    signed = image.get("docker-manifest-digest") if isinstance(image, dict) else None
-    if signed != digest:
-        return f"the signature is for {signed}, not {digest}"
-    return None
+    return check_claim(data, MAX_PAYLOAD, PAYLOAD_TYPE, digest, "signed payload")[1]

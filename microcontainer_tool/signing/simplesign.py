@@ -37,11 +37,12 @@ from typing import Any
 
 import yaml
 
-from microcontainer_tool import __version__, jsontext
+from microcontainer_tool import __version__
 from microcontainer_tool.errors import MicrocontainerError, SigningError
 from microcontainer_tool.hostfs.atomic import write_atomic
 from microcontainer_tool.oci import model as oci
 from microcontainer_tool.registry.reference import DOCKER_HUB, Reference
+from microcontainer_tool.signing.claims import check_claim
 
 SIGNATURE_TYPE = "atomic container signature"
 SYSTEM_REGISTRIES_D = "/etc/containers/registries.d"
@@ -263,19 +264,9 @@ def check(result: GpgResult, fingerprint: str, digest: str, ref: Reference | Non
         return result.problem
     if not _matches(fingerprint, result.fingerprints):
         return f"signed by {result.fingerprints[0]}, not {fingerprint}"
-    try:
-        body = jsontext.loads(result.content, MAX_SIGNATURE)
-    except ValueError:
-        return "the signed content is not JSON"
-    critical = body.get("critical") if isinstance(body, dict) else None
-    if not isinstance(critical, dict) or critical.get("type") != SIGNATURE_TYPE:
-        return "the signed content is not an atomic container signature"
-    image = critical.get("image")
-    signed = image.get("docker-manifest-digest") if isinstance(image, dict) else None
-    if signed != digest:
-        return f"the signature is for {signed}, not {digest}"
-    if ref is None:
-        return None
+    critical, problem = check_claim(result.content, MAX_SIGNATURE, SIGNATURE_TYPE, digest, "signed content")
+    if problem or ref is None:
+        return problem
     named = critical.get("identity")
     reference = named.get("docker-reference") if isinstance(named, dict) else None
     if ref.tag and not ref.digest:
