@@ -295,9 +295,7 @@ def guarded(action: Callable[[], int], err: TextIO, prog: str = "microcontainer"
 
 def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, str] | os._Environ[str]) -> int:
     from microcontainer_tool.build import build_image
-    from microcontainer_tool.oci.layer import layer_limits
     from microcontainer_tool.oci.layout import split_reference
-    from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.spec.imagespec import load_spec
 
     spec = load_spec(args.config)
@@ -318,16 +316,7 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
         _check_signable(args)
     shared = _open_cache_repo(args, err, env)
     try:
-        result = build_image(
-            spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
-            compression=args.compression, epoch=epoch,
-            allow_missing=args.allow_missing,
-            layer_cache=_layer_cache(args, shared),
-            cache_dir=args.cache_dir, offline=args.offline, shared_packages=shared,
-            registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
-                                     docker_config=args.docker_config, deadline=args.deadline),
-            layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
-        )
+        result = build_image(spec, args.output, epoch=epoch, **_build_options(args, shared))
     finally:
         if shared is not None:
             shared.client.close()
@@ -361,9 +350,7 @@ def _build_platforms(spec: Any, args: argparse.Namespace, out: TextIO, err: Text
                      env: dict[str, str] | os._Environ[str]) -> int:
     """``build`` of a multi-platform spec: one image per platform, written as one image index."""
     from microcontainer_tool.errors import UnsupportedError
-    from microcontainer_tool.oci.layer import layer_limits
     from microcontainer_tool.platformbuild import build_platforms
-    from microcontainer_tool.registry.imagecache import RegistryOptions
 
     for flag, given in (("--sbom", args.sbom), ("--probe", args.probe), ("--attest", args.attest),
                         ("--sign", args.sign)):
@@ -372,15 +359,7 @@ def _build_platforms(spec: Any, args: argparse.Namespace, out: TextIO, err: Text
                                    "give --platform to build one platform")
     shared = _open_cache_repo(args, err, env)
     try:
-        result = build_platforms(
-            spec, args.output, fmt=args.format, tag=args.tag, name=args.name,
-            compression=args.compression, epoch=epoch, allow_missing=args.allow_missing,
-            layer_cache=_layer_cache(args, shared),
-            cache_dir=args.cache_dir, offline=args.offline, shared_packages=shared,
-            registry=RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
-                                     docker_config=args.docker_config, deadline=args.deadline),
-            layer_limits=layer_limits(args.max_layer_size, args.max_layer_ratio),
-        )
+        result = build_platforms(spec, args.output, epoch=epoch, **_build_options(args, shared))
     finally:
         if shared is not None:
             shared.client.close()
@@ -517,6 +496,19 @@ def _open_cache_repo(args: argparse.Namespace, err: TextIO,
     return open_shared_cache(text, read_only=read_only, plain_http=args.plain_http, insecure=args.insecure,
                              docker_config=args.docker_config, compression=args.compression,
                              warn=lambda line: print(f"microcontainer: warning: {line}", file=err))
+
+
+def _build_options(args: argparse.Namespace, shared: Any) -> dict[str, Any]:
+    """The keyword arguments ``build`` gives the pipeline (one platform or several)."""
+    from microcontainer_tool.oci.layer import layer_limits
+    from microcontainer_tool.registry.imagecache import RegistryOptions
+
+    return {"fmt": args.format, "tag": args.tag, "name": args.name, "compression": args.compression,
+            "allow_missing": args.allow_missing, "layer_cache": _layer_cache(args, shared),
+            "cache_dir": args.cache_dir, "offline": args.offline, "shared_packages": shared,
+            "registry": RegistryOptions(plain_http=args.plain_http, insecure=args.insecure,
+                                        docker_config=args.docker_config, deadline=args.deadline),
+            "layer_limits": layer_limits(args.max_layer_size, args.max_layer_ratio)}
 
 
 def _layer_cache(args: argparse.Namespace, shared: Any) -> Any:
