@@ -156,3 +156,20 @@ def test_a_version_1_entry_is_rebuilt_and_its_tar_deleted(tmp_path: Path) -> Non
         assert not root.layers[0].reused and content(root, "/srv/twice") == b"second!"
     assert sorted(p.name for p in (cache / "layertars").iterdir()) == [f"{hex_}.json"]
     assert json.loads(index.read_text())["version"] == 2
+
+
+def test_a_build_from_an_image_closes_its_scratch_tars(curl_image, tmp_path: Path) -> None:
+    """And a second build reuses its cache: no layer read, no file taken out."""
+    from microcontainer_tool.build import build_image
+
+    image, compressed = curl_image
+    cache = tmp_path / "cache"
+    spec = ImageSpec(base_dir=str(tmp_path), from_=str(image), **CURL_SPEC)
+    first = build_image(spec, str(tmp_path / "one"), cache_dir=str(cache))
+    assert isinstance(first.sysroot, ImageRoot) and first.sysroot.layers_decompressed == 2
+    assert not [t for t in open_scratch_tars() if str(cache) in t]  # the build closed them
+    assert kept_bytes(cache / "layertars") + kept_bytes(cache / "files") <= compressed
+    second = build_image(spec, str(tmp_path / "two"), cache_dir=str(cache))
+    assert isinstance(second.sysroot, ImageRoot)
+    assert second.sysroot.layers_decompressed == second.sysroot.files_materialized == 0
+    assert second.layer.diff_id == first.layer.diff_id
