@@ -9,12 +9,17 @@ in its own process (wall time and peak RSS):
 * microize, cold cache: ImageRoot.open (decompress + index every layer once),
   assemble curl's spec (materializing only the files it needs), write the
   micro image;
-* microize, warm cache: the same with the layer tars and indexes already cached.
+* microize, warm cache: the same with the layer indexes and curl's files already cached;
+* microize, warm cache, new program: ``--other`` (default ``/usr/bin/cat``) from the
+  same warm cache: its files were not taken out yet, so the layer holding them is
+  decompressed again (verified) once.
+
+The size of the cache kept is measured after the warm run of ``--program``.
 
 Peak RSS is what GNU ``/usr/bin/time`` reports for the measured process.
 Prints a table of medians over ``--rounds`` alternating rounds.
 
-Usage: python bench/microize.py [--rounds N] [--size-mb 60] [--program /usr/bin/curl]
+Usage: python bench/microize.py [--rounds N] [--size-mb 60] [--program /usr/bin/curl] [--other /usr/bin/cat]
 """
 
 from __future__ import annotations
@@ -187,7 +192,8 @@ def child(image: str, cache: str, out: str, program: str) -> None:
     json.dump({"import": imported - start, "open": opened - imported, "assemble": assembled - opened,
                "write": done - assembled, "entries": root.path_count, "files": len(assembly.tree),
                "materialized": root.files_materialized, "materialized_bytes": root.bytes_materialized,
-               "reused": sum(layer.reused for layer in root.layers), "layer_bytes": result.layer.size},
+               "reused": sum(layer.reused for layer in root.layers), "layer_bytes": result.layer.size,
+               "decompressed": getattr(root, "layers_decompressed", -1)},
               sys.stdout)
 
 
@@ -199,6 +205,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=60, help="compressed size of the fat image")
     parser.add_argument("--program", default="/usr/bin/curl")
+    parser.add_argument("--other", default="/usr/bin/cat", help="a program built from the warm cache")
     parser.add_argument("--child", nargs=3, metavar=("IMAGE", "CACHE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -209,7 +216,7 @@ def main() -> int:
         print("umoci and GNU time are needed (apt-get install umoci time)", file=sys.stderr)
         return 1
     rows: dict[str, list[tuple[float, int]]] = {"umoci unpack": [], "microize, cold cache": [],
-                                                "microize, warm cache": []}
+                                                "microize, warm cache": [], "microize, warm, new program": []}
     stats: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="microize-bench.") as work:
         image = os.path.join(work, "fat")
@@ -217,6 +224,8 @@ def main() -> int:
         layers, compressed, uncompressed = make_fat_image(image, work, args.program, args.size_mb)
         made = time.perf_counter() - start
         me = [sys.executable, os.path.abspath(__file__), "--program", args.program, "--child"]
+        other = [sys.executable, os.path.abspath(__file__), "--program", args.other, "--child"]
+        kept: dict[str, int] = {}
         for number in range(args.rounds + 1):  # round 0 warms the page cache and is not counted
             bundle = os.path.join(work, "bundle")
             shutil.rmtree(bundle, ignore_errors=True)
@@ -226,6 +235,8 @@ def main() -> int:
                 ("umoci unpack", ["umoci", "unpack", "--image", f"{image}:latest", bundle]),
                 ("microize, cold cache", [*me, image, cache, os.path.join(work, f"micro-cold-{number}")]),
                 ("microize, warm cache", [*me, image, cache, os.path.join(work, f"micro-warm-{number}")]),
+                ("microize, warm, new program",
+                 [*other, image, cache, os.path.join(work, f"micro-new-{number}")]),
             ]
             for name, argv in runs:
                 log = os.path.join(work, "log")
@@ -235,12 +246,13 @@ def main() -> int:
                     if name != "umoci unpack":
                         with open(log) as handle:
                             stats[name] = json.load(handle)
+                if name == "microize, warm cache":
+                    kept = {part: tree_bytes(os.path.join(cache, part)) for part in os.listdir(cache)}
             shutil.rmtree(bundle, ignore_errors=True)
-        kept = {part: tree_bytes(os.path.join(cache, part)) for part in os.listdir(cache)}
     print(f"fat image: {layers} gzip layers, {compressed / 1e6:.1f} MB compressed,"
           f" {uncompressed / 1e6:.1f} MB uncompressed, {stats['microize, cold cache']['entries']} paths"
           f" (made in {made:.1f} s); program {args.program}; {args.rounds} rounds, medians")
-    print(f"{'run':<24}{'wall s':>9}{'min':>8}{'max':>8}{'peak RSS MB':>13}  phases (s): open/assemble/write")
+    print(f"{'run':<30}{'wall s':>9}{'min':>8}{'max':>8}{'peak RSS MB':>13}  phases (s): open/assemble/write")
     for name, results in rows.items():
         times = [t for t, _ in results]
         rss = max(r for _, r in results)
@@ -248,12 +260,13 @@ def main() -> int:
         if name in stats:
             s = stats[name]
             phases = (f"  {s['open']:.2f}/{s['assemble']:.2f}/{s['write']:.2f}"
-                      f" ({s['materialized']} files, {s['materialized_bytes'] / 1e6:.1f} MB copied out)")
-        print(f"{name:<24}{statistics.median(times):>9.3f}{min(times):>8.3f}{max(times):>8.3f}"
+                      f" ({s['materialized']} files, {s['materialized_bytes'] / 1e6:.1f} MB copied out,"
+                      f" {s['decompressed']} layers decompressed)")
+        print(f"{name:<30}{statistics.median(times):>9.3f}{min(times):>8.3f}{max(times):>8.3f}"
               f"{rss / 1e6:>13.1f}{phases}")
     base = statistics.median(t for t, _ in rows["umoci unpack"])
-    for name in ("microize, cold cache", "microize, warm cache"):
-        print(f"{'ratio ' + name.split(', ')[1] + '/unpack':<24}"
+    for name in ("microize, cold cache", "microize, warm cache", "microize, warm, new program"):
+        print(f"{'ratio ' + name.split(', ', 1)[1] + '/unpack':<30}"
               f"{statistics.median(t for t, _ in rows[name]) / base:>9.3f}")
     total = sum(kept.values())
     print(f"cache kept: {total / 1e6:.1f} MB ("

@@ -222,6 +222,9 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         name or _default_name(output), layer_cache=layer_cache,
         base_layers=parent.layers if parent is not None else (), annotations=annotations,
     )
+    for image_root in (sysroot, parent.root if parent is not None else None):
+        if image_root is not None:
+            image_root.close()  # its scratch layer tars; a later lookup (--probe) reads the image again
     root = sysroot if sysroot is not None else SysRoot(packages.root if packages is not None
                                                        else spec.sysroot_dir)
     return BuildResult(output, fmt, result.manifest_digest, result.config_digest, result.layer,

@@ -1,19 +1,26 @@
-"""Layers of existing images, decompressed once into a shared cache and indexed.
+"""Layers of existing images, indexed once into a shared cache, read from their blobs.
 
 :class:`LayerCache` prepares each layer of an image (anything
 :func:`~microcontainer_tool.oci.imageview.open_image` reads) once, in a cache
-shared by every image:
+shared by every image. What it keeps is small:
 
-* ``layertars/<diff_id hex>.tar``: the layer decompressed (gzip, zstd or none,
-  told by magic), streamed in 1 MiB chunks into a temporary file and renamed
-  into place only after both the blob digest and the ``diff_id`` matched; a
-  layer expanding past the :class:`~microcontainer_tool.oci.layer.LayerLimits`
-  (uncompressed size, ratio) stops there and its temporary file is removed;
-* ``layertars/<diff_id hex>.json``: the index of its members (path, type,
-  mode, size, data offset in the tar, symlink or hardlink target), written
-  after the tar and so the mark of a complete entry.
+* ``layertars/<diff_id hex>.json``: the index of the layer's members (path,
+  type, mode, size, data offset in the uncompressed tar, symlink or hardlink
+  target) and the tar's size, written only after both the blob digest and the
+  ``diff_id`` matched.
 
-Both are named by the ``diff_id`` only — never by the image's path, tag or
+The decompressed tar itself is not kept. :meth:`LayerCache.layer` (on a miss)
+and :meth:`LayerCache.unpack` (when a build needs a file of an indexed layer
+that was not taken out yet) decompress the blob (gzip, zstd or none, told by
+magic), streamed in 1 MiB chunks, into a *scratch* tar: a file created in
+``layertars/`` and unlinked at once, so it lives exactly as long as the open
+descriptor the caller holds (a crash leaves nothing behind but, at worst, one
+temporary file). Every such read checks the blob digest and the ``diff_id``
+again, so the offsets of the cached index always point into the verified
+bytes; a layer expanding past the :class:`~microcontainer_tool.oci.layer.LayerLimits`
+(uncompressed size, ratio) stops there and nothing of it stays.
+
+Entries are named by the ``diff_id`` only — never by the image's path, tag or
 user — so two images sharing a layer share its cache entry, and an image
 rebuilt at the same path never sees the previous image's files.
 
@@ -41,8 +48,11 @@ from microcontainer_tool.hostfs.atomic import atomic_file, temp_file, unlink_qui
 from microcontainer_tool.oci.imageview import HashingReader, ImageView
 from microcontainer_tool.oci.layer import CHUNK_SIZE, DECODE_ERRORS, LayerLimits, open_layer_stream
 
-INDEX_VERSION = 1
-"""Format of the cached per-layer index; another value is rebuilt."""
+INDEX_VERSION = 2
+"""Format of the cached per-layer index; another value is rebuilt.
+
+Version 1 kept the decompressed tar beside the index (``<diff_id hex>.tar``);
+such a tar is deleted when its entry is rebuilt."""
 
 LAYER_TARS = "layertars"
 
@@ -62,17 +72,17 @@ class LayerEntry:
     Attributes:
         digest: the layer blob's digest (named in error messages).
         diff_id: the digest of its uncompressed tar (names the cache entries).
-        tar_path: the uncompressed tar in the cache.
+        tar_size: the size of its uncompressed tar.
         members: the index: ``[path, kind, mode, size, offset, link]`` per member,
             in tar order; kind is ``f d l h c b p`` (file, dir, symlink, hardlink,
             char, block, fifo), ``w`` (whiteout of ``path``) or ``o`` (``path``
             is opaque).
-        reused: whether tar and index came from the cache.
+        reused: whether the index came from the cache (no decompression).
     """
 
     digest: str
     diff_id: str
-    tar_path: str
+    tar_size: int
     members: list[list[Any]]
     reused: bool
 
@@ -172,13 +182,18 @@ def index_layer_tar(tar_path: str, where: str) -> list[list[Any]]:
             type (sparse, volume...), an absolute name, or a malformed whiteout.
         PathEscapeError: a name or hardlink target climbs above the root.
     """
-    members: list[list[Any]] = []
     fd = os.open(tar_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for name, kind, mode, size, offset, link in _scan_tar(fd, os.fstat(fd).st_size, where):
-            members.extend(_index_member(name, kind, mode, size, offset, link, where))
+        return index_layer_fd(fd, where)
     finally:
         os.close(fd)
+
+
+def index_layer_fd(fd: int, where: str) -> list[list[Any]]:
+    """:func:`index_layer_tar` of an open tar (read with ``pread``; its position is unused)."""
+    members: list[list[Any]] = []
+    for name, kind, mode, size, offset, link in _scan_tar(fd, os.fstat(fd).st_size, where):
+        members.extend(_index_member(name, kind, mode, size, offset, link, where))
     return members
 
 
@@ -321,7 +336,7 @@ def _index_member(name: str, kind: str, mode: int, size: int, offset: int, link:
 
 
 class LayerCache:
-    """The per-layer part of the cache: decompressed tars and their indexes, by ``diff_id``."""
+    """The per-layer part of the cache: each layer's index, by ``diff_id``; tars only as scratch."""
 
     def __init__(self, cache_dir: str, limits: LayerLimits | None = None) -> None:
         """Use (and create) ``cache_dir``.
@@ -338,6 +353,8 @@ class LayerCache:
         self.cache_dir = os.path.abspath(cache_dir)
         self.limits = limits or LayerLimits()
         self.tars = os.path.join(self.cache_dir, LAYER_TARS)
+        self.decompressed = 0
+        """Layers this object decompressed (counted: a warm build that needs no new file does none)."""
         try:
             os.makedirs(self.tars, exist_ok=True)
         except OSError as error:
@@ -346,13 +363,17 @@ class LayerCache:
     def _cache_error(self, error: OSError) -> SourceError:
         return SourceError(f"{self.cache_dir}: cannot write the cache: {error.strerror or error}")
 
-    def paths(self, diff_id: str) -> tuple[str, str]:
-        """The tar and index paths of a layer."""
-        hex_ = diff_id.split(":", 1)[1]
-        return os.path.join(self.tars, hex_ + ".tar"), os.path.join(self.tars, hex_ + ".json")
+    def index_path(self, diff_id: str) -> str:
+        """The index path of a layer."""
+        return os.path.join(self.tars, diff_id.split(":", 1)[1] + ".json")
 
-    def layer(self, view: ImageView, number: int) -> LayerEntry:
-        """Layer ``number`` of ``view`` from the cache, preparing it first if needed.
+    def layer(self, view: ImageView, number: int) -> tuple[LayerEntry, int | None]:
+        """Layer ``number`` of ``view``: its index from the cache, or made now.
+
+        Returns:
+            The entry, and (when the layer was decompressed to index it) the
+            descriptor of its scratch tar, which the caller closes; ``None``
+            when the index came from the cache.
 
         Raises:
             DigestMismatchError: the blob or its uncompressed tar is not what
@@ -361,38 +382,65 @@ class LayerCache:
             LayerLimitError: the layer expands past the cache's limits.
         """
         digest, diff_id = view.layers[number].digest, view.diff_ids[number]
-        tar_path, index_path = self.paths(diff_id)
-        members = self._cached(diff_id, tar_path, index_path)
-        if members is not None:
-            return LayerEntry(digest, diff_id, tar_path, members, True)
+        index_path = self.index_path(diff_id)
+        cached = self._cached(diff_id, index_path)
+        if cached is not None:
+            return LayerEntry(digest, diff_id, cached[0], cached[1], True), None
         where = f"{view.path}: layer {digest}"
+        fd = self.unpack(view, number)
+        try:
+            members = index_layer_fd(fd, where)
+            size = os.fstat(fd).st_size
+            unlink_quietly(index_path[: -len(".json")] + ".tar")  # a version-1 entry's tar
+            self._write_index(index_path, {"version": INDEX_VERSION, "diff_id": diff_id, "tar_size": size,
+                                           "members": members})
+        except OSError as error:
+            os.close(fd)
+            raise self._cache_error(error) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return LayerEntry(digest, diff_id, size, members, False), fd
+
+    @staticmethod
+    def _cached(diff_id: str, index_path: str) -> tuple[int, list[list[Any]]] | None:
+        try:
+            index = jsontext.load_file(index_path)
+        except (OSError, ValueError):
+            return None
+        if (not isinstance(index, dict) or index.get("version") != INDEX_VERSION
+                or index.get("diff_id") != diff_id or not isinstance(index.get("tar_size"), int)
+                or not isinstance(index.get("members"), list)):
+            return None
+        members: list[list[Any]] = index["members"]
+        return index["tar_size"], members
+
+    def unpack(self, view: ImageView, number: int) -> int:
+        """Decompress layer ``number`` into a scratch tar, checking digest and diff_id.
+
+        The tar is created in the cache directory and unlinked before this
+        returns: it is gone once the returned descriptor is closed.
+
+        Returns:
+            A read-only descriptor of the verified uncompressed tar (the caller closes it).
+
+        Raises:
+            DigestMismatchError: the blob or its uncompressed tar is not what
+                the manifest and config say.
+            LayoutError: a corrupt blob.
+            LayerLimitError: the layer expands past the cache's limits.
+            SourceError: the scratch tar cannot be written.
+        """
+        where = f"{view.path}: layer {view.layers[number].digest}"
         tmp = self._decompress(view, number, where)
         try:
-            members = index_layer_tar(tmp, where)
-            size = os.path.getsize(tmp)
-            os.rename(tmp, tar_path)
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as error:
             raise self._cache_error(error) from None
         finally:
             unlink_quietly(tmp)
-        self._write_index(index_path, {"version": INDEX_VERSION, "diff_id": diff_id, "tar_size": size,
-                                       "members": members})
-        return LayerEntry(digest, diff_id, tar_path, members, False)
-
-    @staticmethod
-    def _cached(diff_id: str, tar_path: str, index_path: str) -> list[list[Any]] | None:
-        try:
-            index = jsontext.load_file(index_path)
-            size = os.path.getsize(tar_path)
-        except (OSError, ValueError):
-            return None
-        if (not isinstance(index, dict) or index.get("version") != INDEX_VERSION
-                or index.get("diff_id") != diff_id or index.get("tar_size") != size
-                or not isinstance(index.get("members"), list)):
-            return None
-        members: list[list[Any]] = index["members"]
-        return members
-
+        self.decompressed += 1
+        return fd
     def _decompress(self, view: ImageView, number: int, where: str) -> str:
         """Decompress a layer blob into a temporary tar, checking digest and diff_id.
 

@@ -3,7 +3,7 @@
 :meth:`ImageRoot.open` reads anything
 :func:`~microcontainer_tool.oci.imageview.open_image` reads (an OCI layout
 ``DIR[:TAG]``, an oci-archive, a smith ``.tar.gz``, a docker-archive); its
-layers come decompressed and indexed from the shared
+layers' indexes come from the shared
 :class:`~microcontainer_tool.sources.image.layertars.LayerCache`.
 
 The layers' indexes are merged in order with the OCI whiteout rules
@@ -15,11 +15,16 @@ merging) are refused with one-line errors naming the layer digest and the
 member. Device nodes and fifos stay in the view as what they are (``lstat``
 says ``S_IFCHR``...), so assembly refuses them if a selection takes them.
 
-Only what assembly reads is copied out of the layer tars:
+Only what assembly reads is copied out of the layers:
 :meth:`ImageRoot.host_path` of a regular file materializes it lazily into
-``files/<diff_id hex>/<path>`` (a hardlink shares its target's copy). Memory
-grows with the number of paths in the image, never with its bytes: contents
-are only ever streamed in 1 MiB chunks (or copied by the kernel).
+``files/<diff_id hex>/<path>`` (a hardlink shares its target's copy), which
+later builds reuse. The cache keeps no decompressed layer: a layer decompressed
+to index it stays as a scratch tar (unlinked, held open) until :meth:`close`;
+a file of a layer indexed by an earlier build and not taken out yet makes the
+image be opened again and that layer decompressed (verified against its digest
+and ``diff_id``) into a scratch tar once per object. Memory grows with the
+number of paths in the image, never with its bytes: contents are only ever
+streamed in 1 MiB chunks (or copied by the kernel).
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ class ImageRoot(SysRoot):
         specials: image paths of device nodes and fifos, sorted.
         files_materialized: files copied out of layer tars by this object.
         bytes_materialized: their total size.
+        layers_decompressed: layers this object decompressed (to index them,
+            or to take out a file an earlier build did not).
     """
 
     def __init__(self, image: str, cache_dir: str, config: dict[str, Any], manifest_digest: str,
@@ -117,6 +124,9 @@ class ImageRoot(SysRoot):
         self._materialized: dict[tuple[int, str, int], str] = {}
         self.files_materialized = 0
         self.bytes_materialized = 0
+        self.layers_decompressed = 0
+        self._source: tuple[str, str | None, str | None] | None = None
+        self._layer_cache: LayerCache | None = None
 
     @classmethod
     def open(cls, image: str, cache_dir: str, tag: str | None = None, name: str | None = None,
@@ -144,14 +154,32 @@ class ImageRoot(SysRoot):
             SourceError: the cache cannot be written.
         """
         cache = LayerCache(cache_dir, limits)
-        with open_image(image, tag, platform) as view:
-            layers = [cache.layer(view, number) for number in range(len(view.layers))]
-            root = cls(name or image, cache.cache_dir, view.config, view.manifest_digest, layers)
-            root.config_digest = str((view.manifest.get("config") or {}).get("digest", ""))
-            return root
+        layers: list[LayerEntry] = []
+        scratch: dict[int, int] = {}
+        try:
+            with open_image(image, tag, platform) as view:
+                for number in range(len(view.layers)):
+                    entry, fd = cache.layer(view, number)
+                    layers.append(entry)
+                    if fd is not None:
+                        scratch[number] = fd
+                root = cls(name or image, cache.cache_dir, view.config, view.manifest_digest, layers)
+                root.config_digest = str((view.manifest.get("config") or {}).get("digest", ""))
+        except BaseException:
+            for fd in scratch.values():
+                os.close(fd)
+            raise
+        root._fds.update(scratch)
+        root._source = (image, tag, platform)
+        root._layer_cache = cache
+        root.layers_decompressed = cache.decompressed
+        return root
 
     def close(self) -> None:
-        """Close the layer tars (the object stays usable for lookups)."""
+        """Close (and so delete) the scratch layer tars.
+
+        The object stays usable: a file not taken out yet decompresses its layer again.
+        """
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -370,8 +398,8 @@ class ImageRoot(SysRoot):
             try:
                 copied = _copy_range(self._tar_fd(number), fd, offset, node.size)
                 if copied != node.size:
-                    raise LayoutError(f"{layer.tar_path}: cached layer tar of {layer.digest} is truncated"
-                                      " (delete the cache entry)")
+                    raise LayoutError(f"{self.root}: layer {layer.digest} is shorter than its cached index"
+                                      " says (delete the cache entry)")
                 os.fchmod(fd, (node.mode & 0o777) | 0o400)
             finally:
                 os.close(fd)
@@ -387,8 +415,29 @@ class ImageRoot(SysRoot):
     def _tar_fd(self, number: int) -> int:
         fd = self._fds.get(number)
         if fd is None:
-            fd = self._fds[number] = os.open(self.layers[number].tar_path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._fds[number] = self._unpack(number)
         return fd
+
+    def _unpack(self, number: int) -> int:
+        """Decompress layer ``number`` again (from the image it was opened from) into a scratch tar.
+
+        Raises:
+            SourceError: the object was not made by :meth:`open`, or the image
+                no longer holds the layer.
+            DigestMismatchError: the blob or its tar no longer matches its digests.
+        """
+        layer = self.layers[number]
+        if self._source is None or self._layer_cache is None:
+            raise SourceError(f"{self.root}: layer {layer.digest} is not at hand (open the image with"
+                              " ImageRoot.open)")
+        with open_image(*self._source) as view:
+            for found, desc in enumerate(view.layers):
+                if desc.digest == layer.digest and view.diff_ids[found] == layer.diff_id:
+                    fd = self._layer_cache.unpack(view, found)
+                    self.layers_decompressed += 1
+                    return fd
+        raise SourceError(f"{self.root}: layer {layer.digest} is no longer in the image"
+                          " (it changed during the build); build again")
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
