@@ -194,7 +194,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         if written:
             notes.append(f"resolved the packages and wrote {lock_path(spec)}")
         packages = prepare_sysroot(lock, spec, cache, offline=offline, shared=shared_packages)
-    assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot)
+    assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot,
+                        cache_dir=cache)
     if spec.arch and assembly.closure is not None:  # every ELF file of the image is of its machine
         from microcontainer_tool.closure.machines import check_machines
 
