@@ -47,7 +47,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
 import deflate
-import zstandard
 
 from microcontainer_tool.errors import LayoutError
 
@@ -130,6 +129,9 @@ class _GzipEngine:
 
 class _ZstdEngine:
     def __init__(self) -> None:
+        import zstandard  # opt-in codec: imported when used
+
+        self._finish = zstandard.COMPRESSOBJ_FLUSH_FINISH
         compressor = zstandard.ZstdCompressor(
             level=ZSTD_LEVEL, threads=0, write_checksum=True, write_content_size=False
         )
@@ -139,7 +141,7 @@ class _ZstdEngine:
         return self._obj.compress(data)
 
     def finish(self) -> bytes:
-        return self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        return self._obj.flush(self._finish)
 
 
 class CompressorWriter:
