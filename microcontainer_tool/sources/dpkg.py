@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -62,13 +62,17 @@ class DebPackage:
 
 def parse_stanzas(text: str) -> list[dict[str, str]]:
     """Parse deb822 paragraphs (continuation lines kept, joined with newlines)."""
-    out: list[dict[str, str]] = []
+    return list(iter_stanzas(text))
+
+
+def iter_stanzas(text: str) -> Iterator[dict[str, str]]:
+    """The deb822 paragraphs of ``text`` one by one, as :func:`parse_stanzas` gives them."""
     fields: dict[str, str] = {}
     last = ""
     for line in text.splitlines():
         if not line.strip():
             if fields:
-                out.append(fields)
+                yield fields
             fields, last = {}, ""
         elif line[0] in " \t" and last:
             fields[last] += "\n" + line
@@ -77,8 +81,7 @@ def parse_stanzas(text: str) -> list[dict[str, str]]:
             last = key.strip()
             fields[last] = value.strip()
     if fields:
-        out.append(fields)
-    return out
+        yield fields
 
 
 def _split_stanzas(text: str) -> list[str]:
@@ -295,7 +298,7 @@ class DpkgDatabase:
         text = _read(self.root, f"/usr/share/doc/{package.name}/copyright")
         if not text or not text.startswith("Format:") or _DEP5 not in text.splitlines()[0]:
             return ""
-        for fields in parse_stanzas(text):
+        for fields in iter_stanzas(text):  # stops at the paragraph it looks for
             if fields.get("Files", "").split() == ["*"]:
                 return fields.get("License", "").split("\n")[0].strip()
         return ""
