@@ -22,13 +22,13 @@ from microcontainer_tool.oci.layer import LayerInfo, LayerLimits
 from microcontainer_tool.oci.layercache import LayerCache
 from microcontainer_tool.oci.layout import format_for_path, split_reference, write_tree_image
 from microcontainer_tool.oci.model import image_config
-from microcontainer_tool.registry.imagecache import RegistryOptions, fetch_image, platform_for
 from microcontainer_tool.sources.image.locate import ImageLocation, locate_image
 from microcontainer_tool.sources.sysroot import SysRoot
 from microcontainer_tool.spec.imagespec import DEFAULT_PATH, ImageSpec, spec_warnings
 
 if TYPE_CHECKING:
     from microcontainer_tool.closure.proposals import MissingFile
+    from microcontainer_tool.registry.imagecache import RegistryOptions
     from microcontainer_tool.runtime.probe import ProbeReport
     from microcontainer_tool.sources.image.parent import ParentImage
     from microcontainer_tool.sources.rpm.root import SharedPackages
@@ -163,6 +163,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
     cache = cache_dir
     source = locate_image(spec.from_, spec.base_dir, directory_ok=True)
     if source is not None:
+        from microcontainer_tool.registry.imagecache import fetch_image, platform_for
         from microcontainer_tool.sources.image.root import ImageRoot
 
         path, image_name = fetch_image(source, cache, registry, platform_for(spec.arch), offline)
@@ -174,6 +175,7 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
     parent = None
     parent_id: str | None = None
     if spec.parent:
+        from microcontainer_tool.registry.imagecache import fetch_image, platform_for
         from microcontainer_tool.sources.image.parent import open_parent
 
         location = locate_image(spec.parent, spec.base_dir, directory_ok=False)
@@ -194,7 +196,8 @@ def build_image(spec: ImageSpec, output: str, fmt: str | None = None, tag: str |
         if written:
             notes.append(f"resolved the packages and wrote {lock_path(spec)}")
         packages = prepare_sysroot(lock, spec, cache, offline=offline, shared=shared_packages)
-    assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot)
+    assembly = assemble(spec, allow_missing=allow_missing, packages=packages, sysroot=sysroot,
+                        cache_dir=cache)
     if spec.arch and assembly.closure is not None:  # every ELF file of the image is of its machine
         from microcontainer_tool.closure.machines import check_machines
 

@@ -90,7 +90,8 @@ class Assembly:
 
 
 def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot | None = None,
-             sysroot: SysRoot | None = None, package_facts: bool = True) -> Assembly:
+             sysroot: SysRoot | None = None, package_facts: bool = True,
+             cache_dir: str | None = None) -> Assembly:
     """Build the image's file tree from a spec.
 
     Args:
@@ -102,6 +103,8 @@ def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot
             :class:`~.imageroot.ImageRoot`); ``None`` opens the ``from:`` tree.
         package_facts: read a Debian sysroot's dpkg database (package
             sources, ``status.d`` entries); dependency scanners need no facts.
+        cache_dir: the tool's cache, where a host directory's dpkg database is
+            indexed (:mod:`~microcontainer_tool.sources.dpkgindex`); ``None``: not indexed.
 
     Returns:
         The assembly.
@@ -109,7 +112,7 @@ def assemble(spec: ImageSpec, allow_missing: bool = False, packages: PackageRoot
     Raises:
         MicrocontainerError: any input problem, with a one-line message.
     """
-    return _Assembler(spec, allow_missing, packages, sysroot, package_facts).run()
+    return _Assembler(spec, allow_missing, packages, sysroot, package_facts, cache_dir).run()
 
 
 #: The symbols each ELF file imports, by file identity, shared by the assemblies of a
@@ -126,7 +129,8 @@ OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 
 class _Assembler:
     def __init__(self, spec: ImageSpec, allow_missing: bool, packages: PackageRoot | None,
-                 sysroot: SysRoot | None = None, package_facts: bool = True) -> None:
+                 sysroot: SysRoot | None = None, package_facts: bool = True,
+                 cache_dir: str | None = None) -> None:
         self.spec = spec
         self.allow_missing = allow_missing
         self.packages = packages
@@ -137,7 +141,7 @@ class _Assembler:
         self.tree = FileTree()
         self.overlay: dict[str, str] = {}
         self.warnings: list[str] = []
-        self.dpkg = DpkgDatabase.open(self.sysroot) if packages is None and package_facts else None
+        self.dpkg = DpkgDatabase.open(self.sysroot, cache_dir) if packages is None and package_facts else None
         self._symbols: dict[str, frozenset[str]] = {}
         self.contents = ContentReader()
 

@@ -41,13 +41,14 @@ from __future__ import annotations
 import collections
 import io
 import os
+import queue
 import struct
+import threading
+import weakref
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
 import deflate
-import zstandard
 
 from microcontainer_tool.errors import LayoutError
 
@@ -94,17 +95,57 @@ def _gzip_member(block: bytes) -> bytes:
     return b"".join((_GZIP_HEADER, body, trailer))
 
 
+class _Member:
+    """One block's gzip member, compressed by a worker; :meth:`result` waits for it."""
+
+    __slots__ = ("block", "done", "value", "error")
+
+    def __init__(self, block: bytes) -> None:
+        self.block = block
+        self.done = threading.Event()
+        self.value = b""
+        self.error: BaseException | None = None
+
+    def result(self) -> bytes:
+        """The member's bytes (re-raises what the worker raised)."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _work(jobs: queue.SimpleQueue[_Member | None]) -> None:
+    """A worker thread: compress the blocks it is handed until it gets ``None``."""
+    while (member := jobs.get()) is not None:
+        try:
+            member.value = _gzip_member(member.block)
+        except BaseException as error:  # handed to the writer's thread
+            member.error = error
+        member.block = b""
+        member.done.set()
+
+
+def _stop_workers(jobs: queue.SimpleQueue[_Member | None], count: int) -> None:
+    for _ in range(count):
+        jobs.put(None)
+
+
 class _GzipEngine:
-    """Multi-member gzip: one independent member per block, compressed on worker threads."""
+    """Multi-member gzip: one independent member per block, compressed on worker threads.
+
+    The workers are plain daemon threads fed through a queue (``concurrent.futures``
+    would cost a build its import, with ``logging``'s).
+    """
 
     def __init__(self) -> None:
         self._members = 0
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: collections.deque[Future[bytes]] = collections.deque()
+        self._jobs: queue.SimpleQueue[_Member | None] | None = None
+        self._pending: collections.deque[_Member] = collections.deque()
+        self._finalizer: weakref.finalize | None = None
 
     def _ready(self, wait_for: int) -> bytes:
         out = []
-        while self._pending and (len(self._pending) > wait_for or self._pending[0].done()):
+        while self._pending and (len(self._pending) > wait_for or self._pending[0].done.is_set()):
             out.append(self._pending.popleft().result())
         return b"".join(out)
 
@@ -112,24 +153,39 @@ class _GzipEngine:
         self._members += 1
         if GZIP_THREADS == 1:
             return _gzip_member(data)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(GZIP_THREADS, thread_name_prefix="mct-gzip")
-        self._pending.append(self._pool.submit(_gzip_member, data))
+        if self._jobs is None:
+            jobs: queue.SimpleQueue[_Member | None] = queue.SimpleQueue()
+            self._jobs = jobs
+            for number in range(GZIP_THREADS):
+                threading.Thread(target=_work, args=(jobs,), name=f"mct-gzip-{number}", daemon=True).start()
+            # a writer dropped unfinished (an error while the tar is written) ends its workers too
+            self._finalizer = weakref.finalize(self, _stop_workers, jobs, GZIP_THREADS)
+        member = _Member(data)
+        self._jobs.put(member)
+        self._pending.append(member)
         return self._ready(wait_for=2 * GZIP_THREADS)
+
+    def stop(self) -> None:
+        """Let the workers end (after the blocks already handed to them)."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs once: a finalizer is dead after its first call
+            self._finalizer = None
+        self._jobs = None
 
     def finish(self) -> bytes:
         try:
             body = self._ready(wait_for=0)
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
+            self.stop()
         # A gzip stream holds at least one member: empty input is an empty one.
         return body if self._members else _gzip_member(b"")
 
 
 class _ZstdEngine:
     def __init__(self) -> None:
+        import zstandard  # opt-in codec: imported when used
+
+        self._finish = zstandard.COMPRESSOBJ_FLUSH_FINISH
         compressor = zstandard.ZstdCompressor(
             level=ZSTD_LEVEL, threads=0, write_checksum=True, write_content_size=False
         )
@@ -139,7 +195,7 @@ class _ZstdEngine:
         return self._obj.compress(data)
 
     def finish(self) -> bytes:
-        return self._obj.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        return self._obj.flush(self._finish)
 
 
 class CompressorWriter:
@@ -227,6 +283,8 @@ class CompressorWriter:
             self.close()
         else:
             self._closed = True
+            if isinstance(self._engine, _GzipEngine):
+                self._engine.stop()
 
 
 def open_compressor(kind: str, sink: BinaryIO) -> CompressorWriter:

@@ -21,10 +21,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, cast
-
-import zstandard
-from isal import igzip, isal_zlib
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from microcontainer_tool.errors import LayerLimitError, LayoutError, SourceError
 from microcontainer_tool.model.tree import EntryKind, FileTree, HostFile, InlineContent
@@ -418,8 +415,12 @@ def open_layer_stream(fileobj: BinaryIO, limits: LayerLimits | None = None, wher
     raw = io.BufferedReader(source, CHUNK_SIZE)
     stream: BinaryIO
     if kind == "gzip":
+        from isal import igzip
+
         stream = cast(BinaryIO, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
     elif kind == "zstd":
+        import zstandard
+
         stream = cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
     else:
         stream = cast(BinaryIO, raw)
@@ -427,11 +428,29 @@ def open_layer_stream(fileobj: BinaryIO, limits: LayerLimits | None = None, wher
     return cast(BinaryIO, io.BufferedReader(bounded, CHUNK_SIZE))
 
 
-DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError,
-    cast(type[Exception], isal_zlib.error),
-)
-"""Exceptions a corrupt blob can raise while decoding (OSError covers BadGzipFile)."""
+def decode_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions a corrupt blob can raise while decoding (OSError covers BadGzipFile).
+
+    Also ``DECODE_ERRORS``; the decoders are imported when first asked for (a build only writes).
+    """
+    import zstandard
+    from isal import isal_zlib
+
+    return (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError,
+            cast(type[Exception], isal_zlib.error))
+
+
+if TYPE_CHECKING:
+    DECODE_ERRORS: tuple[type[BaseException], ...]
+    """:func:`decode_errors`, as a module attribute."""
+else:
+    def __getattr__(name: str) -> object:
+        """``DECODE_ERRORS``: :func:`decode_errors`, imported lazily (PEP 562)."""
+        if name == "DECODE_ERRORS":
+            value = decode_errors()
+            globals()["DECODE_ERRORS"] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_layer_members(fileobj: BinaryIO) -> Iterator[tarfile.TarInfo]:
@@ -449,5 +468,5 @@ def read_layer_members(fileobj: BinaryIO) -> Iterator[tarfile.TarInfo]:
             yield from tar
     except LayoutError:
         raise
-    except DECODE_ERRORS as error:
+    except decode_errors() as error:
         raise LayoutError(f"corrupt layer: {error}") from None

@@ -18,12 +18,16 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from microcontainer_tool.errors import MicrocontainerError
 from microcontainer_tool.sources.sysroot import SysRoot
+
+if TYPE_CHECKING:
+    from microcontainer_tool.sources.dpkgindex import DpkgIndex
 
 STATUS = "/var/lib/dpkg/status"
 INFO_DIR = "/var/lib/dpkg/info"
@@ -58,13 +62,17 @@ class DebPackage:
 
 def parse_stanzas(text: str) -> list[dict[str, str]]:
     """Parse deb822 paragraphs (continuation lines kept, joined with newlines)."""
-    out: list[dict[str, str]] = []
+    return list(iter_stanzas(text))
+
+
+def iter_stanzas(text: str) -> Iterator[dict[str, str]]:
+    """The deb822 paragraphs of ``text`` one by one, as :func:`parse_stanzas` gives them."""
     fields: dict[str, str] = {}
     last = ""
     for line in text.splitlines():
         if not line.strip():
             if fields:
-                out.append(fields)
+                yield fields
             fields, last = {}, ""
         elif line[0] in " \t" and last:
             fields[last] += "\n" + line
@@ -73,8 +81,7 @@ def parse_stanzas(text: str) -> list[dict[str, str]]:
             last = key.strip()
             fields[last] = value.strip()
     if fields:
-        out.append(fields)
-    return out
+        yield fields
 
 
 def _split_stanzas(text: str) -> list[str]:
@@ -90,18 +97,34 @@ _SHARED = ""  # index value of a path several packages list
 class _FileLists:
     """The ``info/*.list`` files of a database, and who lists what.
 
-    The first query intersects the wanted paths with each list (one C-level
+    With an on-disk index (:mod:`~microcontainer_tool.sources.dpkgindex`) the
+    lists are not read at all: each wanted path is looked up there. Without,
+    the first query intersects the wanted paths with each list (one C-level
     pass, cheapest for one image); from the second on, a full path index is
     built once and used (SCons builds many images from one sysroot).
     """
 
-    def __init__(self, lists: list[tuple[str, bytes]]) -> None:
-        self.lists = lists
+    def __init__(self, read: Callable[[], list[tuple[str, bytes]]], disk: DpkgIndex | None = None) -> None:
+        self._read = read
+        self._lists: list[tuple[str, bytes]] | None = None
+        self._disk = disk
         self._queries = 0
         self._index: dict[bytes, str] | None = None
 
+    @property
+    def lists(self) -> list[tuple[str, bytes]]:
+        """``(package key, file list bytes)`` of every package that has a list (read once)."""
+        if self._lists is None:
+            self._lists = self._read()
+        return self._lists
+
     def listed_by(self, wanted: dict[bytes, str]) -> dict[str, set[str]]:
         """Wanted path (the value) -> keys of the packages listing it (in any spelling)."""
+        if self._disk is not None:
+            answer = self._disk.listed_by(wanted)
+            if answer is not None:
+                return answer
+            self._disk = None  # unreadable after all: read the lists
         self._queries += 1
         if self._index is None and self._queries > 1:
             self._index = self._build_index()
@@ -144,18 +167,32 @@ class DpkgDatabase:
         self.distro = _distro(root)
 
     @classmethod
-    def open(cls, root: SysRoot) -> DpkgDatabase | None:
+    def open(cls, root: SysRoot, cache_dir: str | None = None) -> DpkgDatabase | None:
         """Read ``/var/lib/dpkg/status`` of ``root``; ``None`` if it has none.
 
         For a host directory (not an image) the database read is remembered in
         this process, keyed by the identity and mtime of the status file and
         the ``info`` directory (dpkg rewrites both on every change): SCons
-        builds many images from one sysroot in one process.
+        builds many images from one sysroot in one process. With ``cache_dir``,
+        it is also indexed there (:mod:`~microcontainer_tool.sources.dpkgindex`)
+        for the next processes, which then read no file list.
         """
         key = _stat_key(root)
         if key is not None and key in _MEMO:
             remembered, files = _MEMO[key]
             return cls(root, remembered, files)
+        sig = index_file = None
+        if cache_dir is not None and key is not None:
+            from microcontainer_tool.sources import dpkgindex
+
+            sig = dpkgindex.signature(root, STATUS, INFO_DIR)
+            if sig is not None:
+                index_file = dpkgindex.index_path(cache_dir, root)
+                database = cls._from_index(root, index_file, sig)
+                if database is not None:
+                    if database._files is not None:
+                        _MEMO[key] = (database.packages, database._files)
+                    return database
         text = _read(root, STATUS)
         if text is None:
             return None
@@ -171,8 +208,31 @@ class DpkgDatabase:
                 name, fields.get("Version", "").strip(), arch, source, block)
         database = cls(root, packages)
         if key is not None:
-            database._files = _FileLists(database._read_lists())
+            lists = database._read_lists()
+            database._files = _FileLists(lambda: lists)
             _MEMO[key] = (packages, database._files)
+            if sig is not None and index_file is not None:
+                from microcontainer_tool.sources import dpkgindex
+
+                rows = ((k, p.name, p.version, p.arch, p.source, p.stanza) for k, p in packages.items())
+                dpkgindex.save(index_file, sig, rows, lists)
+        return database
+
+    @classmethod
+    def _from_index(cls, root: SysRoot, index_file: str, sig: str) -> DpkgDatabase | None:
+        """The database as indexed in ``index_file``, if that index is of state ``sig``."""
+        from microcontainer_tool.sources.dpkgindex import DpkgIndex
+
+        index = DpkgIndex.load(index_file, sig)
+        if index is None:
+            return None
+        rows = index.packages()
+        if rows is None:
+            index.close()
+            return None
+        packages = {row[0]: DebPackage(*row[1:]) for row in rows}
+        database = cls(root, packages)
+        database._files = _FileLists(database._read_lists, index)
         return database
 
     def by_id(self, package_id: str) -> DebPackage | None:
@@ -202,7 +262,7 @@ class DpkgDatabase:
         if not wanted:
             return {}
         if self._files is None:
-            self._files = _FileLists(self._read_lists())
+            self._files = _FileLists(self._read_lists)
         listed_by = self._files.listed_by(wanted)
         return {path: self.packages[keys.pop()] for path, keys in listed_by.items()
                 if len(keys) == 1 and keys != {_SHARED}}
@@ -238,7 +298,7 @@ class DpkgDatabase:
         text = _read(self.root, f"/usr/share/doc/{package.name}/copyright")
         if not text or not text.startswith("Format:") or _DEP5 not in text.splitlines()[0]:
             return ""
-        for fields in parse_stanzas(text):
+        for fields in iter_stanzas(text):  # stops at the paragraph it looks for
             if fields.get("Files", "").split() == ["*"]:
                 return fields.get("License", "").split("\n")[0].strip()
         return ""

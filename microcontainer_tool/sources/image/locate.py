@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from microcontainer_tool.errors import SpecError
-from microcontainer_tool.registry.reference import Reference
+
+if TYPE_CHECKING:
+    from microcontainer_tool.registry.reference import Reference
 
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _URL_SCHEMES = ("docker://", "https://", "http://")
@@ -76,6 +79,8 @@ def locate_image(text: str, base_dir: str, directory_ok: bool) -> ImageLocation 
             if scheme != "docker://" and rest.split("?", 1)[0].endswith(_ARCHIVE_SUFFIXES):
                 raise SpecError(f"{text}: downloading an image archive is not supported yet: "
                                 "download it and name the file")
+            from microcontainer_tool.registry.reference import Reference
+
             return ImageLocation(text, ref=Reference.parse(rest), plain_http=scheme == "http://")
     host = os.path.normpath(os.path.join(base_dir, text))
     if os.path.isfile(host) and host.endswith(_ARCHIVE_SUFFIXES):
@@ -97,6 +102,8 @@ def locate_image(text: str, base_dir: str, directory_ok: bool) -> ImageLocation 
         raise SpecError(f"{text}: not an image (an OCI layout, an image archive or a registry reference)")
     first = text.split("/", 1)[0]
     if "/" in text and ("." in first or ":" in first or first == "localhost"):
+        from microcontainer_tool.registry.reference import Reference
+
         return ImageLocation(text, ref=Reference.parse(text))
     if directory_ok:
         return None  # the assembler reports the missing directory
