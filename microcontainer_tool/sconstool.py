@@ -83,6 +83,7 @@ join. ``docker-archive`` targets are refused for them.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -102,6 +103,7 @@ import yaml
 
 from microcontainer_tool import FORMAT_VERSION, jsontext
 from microcontainer_tool.errors import MicrocontainerError, SpecError
+from microcontainer_tool.hostfs.stamps import keep_signature, kept_signature
 
 TOOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site_tools")
 
@@ -346,9 +348,9 @@ def micro_image(env: Any, target: Any, source: Any = None, **keywords: Any) -> l
     fmt = overrides.subst("$MCT_FORMAT") or _format_by_suffix(name)
     build_kw = {"_MCT_SPEC": payload, "_MCT_PROJECT": [_host_path(n) for n in project]}
     if fmt != "oci":
-        return _timestamp_decided(env.Flatten(overrides._MicroImageArchive(name, [value] + project,
+        return _signature_decided(env.Flatten(overrides._MicroImageArchive(name, [value] + project,
                                                                            _MCT_FORMAT=fmt, **build_kw)))
-    archive = _timestamp_decided(overrides._MicroImageArchive(f"{name}.tar", [value] + project,
+    archive = _signature_decided(overrides._MicroImageArchive(f"{name}.tar", [value] + project,
                                                               _MCT_FORMAT="oci-archive", **build_kw))
     layout = overrides._MicroImageLayout(f"{name}/index.json", archive)
     env.NoCache(layout)
@@ -370,12 +372,12 @@ def _micro_image_platforms(env: Any, overrides: Any, name: str, spec: Any, proje
         payload = json.dumps({"format": FORMAT_VERSION, "base": os.path.relpath(one.base_dir, top),
                               "spec": one.canonical()}, sort_keys=True)
         inputs = project + (_package_inputs(env, one, name) if one.packages else []) + _image_inputs(env, one)
-        parts += _timestamp_decided(overrides._MicroImageArchive(
+        parts += _signature_decided(overrides._MicroImageArchive(
             f"{name}.platforms/{one.arch}.tar", [env.Value(payload)] + inputs, _MCT_FORMAT="oci-archive",
             _MCT_SPEC=payload, _MCT_PROJECT=[_host_path(n) for n in inputs]))
     if fmt != "oci":
-        return _timestamp_decided(env.Flatten(overrides._MicroImageIndex(name, parts, _MCT_FORMAT=fmt)))
-    archive = _timestamp_decided(overrides._MicroImageIndex(f"{name}.tar", parts, _MCT_FORMAT="oci-archive"))
+        return _signature_decided(env.Flatten(overrides._MicroImageIndex(name, parts, _MCT_FORMAT=fmt)))
+    archive = _signature_decided(overrides._MicroImageIndex(f"{name}.tar", parts, _MCT_FORMAT="oci-archive"))
     layout = overrides._MicroImageLayout(f"{name}/index.json", archive)
     env.NoCache(layout)
     env.Clean(layout, env.Dir(name))
@@ -385,16 +387,39 @@ def _micro_image_platforms(env: Any, overrides: Any, name: str, spec: Any, proje
 def _archive_changed(dependency: Any, target: Any, prev_ni: Any, repo_node: Any = None) -> bool:
     """Decider of an image archive as a dependency (of its layout, of a push).
 
-    A timestamp other than the one recorded (rebuilt, or retrieved from a
-    ``CacheDir``): the content decides, as always. An archive whose timestamp
-    is the recorded one is not read again (SCons's ``content-timestamp``), so
-    a no-op run does not hash every image: that was most of what images added
-    to a no-op run.
+    The archive's content signature is what decides, as always; it is kept
+    in ``$MCT_CACHEDIR/stamps/`` with the archive's ``(inode, size, mtime in
+    ns)``, and reused while the file is the one it was computed for, so a
+    no-op run does not read and hash every image (that was most of what
+    images added to a no-op run). SCons's own ``content-timestamp`` decider
+    is not enough: it compares whole seconds, and an archive rebuilt within
+    the second of the version its dependents recorded would count as
+    unchanged. Archives are always replaced by a rename (a new inode), and
+    a ``CacheDir`` retrieval copies them, so a kept signature is never taken
+    for another file's.
     """
-    return bool(dependency.changed_timestamp_then_content(target, prev_ni, repo_node))
+    stamp = _stamp_path(dependency)
+    csig = kept_signature(stamp, dependency.abspath) if stamp else None
+    if csig is not None:
+        dependency.get_ninfo().csig = csig  # SCons records it as the node's signature
+    else:
+        csig = dependency.get_csig()
+        if stamp:
+            keep_signature(stamp, dependency.abspath, csig)
+    return bool(csig != getattr(prev_ni, "csig", None))
 
 
-def _timestamp_decided(nodes: list[Any]) -> list[Any]:
+def _stamp_path(node: Any) -> str | None:
+    """Where the content signature of the archive ``node`` is kept (``None``: no ``$MCT_CACHEDIR``)."""
+    env = node.get_build_env()
+    cache_dir = env.subst("$MCT_CACHEDIR") if env is not None else ""
+    if not cache_dir:
+        return None
+    name = hashlib.sha256(node.abspath.encode()).hexdigest()[:32]
+    return os.path.join(env.Dir(cache_dir).abspath, "stamps", f"{name}.json")
+
+
+def _signature_decided(nodes: list[Any]) -> list[Any]:
     """``nodes`` (image archives), each judged as a dependency by :func:`_archive_changed`."""
     for node in nodes:
         node.Decider(_archive_changed)
