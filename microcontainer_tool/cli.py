@@ -19,9 +19,8 @@ from typing import Any, TextIO
 
 from microcontainer_tool import __version__
 from microcontainer_tool.errors import MicrocontainerError, SpecError
-from microcontainer_tool.oci.formats import FORMATS
+from microcontainer_tool.oci.formats import COMPRESSIONS, FORMATS
 
-COMPRESSIONS = ("gzip", "zstd", "none")
 SBOM_FORMATS = {"cyclonedx": ("application/vnd.cyclonedx+json", ".cdx.json"),
                 "spdx": ("application/spdx+json", ".spdx.json")}
 """``build --sbom`` formats: (artifact media type, side file suffix)."""
@@ -62,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                             " (default: output's stem)")
     build.add_argument("--format", choices=FORMATS, help="output format (default: by OUT's suffix)")
     build.add_argument("--compression", choices=COMPRESSIONS, default="gzip",
-                       help="layer compression (default: gzip; zstd is opt-in)")
+                       help="layer compression (default: gzip, libdeflate level 6; gzip-fast: level 1, "
+                            "about twice as fast and 9%% larger, for edit loops; zstd is opt-in)")
     build.add_argument("--allow-missing", action="store_true",
                        help="warn instead of failing when a library cannot be found")
     build.add_argument("--cache-dir", metavar="DIR",

@@ -27,6 +27,10 @@ output depends only on the input bytes:
   zlib level 6 and 0.342 with ISA-L level 2 (0.334 at 3). ISA-L, the former
   codec, picks SSE/AVX2/AVX-512 or generic code at run time and no level of
   it gives the same bytes on all CPUs; it is only used to decompress now.
+* ``gzip-fast`` (opt-in, for edit loops): the same stream at libdeflate level 1
+  (:data:`GZIP_FAST_LEVEL`): on 19.1 MB of curl's closure 0.455 of the input
+  against 0.416 at level 6 (9 % larger), about twice as fast; as CPU-independent
+  as ``gzip``, and read as ``gzip`` (the same media type).
 * ``zstd`` (opt-in): ``zstandard`` level 3, single-threaded (``threads=0``),
   one frame, content checksum on, no content size (streaming), fed in the same
   fixed 1 MiB blocks and finished by one ``flush()``.
@@ -51,9 +55,7 @@ from typing import BinaryIO, Protocol
 import deflate
 
 from microcontainer_tool.errors import LayoutError
-
-COMPRESSIONS = ("gzip", "zstd", "none")
-"""The codec names accepted by :func:`open_compressor`."""
+from microcontainer_tool.oci.formats import COMPRESSIONS
 
 BLOCK_SIZE = 1 << 20
 """Input block size fed to the codecs; changing it changes output bytes."""
@@ -61,13 +63,16 @@ BLOCK_SIZE = 1 << 20
 GZIP_LEVEL = 6
 """libdeflate level (1-12). Changing it changes every layer digest: bump ``FORMAT_VERSION``
 (layer cache keys, build signatures)."""
+GZIP_FAST_LEVEL = 1
+"""libdeflate level of ``gzip-fast`` (the same rule as :data:`GZIP_LEVEL`)."""
+_GZIP_LEVELS = {"gzip": GZIP_LEVEL, "gzip-fast": GZIP_FAST_LEVEL}
 #: Worker threads for gzip blocks (output does not depend on it).
 GZIP_THREADS = max(1, min(4, os.cpu_count() or 1))
 ZSTD_LEVEL = 3
 _GZIP_OS_UNKNOWN = 255
 _GZIP_HEADER = b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + bytes([0, _GZIP_OS_UNKNOWN])
 
-_SUFFIXES = {"gzip": "+gzip", "zstd": "+zstd", "none": ""}
+_SUFFIXES = {"gzip": "+gzip", "gzip-fast": "+gzip", "zstd": "+zstd", "none": ""}
 
 
 def media_type_suffix(kind: str) -> str:
@@ -88,9 +93,9 @@ class _Engine(Protocol):
     def finish(self) -> bytes: ...
 
 
-def _gzip_member(block: bytes) -> bytes:
+def _gzip_member(block: bytes, level: int = GZIP_LEVEL) -> bytes:
     """Return ``block`` as one gzip member: our fixed header, libdeflate's raw deflate, CRC-32 and size."""
-    body = deflate.deflate_compress(block, GZIP_LEVEL)
+    body = deflate.deflate_compress(block, level)
     trailer = struct.pack("<II", zlib.crc32(block) & 0xFFFFFFFF, len(block) & 0xFFFFFFFF)
     return b"".join((_GZIP_HEADER, body, trailer))
 
@@ -98,10 +103,11 @@ def _gzip_member(block: bytes) -> bytes:
 class _Member:
     """One block's gzip member, compressed by a worker; :meth:`result` waits for it."""
 
-    __slots__ = ("block", "done", "value", "error")
+    __slots__ = ("block", "level", "done", "value", "error")
 
-    def __init__(self, block: bytes) -> None:
+    def __init__(self, block: bytes, level: int) -> None:
         self.block = block
+        self.level = level
         self.done = threading.Event()
         self.value = b""
         self.error: BaseException | None = None
@@ -118,7 +124,7 @@ def _work(jobs: queue.SimpleQueue[_Member | None]) -> None:
     """A worker thread: compress the blocks it is handed until it gets ``None``."""
     while (member := jobs.get()) is not None:
         try:
-            member.value = _gzip_member(member.block)
+            member.value = _gzip_member(member.block, member.level)
         except BaseException as error:  # handed to the writer's thread
             member.error = error
         member.block = b""
@@ -137,7 +143,8 @@ class _GzipEngine:
     would cost a build its import, with ``logging``'s).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, level: int = GZIP_LEVEL) -> None:
+        self._level = level
         self._members = 0
         self._jobs: queue.SimpleQueue[_Member | None] | None = None
         self._pending: collections.deque[_Member] = collections.deque()
@@ -152,7 +159,7 @@ class _GzipEngine:
     def compress(self, data: bytes) -> bytes:
         self._members += 1
         if GZIP_THREADS == 1:
-            return _gzip_member(data)
+            return _gzip_member(data, self._level)
         if self._jobs is None:
             jobs: queue.SimpleQueue[_Member | None] = queue.SimpleQueue()
             self._jobs = jobs
@@ -160,7 +167,7 @@ class _GzipEngine:
                 threading.Thread(target=_work, args=(jobs,), name=f"mct-gzip-{number}", daemon=True).start()
             # a writer dropped unfinished (an error while the tar is written) ends its workers too
             self._finalizer = weakref.finalize(self, _stop_workers, jobs, GZIP_THREADS)
-        member = _Member(data)
+        member = _Member(data, self._level)
         self._jobs.put(member)
         self._pending.append(member)
         return self._ready(wait_for=2 * GZIP_THREADS)
@@ -178,7 +185,7 @@ class _GzipEngine:
         finally:
             self.stop()
         # A gzip stream holds at least one member: empty input is an empty one.
-        return body if self._members else _gzip_member(b"")
+        return body if self._members else _gzip_member(b"", self._level)
 
 
 class _ZstdEngine:
@@ -215,9 +222,11 @@ class CompressorWriter:
         self.kind = kind
         self.bytes_in = 0
         self._sink = sink
-        self._engine: _Engine | None = (
-            _GzipEngine() if kind == "gzip" else _ZstdEngine() if kind == "zstd" else None
-        )
+        self._engine: _Engine | None = None
+        if kind in _GZIP_LEVELS:
+            self._engine = _GzipEngine(_GZIP_LEVELS[kind])
+        elif kind == "zstd":
+            self._engine = _ZstdEngine()
         self._buffer = bytearray()
         self._closed = False
 

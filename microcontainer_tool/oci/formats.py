@@ -9,3 +9,6 @@ from __future__ import annotations
 
 FORMATS = ("oci", "oci-archive", "smith", "docker-archive")
 """Output format names accepted by :func:`microcontainer_tool.oci.layout.write_image`."""
+
+COMPRESSIONS = ("gzip", "gzip-fast", "zstd", "none")
+"""Layer codec names accepted by :func:`microcontainer_tool.oci.compression.open_compressor`."""

@@ -57,7 +57,7 @@ FILE_MEDIA_TYPE = "application/octet-stream"
 ANNOTATION_PREFIX = "dev.microcontainer.cache."
 """Prefix of the annotations of a cache manifest (``key``, ``diff_id``, ``tool``, ``format``)."""
 
-_CODEC_PACKAGES = {"gzip": "deflate", "zstd": "zstandard"}
+_CODEC_PACKAGES = {"gzip": "deflate", "gzip-fast": "deflate", "zstd": "zstandard"}
 
 
 @dataclass
