@@ -150,6 +150,24 @@ def test_unfinished_and_resumed_lines_are_joined() -> None:
     assert [a.path for a in parse_accesses(log)][:3] == ["/usr/bin/prog", "/usr/lib/a.so", "/etc/b"]
 
 
+def test_a_child_logged_before_its_parents_clone_resumes_inherits_the_cwd() -> None:
+    # strace -f when the scheduler runs the child first: the child's calls come
+    # before the line that says which pid the clone made
+    log = [
+        '201 execve("/usr/bin/prog", ["prog"], 0x7ffd /* 3 vars */) = 0\n',
+        '201 chdir("/usr/share")               = 0\n',
+        '201 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|SIGCHLD <unfinished ...>\n',
+        '202 newfstatat(AT_FDCWD, "zoneinfo-or-not", 0x7ffc, 0) = -1 ENOENT (No such file or directory)\n',
+        '202 chdir("/etc")                     = 0\n',
+        '201 <... clone resumed>, child_tidptr=0x7f) = 202\n',
+        '202 newfstatat(AT_FDCWD, "hosts", 0x7ffc, 0) = 0\n',
+        '201 newfstatat(AT_FDCWD, "misc", 0x7ffc, 0) = 0\n',
+    ]
+    got = [(a.pid, a.path) for a in parse_accesses(log, cwd="/srv")]
+    assert got == [(201, "/usr/bin/prog"), (202, "/usr/share/zoneinfo-or-not"), (202, "/etc/hosts"),
+                   (201, "/usr/share/misc")]
+
+
 def test_string_and_argument_helpers() -> None:
     assert decode_string(r'"a\"b\\c\n\x41\303\251"') == 'a"b\\c\nA\u00e9'
     assert decode_string("AT_FDCWD") is None

@@ -274,14 +274,30 @@ def parse_accesses(lines: Iterable[str], cwd: str = "/", follow_exec: Sequence[s
     """
     calls = _calls(lines)
     kept, start = _followed(calls, follow_exec)
+    # A child's first calls can be logged before its parent's clone resumes
+    # (the scheduler ran the child first): the child is known by the clone's
+    # result, and while the parent waits in clone its directory cannot change.
+    parents = {int(c.translated or c.result): c.pid for c in calls
+               if c.name in _FORKS and c.errno is None and c.result.isdigit()}
     cwds: dict[int, str] = {}
+
+    def cwd_of(pid: int) -> str:
+        chain = []
+        while pid not in cwds and pid in parents and pid not in chain:
+            chain.append(pid)
+            pid = parents[pid]
+        here = cwds.get(pid, cwd)
+        for child in chain:
+            cwds[child] = here
+        return here
+
     accesses: list[Access] = []
     for index, call in enumerate(calls):
         if call.pid not in kept or index < start:
             continue
-        here = cwds.get(call.pid, cwd)
+        here = cwd_of(call.pid)
         if call.name in _FORKS and call.errno is None and call.result.isdigit():
-            cwds[int(call.translated or call.result)] = here
+            cwds.setdefault(int(call.translated or call.result), here)
             continue
         spec = _LOOKUPS.get(call.name)
         if spec is None or len(call.args) <= spec[1]:
