@@ -6,7 +6,7 @@ size, and our/umoci ratios. umoci's pipeline is what a user would script:
 init a layout, new image, unpack, copy the same files (curl's closure, as
 ``ldd`` lists it, with their symlink chains) into the rootfs, repack.
 
-Usage: python bench/build_vs_umoci.py [--rounds N] [--program /usr/bin/curl]
+Usage: python bench/build_vs_umoci.py [--rounds N] [--program /usr/bin/curl] [--compression gzip-fast]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def ours(work: str, program: str) -> tuple[float, int]:
+def ours(work: str, program: str, compression: str = "gzip") -> tuple[float, int]:
     spec = os.path.join(work, "spec")
     os.makedirs(spec, exist_ok=True)
     with open(os.path.join(spec, "microimage.yaml"), "w") as handle:
@@ -43,7 +43,8 @@ def ours(work: str, program: str) -> tuple[float, int]:
         handle.write(f"paths: [{program}]\ncmd: [{program}]\nauto_packs: false\n")
     out = os.path.join(work, "ours")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "microcontainer_tool", "build", "-c", spec, "-o", out, "-q"],
+    subprocess.run([sys.executable, "-m", "microcontainer_tool", "build", "-c", spec, "-o", out, "-q",
+                    "--compression", compression],
                    check=True, capture_output=True, env={**os.environ, "PYTHONPATH": REPO})
     elapsed = time.perf_counter() - start
     return elapsed, layer_size(out)
@@ -104,6 +105,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--program", default="/usr/bin/curl")
+    parser.add_argument("--compression", default="gzip",
+                        help="our layer codec (gzip, the default; gzip-fast, the edit-loop option)")
     args = parser.parse_args()
     if not shutil.which("umoci"):
         print("umoci is not installed (apt-get install umoci)", file=sys.stderr)
@@ -115,10 +118,10 @@ def main() -> int:
     sizes = (0, 0)
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None  # tmpfs: no disk in the numbers
     with tempfile.TemporaryDirectory(dir=base) as work:
-        ours(work, args.program)  # warm-up (page cache, imports)
+        ours(work, args.program, args.compression)  # warm-up (page cache, imports)
         for _ in range(args.rounds):
             cpu = cpu_seconds()
-            t_ours, s_ours = ours(work, args.program)
+            t_ours, s_ours = ours(work, args.program, args.compression)
             ours_cpu.append(cpu_seconds() - cpu)
             cpu = cpu_seconds()
             t_umoci, s_umoci = umoci(work, files)
@@ -128,7 +131,7 @@ def main() -> int:
             ratios.append(t_ours / t_umoci)
             sizes = (s_ours, s_umoci)
     print(f"workload: {args.program}, {len(files)} files, {raw / 1e6:.1f} MB uncompressed, "
-          f"{args.rounds} rounds")
+          f"{args.rounds} rounds, our codec {args.compression}")
     print(f"{'tool':<22}{'median wall s':>14}{'min':>8}{'max':>8}{'layer bytes':>14}")
     rows = (("microcontainer build", ours_t, sizes[0]), ("umoci pipeline", umoci_t, sizes[1]))
     for name, times, size in rows:
