@@ -366,6 +366,10 @@ def _micro_image_platforms(env: Any, overrides: Any, name: str, spec: Any, proje
     if fmt == "docker-archive":
         _fail_in_sconscript(f"MicroImage('{name}'): a docker-archive holds one image per tag, not a "
                             "multi-platform index: use an OCI layout or oci-archive target")
+    if _flag(overrides, "MCT_ATTEST") or overrides.subst("$MCT_SIGN_KEY").strip():
+        _fail_in_sconscript(f"MicroImage('{name}'): MCT_ATTEST and MCT_SIGN_KEY are not supported for a "
+                            "multi-platform image yet (the index would not carry them): build one platform "
+                            "(ARCH=...) or sign the pushed index with `microcontainer sign`")
     top = env.Dir("#").abspath
     parts = []
     for one in platform_specs(spec):

@@ -329,6 +329,25 @@ def _scons(cwd: Path) -> str:
     return proc.stdout
 
 
+def test_scons_refuses_to_sign_a_multi_platform_image(tmp_path: Path) -> None:
+    # the joined index would not carry per-platform attestations or signatures: say so, build nothing
+    project = tmp_path / "project"
+    for arch in ("amd64", "arm64"):
+        (project / f"root-{arch}").mkdir(parents=True)
+    (project / "microimage.yaml").write_text(
+        "arch: [amd64, arm64]\nfrom: {amd64: ./root-amd64, arm64: ./root-arm64}\npaths: [/bin/ls]\n"
+        "entrypoint: [/bin/ls]\n")
+    for setting in ("MCT_ATTEST=True", "MCT_SIGN_KEY='key.pem'"):
+        (project / "SConstruct").write_text(
+            f"env = Environment(tools=['default', 'microimage'], toolpath=[{str(TOOL_DIR)!r}], {setting})\n"
+            "env.MicroImage('build/img', 'microimage.yaml')\n")
+        proc = subprocess.run([sys.executable, "-m", "SCons", "-Q"], cwd=project, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+        assert "not supported for a multi-platform image" in proc.stderr, proc.stderr
+        assert not (project / "build").exists()
+
+
 def test_scons_rebuilds_only_the_platform_whose_inputs_changed(arm64_root: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     copy_closure(project / "root-amd64", ldd_files("/bin/ls"))
