@@ -319,6 +319,30 @@ def test_push_the_index_and_clients_pick_their_platform(built: Path, env: Env, t
     assert one.returncode == 0 and one.stdout.strip() == platforms["linux/arm64/v8"], one.stderr
 
 
+def test_a_pushed_index_is_signed_and_verified(built: Path, env: Env, tmp_path: Path) -> None:
+    keys = {}
+    for name in ("right", "wrong"):
+        key, pub = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", str(key)], check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
+                       capture_output=True)
+        keys[name] = (key, pub)
+    ref = f"{env.open.host}/multi/signed:v1"
+    pushed = run_cli("push", "--plain-http", "-q", str(built), ref)
+    assert pushed.returncode == 0, pushed.stderr
+    index_digest = pushed.stdout.strip()
+    signed = run_cli("sign", "--plain-http", "--key", str(keys["right"][0]), ref)
+    assert signed.returncode == 0 and index_digest in signed.stdout, signed.stderr
+    tag = index_digest.replace(":", "-") + ".sig"
+    assert _skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{env.open.host}/multi/signed:{tag}"
+                   ).returncode == 0
+    good = run_cli("verify", "--plain-http", "--key", str(keys["right"][1]), ref)
+    assert good.returncode == 0 and good.stdout.startswith("verified"), good.stdout + good.stderr
+    bad = run_cli("verify", "--plain-http", "--key", str(keys["wrong"][1]), ref)
+    assert bad.returncode == 1 and bad.stdout.startswith("not verified"), bad.stdout + bad.stderr
+
+
 # --------------------------------------------------------------------------- SCons
 
 
