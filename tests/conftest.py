@@ -206,6 +206,19 @@ def require_shared_rpms() -> Path:
     return SHARED_RPMS
 
 
+def p256_keys(directory: Path, *names: str) -> dict[str, Path]:
+    """ECDSA P-256 key pairs made by openssl, as cosign users make them: ``NAME`` and ``NAME.pub``."""
+    out = {}
+    for name in names:
+        key, pub = directory / f"{name}.key", directory / f"{name}.pub"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", str(key)], check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
+                       capture_output=True)
+        out[name], out[f"{name}.pub"] = key, pub
+    return out
+
+
 def make_repo(directory: Path, rpms: list[Path]) -> Path:
     """Copy RPMs into ``directory`` and index them with createrepo_c."""
     if not have("createrepo_c"):

@@ -23,7 +23,16 @@ from typing import Any
 
 import pytest
 from clients import Client, podman_client
-from conftest import REPO, assert_one_line_error, copy_closure, ldd_files, make_repo, run_cli, runc_run
+from conftest import (
+    REPO,
+    assert_one_line_error,
+    copy_closure,
+    ldd_files,
+    make_repo,
+    p256_keys,
+    run_cli,
+    runc_run,
+)
 from registry_env import Env, running_registries
 from rpmbuild_fixtures import build_rpm
 
@@ -320,26 +329,19 @@ def test_push_the_index_and_clients_pick_their_platform(built: Path, env: Env, t
 
 
 def test_a_pushed_index_is_signed_and_verified(built: Path, env: Env, tmp_path: Path) -> None:
-    keys = {}
-    for name in ("right", "wrong"):
-        key, pub = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub"
-        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                        "-out", str(key)], check=True, capture_output=True)
-        subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
-                       capture_output=True)
-        keys[name] = (key, pub)
+    keys = p256_keys(tmp_path, "right", "wrong")
     ref = f"{env.open.host}/multi/signed:v1"
     pushed = run_cli("push", "--plain-http", "-q", str(built), ref)
     assert pushed.returncode == 0, pushed.stderr
     index_digest = pushed.stdout.strip()
-    signed = run_cli("sign", "--plain-http", "--key", str(keys["right"][0]), ref)
+    signed = run_cli("sign", "--plain-http", "--key", str(keys["right"]), ref)
     assert signed.returncode == 0 and index_digest in signed.stdout, signed.stderr
     tag = index_digest.replace(":", "-") + ".sig"
     assert _skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{env.open.host}/multi/signed:{tag}"
                    ).returncode == 0
-    good = run_cli("verify", "--plain-http", "--key", str(keys["right"][1]), ref)
+    good = run_cli("verify", "--plain-http", "--key", str(keys["right.pub"]), ref)
     assert good.returncode == 0 and good.stdout.startswith("verified"), good.stdout + good.stderr
-    bad = run_cli("verify", "--plain-http", "--key", str(keys["wrong"][1]), ref)
+    bad = run_cli("verify", "--plain-http", "--key", str(keys["wrong.pub"]), ref)
     assert bad.returncode == 1 and bad.stdout.startswith("not verified"), bad.stdout + bad.stderr
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, p256_keys, run_cli
 from registry_env import Env, running_registries
 
 from microcontainer_tool.errors import SigningError
@@ -70,16 +70,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 @pytest.fixture(scope="module")
 def pem(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two ECDSA P-256 key pairs made by openssl, as cosign users make them."""
-    root = tmp_path_factory.mktemp("keys")
-    out = {}
-    for name in ("right", "wrong"):
-        key, pub = root / f"{name}.key", root / f"{name}.pub"
-        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-                        "-out", str(key)], check=True, capture_output=True)
-        subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(pub)], check=True,
-                       capture_output=True)
-        out[name], out[f"{name}.pub"] = key, pub
-    return out
+    return p256_keys(tmp_path_factory.mktemp("keys"), "right", "wrong")
 
 
 class Gpg:
