@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 
 from microcontainer_tool.closure.elf import read_elf
 from microcontainer_tool.errors import ElfError, RunError
@@ -59,6 +60,36 @@ def busybox_applets(binary: str) -> list[str]:
     return sorted({name for name in proc.stdout.split() if name and "/" not in name} - {"busybox"})
 
 
+def cached_toolbox(cache_dir: str, name: str, fill: Callable[[str], None], what: str) -> str:
+    """``cache_dir/toolbox/NAME``, made once by ``fill(temporary directory)`` and published whole.
+
+    A toolbox whose ``bin/busybox`` is there is reused as it is; a concurrent
+    build that published first keeps its copy.
+
+    Raises:
+        RunError: the toolbox cannot be made.
+    """
+    parent = os.path.join(os.path.abspath(cache_dir), "toolbox")
+    final = os.path.join(parent, name)
+    if os.path.isfile(os.path.join(final, "bin", "busybox")):
+        return final
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"{parent}: cannot create: {error.strerror or error}") from None
+    temp = make_temp_dir(parent, ".tmp-")
+    try:
+        os.chmod(temp, 0o755)
+        fill(temp)
+        publish_dir(temp, final)
+    except OSError as error:
+        raise RunError(f"cannot build {what} in {parent}: {error.strerror or error}") from None
+    finally:
+        if os.path.exists(temp):
+            shutil.rmtree(temp, ignore_errors=True)
+    return final
+
+
 def busybox_toolbox(cache_dir: str) -> str:
     """The default toolbox: the host's static busybox and its applet links, built once in the cache.
 
@@ -73,30 +104,15 @@ def busybox_toolbox(cache_dir: str) -> str:
     binary = static_busybox()
     with open(binary, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    parent = os.path.join(os.path.abspath(cache_dir), "toolbox")
-    final = os.path.join(parent, f"busybox-{digest[:16]}")
-    if os.path.isfile(os.path.join(final, "bin", "busybox")):
-        return final
-    applets = busybox_applets(binary)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as error:
-        raise RunError(f"{parent}: cannot create: {error.strerror or error}") from None
-    temp = make_temp_dir(parent, ".tmp-")
-    try:
-        os.chmod(temp, 0o755)
+    def fill(temp: str) -> None:
         bindir = os.path.join(temp, "bin")
         os.mkdir(bindir, 0o755)
         shutil.copyfile(binary, os.path.join(bindir, "busybox"))
         os.chmod(os.path.join(bindir, "busybox"), 0o755)
-        for applet in applets:
+        for applet in busybox_applets(binary):
             os.symlink("busybox", os.path.join(bindir, applet))
-        publish_dir(temp, final)  # a concurrent build that got there first keeps its copy
-    except OSError as error:
-        raise RunError(f"cannot build the busybox toolbox in {parent}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(temp):
-            shutil.rmtree(temp, ignore_errors=True)
+
+    final = cached_toolbox(cache_dir, f"busybox-{digest[:16]}", fill, "the busybox toolbox")
     if not os.path.isfile(os.path.join(final, "bin", "busybox")):
         raise RunError(f"{final}: exists but holds no bin/busybox; remove it")
     return final

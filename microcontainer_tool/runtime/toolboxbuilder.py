@@ -56,9 +56,14 @@ from microcontainer_tool.assembly import packs
 from microcontainer_tool.closure.elf import ElfInfo, read_elf, undefined_symbols
 from microcontainer_tool.closure.ldd import RULE_INTERP, Closure, LibraryResolver
 from microcontainer_tool.errors import ElfError, RunError, SourceError
-from microcontainer_tool.hostfs.atomic import make_temp_dir, publish_dir
 from microcontainer_tool.runtime.bundle import make_bundle
-from microcontainer_tool.runtime.toolbox import CRASHCART, busybox_applets, busybox_toolbox, static_busybox
+from microcontainer_tool.runtime.toolbox import (
+    CRASHCART,
+    busybox_applets,
+    busybox_toolbox,
+    cached_toolbox,
+    static_busybox,
+)
 from microcontainer_tool.runtime.toolboxspec import (
     SPEC_SUFFIXES,
     ToolboxSpec,
@@ -179,25 +184,8 @@ def build_toolbox(spec: ToolboxSpec, cache_dir: str) -> str:
     sysroot = SysRoot(rootfs)
     plan = _plan(spec, sysroot)
     digest = _digest(plan, sysroot, busybox)
-    parent = os.path.join(os.path.abspath(cache_dir), "toolbox")
-    final = os.path.join(parent, f"tools-{digest[:16]}")
-    if os.path.isfile(os.path.join(final, "bin", "busybox")):
-        return final
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as error:
-        raise RunError(f"{parent}: cannot create: {error.strerror or error}") from None
-    temp = make_temp_dir(parent, ".tmp-")
-    try:
-        os.chmod(temp, 0o755)
-        _write(temp, plan, sysroot, busybox)
-        publish_dir(temp, final)
-    except OSError as error:
-        raise RunError(f"cannot build the toolbox in {parent}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(temp):
-            shutil.rmtree(temp, ignore_errors=True)
-    return final
+    return cached_toolbox(cache_dir, f"tools-{digest[:16]}",
+                          lambda temp: _write(temp, plan, sysroot, busybox), "the toolbox")
 
 
 # --------------------------------------------------------------------------- planning
