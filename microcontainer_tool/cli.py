@@ -9,12 +9,13 @@ cause.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from microcontainer_tool import __version__
@@ -314,12 +315,8 @@ def _build(args: argparse.Namespace, out: TextIO, err: TextIO, env: dict[str, st
                         "arch is a list; this spec builds one image")
     if args.attest or args.sign:
         _check_signable(args)
-    shared = _open_cache_repo(args, err, env)
-    try:
+    with _cache_repo(args, err, env) as shared:
         result = build_image(spec, args.output, epoch=epoch, **_build_options(args, shared))
-    finally:
-        if shared is not None:
-            shared.client.close()
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
     sbom = (_write_sbom(result, args.sbom, epoch, stamp=bool(env.get("SOURCE_DATE_EPOCH")))
@@ -357,12 +354,8 @@ def _build_platforms(spec: Any, args: argparse.Namespace, out: TextIO, err: Text
         if given:
             raise UnsupportedError(f"{flag} is not supported for a multi-platform build yet: "
                                    "give --platform to build one platform")
-    shared = _open_cache_repo(args, err, env)
-    try:
+    with _cache_repo(args, err, env) as shared:
         result = build_platforms(spec, args.output, epoch=epoch, **_build_options(args, shared))
-    finally:
-        if shared is not None:
-            shared.client.close()
     for warning in result.warnings:
         print(f"microcontainer: warning: {warning}", file=err)
     if args.quiet:
@@ -484,18 +477,24 @@ def _add_cache_repo_options(build: argparse.ArgumentParser) -> None:
                             "also $MCT_CACHE_REPO_READONLY=1)")
 
 
-def _open_cache_repo(args: argparse.Namespace, err: TextIO,
-                     env: dict[str, str] | os._Environ[str]) -> Any:
-    """The build's shared cache (``--cache-repo``, else ``$MCT_CACHE_REPO``), or None."""
+@contextlib.contextmanager
+def _cache_repo(args: argparse.Namespace, err: TextIO,
+                env: dict[str, str] | os._Environ[str]) -> Iterator[Any]:
+    """The build's shared cache (``--cache-repo``, else ``$MCT_CACHE_REPO``), or None; closed after."""
     text = args.cache_repo or env.get("MCT_CACHE_REPO", "")
     if not text:
-        return None
+        yield None
+        return
     from microcontainer_tool.registry.sharedcache import open_shared_cache
 
     read_only = args.cache_repo_read_only or env.get("MCT_CACHE_REPO_READONLY", "") not in ("", "0")
-    return open_shared_cache(text, read_only=read_only, plain_http=args.plain_http, insecure=args.insecure,
-                             docker_config=args.docker_config, compression=args.compression,
-                             warn=lambda line: print(f"microcontainer: warning: {line}", file=err))
+    shared = open_shared_cache(text, read_only=read_only, plain_http=args.plain_http, insecure=args.insecure,
+                               docker_config=args.docker_config, compression=args.compression,
+                               warn=lambda line: print(f"microcontainer: warning: {line}", file=err))
+    try:
+        yield shared
+    finally:
+        shared.client.close()
 
 
 def _build_options(args: argparse.Namespace, shared: Any) -> dict[str, Any]:
